@@ -1,0 +1,1 @@
+//! lra (under construction).
