@@ -1,5 +1,7 @@
 //! S5 deep state-space model (Smith, Warrington, Linderman, ICLR 2023) in candle.
 
 pub mod config;
+pub mod error;
 
 pub use config::{GateKind, ModelConfig, NormKind};
+pub use error::{Error, Result};
