@@ -4,6 +4,7 @@
 
 pub mod block;
 pub mod error;
+pub mod gram;
 pub mod model;
 pub mod reduce;
 
