@@ -45,7 +45,10 @@
 //! `C̃_d = [C̃, −C̃_r]`),
 //! `‖E g_d‖² = tr(E G_d Eᵀ)` and, since `h − h_r = g_dᵀ N g + g_rᵀ N g_d`,
 //! `‖h − h_r‖² = tr(N G_d N G) + tr(N G_r N G_d) + 2 tr(N X N Y)`,
-//! `X = Σ_j g_d(j) g_r(j)ᵀ`, `Y = Σ_j g_d(j) g(j)ᵀ`. Every term is then of the size of the error.
+//! `X = Σ_j g_d(j) g_r(j)ᵀ`, `Y = Σ_j g_d(j) g(j)ᵀ`. Every term is then of the size of the error
+//! and non-negative up to rounding. The entries of `G_d` are themselves sums of Cauchy terms that
+//! cancel, so the squared error keeps an absolute rounding level of about `ε‖Σ‖²`: errors below
+//! ~`1e-8 ‖Σ‖` are rounding noise in either form (kernel sums are the reference there).
 //! [`h2_error_three_term`] gives the textbook form for comparison.
 //!
 //! # Hankel singular values

@@ -3,8 +3,12 @@
 //! Pure math: no ML framework. See `block` for the system definition (`diag-ssm/1`).
 
 pub mod block;
+pub mod bt;
 pub mod error;
 pub mod gram;
+pub mod h2opt;
+pub mod io;
+pub mod modal;
 pub mod model;
 pub mod reduce;
 
