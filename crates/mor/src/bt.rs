@@ -154,7 +154,7 @@ pub fn rediagonalise(real: &RealReduced, template: &DiagBlock) -> Result<(DiagBl
     let vb = lu.solve(to_c(&real.b));
     let check = &v * &vb - to_c(&real.b);
     let bscale = real.b.norm_l2().max(1e-300);
-    if !(check.norm_l2() <= 1e-6 * bscale) {
+    if check.norm_l2() > 1e-6 * bscale || check.norm_l2().is_nan() {
         return Err(Error::LinAlg(format!(
             "reduced A is not diagonalisable to working accuracy (eigenvector solve residual {:.2e})",
             check.norm_l2() / bscale

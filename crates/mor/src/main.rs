@@ -1,1 +1,128 @@
-fn main() {}
+//! `mor`: command-line access to the h2 norms, Hankel singular values and block reductions of
+//! `diag-ssm/1` JSON systems. Prints one JSON object on stdout; errors exit non-zero with one line
+//! on stderr.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use mor::reduce::{ReduceOptions, reduce_block};
+use mor::{Method, gram, io};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Model order reduction of diagonal SSM / LQO blocks (`diag-ssm/1` JSON).
+#[derive(Parser)]
+#[command(name = "mor", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// h2 norm of a block: `{"h2": x}`.
+    H2 {
+        /// The system (`diag-ssm/1` JSON).
+        sys: PathBuf,
+        /// Time-limited norm over lags |j| < T.
+        #[arg(long)]
+        horizon: Option<usize>,
+    },
+    /// h2 error between a block and its reduction: `{"h2_error": x}`.
+    #[command(name = "h2-error")]
+    H2Error {
+        /// The full system.
+        full: PathBuf,
+        /// The reduced system (same m, p, linear and quadratic outputs).
+        red: PathBuf,
+        /// Time-limited error over lags |j| < T.
+        #[arg(long)]
+        horizon: Option<usize>,
+    },
+    /// Hankel singular values of the causal part u -> s: `{"hsv": [...]}` (2n values, descending).
+    Hsv {
+        /// The system.
+        sys: PathBuf,
+    },
+    /// Reduce a block to `r` stored modes and write it: `{"h2_error": x, "stable": bool}`.
+    Reduce {
+        /// The system.
+        sys: PathBuf,
+        /// One of modal, bt, last, global-hinf, uniform-hinf, h2, tlh2, lqo-h2.
+        #[arg(long)]
+        method: String,
+        /// Reduced order r (stored complex modes kept).
+        #[arg(long)]
+        order: usize,
+        /// Output file (`diag-ssm/1` JSON; written atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// Horizon T of tlh2 (lags |j| < T); also makes the reported error time-limited.
+        #[arg(long)]
+        horizon: Option<usize>,
+    },
+}
+
+fn read(path: &PathBuf) -> Result<mor::DiagBlock> {
+    io::read_json(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn run(cli: Cli) -> Result<serde_json::Value> {
+    Ok(match cli.cmd {
+        Cmd::H2 { sys, horizon } => {
+            let b = read(&sys)?;
+            if horizon.is_none() {
+                gram::check_stable(&b, &sys.display().to_string())?;
+            }
+            json!({ "h2": gram::h2_norm(&b, horizon) })
+        }
+        Cmd::H2Error { full, red, horizon } => {
+            let f = read(&full)?;
+            let r = read(&red)?;
+            json!({ "h2_error": gram::h2_error(&f, &r, horizon)? })
+        }
+        Cmd::Hsv { sys } => {
+            let b = read(&sys)?;
+            json!({ "hsv": gram::hsv(&b).with_context(|| format!("HSV of {}", sys.display()))? })
+        }
+        Cmd::Reduce {
+            sys,
+            method,
+            order,
+            out,
+            horizon,
+        } => {
+            let m: Method = method.parse()?;
+            let b = read(&sys)?;
+            if m != Method::Tlh2 {
+                gram::check_stable(&b, &sys.display().to_string())?;
+            } else if horizon.is_none() {
+                bail!("--method tlh2 needs --horizon T (the time-limited horizon)");
+            }
+            let opts = ReduceOptions {
+                horizon,
+                ..ReduceOptions::default()
+            };
+            let red = reduce_block(&b, m, order, &opts)
+                .with_context(|| format!("reducing {} with {m} to r = {order}", sys.display()))?;
+            io::write_json(&out, &red.block)
+                .with_context(|| format!("writing {}", out.display()))?;
+            let stable = red.block.max_abs_lambda() < 1.0;
+            json!({ "h2_error": red.h2_error, "stable": stable })
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

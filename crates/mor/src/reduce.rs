@@ -110,3 +110,171 @@ pub struct ModelReduction {
     /// Largest `|λ|` over all reduced layers.
     pub max_abs_lambda: f64,
 }
+
+// ------------------------------------------------------------------------------------ dispatch
+
+use crate::error::{Error, Result};
+use crate::gram;
+use crate::h2opt::{self, H2Options};
+use crate::modal::{self, ModalOrder};
+use rayon::prelude::*;
+
+/// Options of [`reduce_block`] and [`reduce_model`].
+#[derive(Clone, Debug, Default)]
+pub struct ReduceOptions {
+    /// Ranking used by `modal` (per-mode h2 contribution by default, or `|λ|`).
+    pub modal_order: ModalOrder,
+    /// Horizon `T` (lags `|j| < T`) of `tlh2`; `None` = the model's `max_len` in
+    /// [`reduce_model`] (required for [`reduce_block`] with `tlh2`).
+    pub horizon: Option<usize>,
+    /// Optimiser options of `h2`, `tlh2` and `lqo-h2`.
+    pub h2: H2Options,
+}
+
+/// Reduces one block to `r` stored modes with `method`.
+///
+/// Block-level meaning of the multi-layer methods: `last`, `global-hinf` and `uniform-hinf` all
+/// keep the `r` modes with the largest H∞ scores ([`gram::mode_hinf_scores`]; LAST's layer
+/// normalisation is monotone within a layer, so the three coincide for a single block);
+/// `lqo-h2` is the h2-optimal reduction of the block with its own LQO output (`E`, `N_i`), i.e.
+/// [`h2opt::h2_reduce`] (the bound-weighted allocation only exists across layers).
+///
+/// # Errors
+/// [`Error::Argument`] for `r` outside `1..=n` or a missing `tlh2` horizon; [`Error::Unstable`]
+/// for an unstable block (all methods but `tlh2`); decomposition failures.
+pub fn reduce_block(
+    block: &DiagBlock,
+    method: Method,
+    r: usize,
+    opts: &ReduceOptions,
+) -> Result<BlockReduction> {
+    match method {
+        Method::Modal => modal::modal(block, r, opts.modal_order),
+        Method::Bt => crate::bt::bt(block, r),
+        Method::Last | Method::GlobalHinf | Method::UniformHinf => modal::hinf_truncate(block, r),
+        Method::H2 | Method::LqoH2 => h2opt::h2_reduce(block, r, &opts.h2),
+        Method::Tlh2 => {
+            let t = opts.horizon.ok_or_else(|| {
+                Error::Argument("tlh2 needs a horizon (lags |j| < T); pass --horizon T".into())
+            })?;
+            h2opt::tlh2_reduce(block, r, t, &opts.h2)
+        }
+    }
+}
+
+/// Mode budget of a model reduction: `round((1 − ratio) · total)`, at least one mode per layer.
+///
+/// # Errors
+/// [`Error::Argument`] unless `0 ≤ ratio < 1`.
+pub fn mode_budget(layer_modes: &[usize], ratio: f64) -> Result<usize> {
+    if !(0.0..1.0).contains(&ratio) {
+        return Err(Error::Argument(format!(
+            "ratio = {ratio} is the fraction of SSM modes removed and must be in [0, 1)"
+        )));
+    }
+    let total: usize = layer_modes.iter().sum();
+    let layers = layer_modes.iter().filter(|&&n| n > 0).count();
+    Ok((((1.0 - ratio) * total as f64).round() as usize).clamp(layers, total))
+}
+
+/// Reduces every layer's SSM block of `model`; `ratio` is the fraction of SSM modes removed
+/// across the model (budget [`mode_budget`]).
+///
+/// Allocation: `modal`, `bt`, `h2`, `tlh2`, `uniform-hinf` remove the same ratio in every layer
+/// ([`modal::uniform_orders`]); `last` (layer-normalised H∞ scores, [`modal::last_normalise`]) and
+/// `global-hinf` (raw H∞ scores) use one global threshold ([`modal::allocate_global`]); `lqo-h2`
+/// allocates the budget by the output-error bound (`lqo::reduce_model_lqo`). `tlh2` uses the
+/// horizon `opts.horizon` or else `model.max_len`. Layers are reduced in parallel (rayon).
+///
+/// # Errors
+/// [`Error::Argument`] for a bad ratio or a method not available; errors of the block methods.
+pub fn reduce_model(
+    model: &DeepSsm,
+    method: Method,
+    ratio: f64,
+    opts: &ReduceOptions,
+) -> Result<ModelReduction> {
+    let ns: Vec<usize> = model.layers.iter().map(|l| l.ssm.n_modes()).collect();
+    let budget = mode_budget(&ns, ratio)?;
+    let reds: Vec<BlockReduction> = match method {
+        Method::Last | Method::GlobalHinf => {
+            let scores: Vec<Vec<f64>> = model
+                .layers
+                .iter()
+                .map(|l| {
+                    gram::check_stable(&l.ssm, "layer block")?;
+                    let s = gram::mode_hinf_scores(&l.ssm);
+                    Ok(if method == Method::Last {
+                        modal::last_normalise(&s)
+                    } else {
+                        s
+                    })
+                })
+                .collect::<Result<_>>()?;
+            let kept = modal::allocate_global(&scores, budget)?;
+            model
+                .layers
+                .par_iter()
+                .zip(kept.par_iter())
+                .map(|(l, k)| modal::truncate_modes(&l.ssm, k))
+                .collect::<Result<_>>()?
+        }
+        Method::LqoH2 => {
+            return Err(Error::Argument(
+                "method lqo-h2 not available yet at model level (needs lqo::reduce_model_lqo)"
+                    .into(),
+            ));
+        }
+        _ => {
+            let orders = modal::uniform_orders(&ns, ratio);
+            let mut o = opts.clone();
+            if method == Method::Tlh2 && o.horizon.is_none() {
+                o.horizon = Some(model.max_len);
+            }
+            model
+                .layers
+                .par_iter()
+                .zip(orders.par_iter())
+                .enumerate()
+                .map(|(k, (l, &r))| {
+                    reduce_block(&l.ssm, method, r, &o).map_err(|e| match e {
+                        Error::Argument(m) => Error::Argument(format!("layer {k}: {m}")),
+                        Error::Unstable(m) => Error::Unstable(format!("layer {k}: {m}")),
+                        other => other,
+                    })
+                })
+                .collect::<Result<_>>()?
+        }
+    };
+    Ok(assemble(model, reds))
+}
+
+/// Builds a [`ModelReduction`] from per-layer block reductions (norms, gates, decoder unchanged).
+pub fn assemble(model: &DeepSsm, reds: Vec<BlockReduction>) -> ModelReduction {
+    let mut out = model.clone();
+    let mut kept = vec![];
+    let mut errs = vec![];
+    let mut bounds = vec![];
+    for (layer, red) in out.layers.iter_mut().zip(reds) {
+        kept.push(red.block.n_modes());
+        errs.push(red.h2_error);
+        bounds.push(red.hinf_bound);
+        layer.ssm = red.block;
+    }
+    let max_abs_lambda = out
+        .layers
+        .iter()
+        .map(|l| l.ssm.max_abs_lambda())
+        .fold(0.0, f64::max);
+    ModelReduction {
+        model: out,
+        kept_modes: kept,
+        layer_h2_errors: errs,
+        hinf_bounds: bounds
+            .iter()
+            .all(Option::is_some)
+            .then(|| bounds.into_iter().flatten().collect()),
+        stable: max_abs_lambda < 1.0,
+        max_abs_lambda,
+    }
+}
