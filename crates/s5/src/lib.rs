@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod error;
+pub mod scan;
 
 pub use config::{GateKind, ModelConfig, NormKind};
 pub use error::{Error, Result};
