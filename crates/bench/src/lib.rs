@@ -1,0 +1,10 @@
+//! The reproduction runner's library: run configuration, evaluation set, results CSV (atomic,
+//! resumable), figures and the run manifest. The `bench` binary (`src/main.rs`) wires these to
+//! the `lra`, `s5` and `mor` crates.
+
+pub mod manifest;
+pub mod plot;
+pub mod results;
+pub mod sections;
+pub mod subset;
+pub mod sweep;

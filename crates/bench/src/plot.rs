@@ -1,0 +1,540 @@
+//! The figures of a run, drawn from `results.csv` (and `kept_modes.csv`) in pure Rust with
+//! plotters (bitmap + SVG backends, text through `ab_glyph` and the embedded DejaVu Sans font).
+//!
+//! - `accuracy_vs_params.png` / `.svg`: test accuracy against total trainable parameters, one
+//!   line per method, the full model as a horizontal reference and the paper's ~60 % parameter
+//!   reduction (Sakamoto & Sato, arXiv 2510.14542 v2) as a vertical line.
+//! - `bound_vs_error.png`: the a-priori output-error bound against the measured output error,
+//!   log-log, with the line `y = x` (points above it: the bound holds).
+//! - `modes_per_layer.png`: kept complex modes per layer for each method, at a few ratios.
+
+use crate::results::{FULL, KeptModes, Row};
+use anyhow::{Result, anyhow};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+/// Parameter reduction at which the paper reports the original accuracy (~60 %).
+pub const PAPER_REDUCTION: f64 = 0.6;
+
+const FONT: &str = "sans-serif";
+
+/// Registers the embedded DejaVu Sans font under `sans-serif` (once per process). The bitmap
+/// backend cannot draw text without a registered font.
+pub fn register_fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The embedded font is a valid TrueType file; a failure here is a build problem.
+        plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
+            .unwrap_or_else(|_| panic!("embedded DejaVu Sans font failed to load"));
+        plotters::style::register_font(FONT, FontStyle::Bold, dejavu::sans::bold())
+            .unwrap_or_else(|_| panic!("embedded DejaVu Sans Bold font failed to load"));
+    });
+}
+
+/// Method names in plotting order (the order of `mor::Method::ALL`).
+const METHOD_ORDER: [&str; 8] = [
+    "modal",
+    "bt",
+    "last",
+    "global-hinf",
+    "uniform-hinf",
+    "h2",
+    "tlh2",
+    "lqo-h2",
+];
+
+/// A fixed colour per method (colour-blind friendly Tableau-10 hues), so the same method has the
+/// same colour in every figure.
+pub fn method_color(method: &str) -> RGBColor {
+    const COLORS: [RGBColor; 10] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(23, 190, 207),
+        RGBColor(188, 189, 34),
+        RGBColor(127, 127, 127),
+    ];
+    match METHOD_ORDER.iter().position(|m| *m == method) {
+        Some(i) => COLORS[i],
+        None if method == FULL => BLACK,
+        None => {
+            let h = method
+                .bytes()
+                .fold(0usize, |a, b| a.wrapping_mul(31) + b as usize);
+            COLORS[8 + h % 2]
+        }
+    }
+}
+
+/// Methods present in `rows` (without `full`), in plotting order, unknown names last.
+fn methods_in(rows: &[Row]) -> Vec<String> {
+    let present: BTreeSet<&str> = rows
+        .iter()
+        .filter(|r| r.method != FULL)
+        .map(|r| r.method.as_str())
+        .collect();
+    let mut out: Vec<String> = METHOD_ORDER
+        .iter()
+        .filter(|m| present.contains(*m))
+        .map(|m| m.to_string())
+        .collect();
+    for m in present {
+        if !METHOD_ORDER.contains(&m) {
+            out.push(m.to_string());
+        }
+    }
+    out
+}
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("plotting failed: {e:?}")
+}
+
+/// Draws every figure of a run into `dir`; returns the files written.
+pub fn plot_all(rows: &[Row], kept: &[KeptModes], dir: &Path) -> Result<Vec<PathBuf>> {
+    register_fonts();
+    let mut out = Vec::new();
+    let png = dir.join("accuracy_vs_params.png");
+    accuracy_vs_params(
+        &BitMapBackend::new(&png, (1100, 750)).into_drawing_area(),
+        rows,
+    )?;
+    out.push(png);
+    let svg = dir.join("accuracy_vs_params.svg");
+    accuracy_vs_params(
+        &SVGBackend::new(&svg, (1100, 750)).into_drawing_area(),
+        rows,
+    )?;
+    out.push(svg);
+    let p = dir.join("bound_vs_error.png");
+    bound_vs_error(
+        &BitMapBackend::new(&p, (900, 800)).into_drawing_area(),
+        rows,
+    )?;
+    out.push(p);
+    let p = dir.join("modes_per_layer.png");
+    modes_per_layer(
+        &BitMapBackend::new(&p, (1500, 600)).into_drawing_area(),
+        kept,
+    )?;
+    out.push(p);
+    Ok(out)
+}
+
+/// Accuracy (%) against total trainable parameters, one line per method.
+pub fn accuracy_vs_params<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    rows: &[Row],
+) -> Result<()> {
+    root.fill(&WHITE).map_err(err)?;
+    let full = rows.iter().find(|r| r.method == FULL);
+    let finite: Vec<&Row> = rows.iter().filter(|r| r.accuracy.is_finite()).collect();
+    let x_max = rows
+        .iter()
+        .map(|r| r.total_params)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        * 1.05;
+    let (mut y_lo, mut y_hi) = finite
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |a, r| {
+            (a.0.min(r.accuracy * 100.0), a.1.max(r.accuracy * 100.0))
+        });
+    if !y_lo.is_finite() {
+        (y_lo, y_hi) = (0.0, 100.0);
+    }
+    let pad = ((y_hi - y_lo) * 0.08).max(1.0);
+    let (y_lo, y_hi) = ((y_lo - pad).max(0.0), (y_hi + pad).min(100.0));
+    let n_eval = full
+        .map(|r| r.n_eval)
+        .or_else(|| rows.first().map(|r| r.n_eval));
+    let caption = match n_eval {
+        Some(n) => {
+            format!("Test accuracy vs. model size after reduction (no retraining, {n} reviews)")
+        }
+        None => "Test accuracy vs. model size after reduction (no retraining)".to_string(),
+    };
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, (FONT, 24))
+        .margin(20)
+        .x_label_area_size(55)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, y_lo..y_hi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("total trainable parameters (count)")
+        .y_desc("test accuracy (%)")
+        .x_label_formatter(&|x| format_count(*x))
+        .axis_desc_style((FONT, 18))
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(err)?;
+
+    if let Some(f) = full {
+        let y = f.accuracy * 100.0;
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, y), (x_max, y)],
+                10,
+                6,
+                BLACK.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label(format!("full model ({:.2} %)", y))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLACK.stroke_width(2)));
+        let xr = f.total_params as f64 * (1.0 - PAPER_REDUCTION);
+        let grey = RGBColor(120, 120, 120);
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(xr, y_lo), (xr, y_hi)],
+                4,
+                4,
+                grey.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label("paper: ~60 % fewer parameters at full accuracy")
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], grey.stroke_width(2))
+            });
+    }
+
+    for m in methods_in(rows) {
+        let color = method_color(&m);
+        let mut pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| r.method == m && r.accuracy.is_finite())
+            .map(|r| (r.total_params as f64, r.accuracy * 100.0))
+            .collect();
+        if let Some(f) = full {
+            pts.push((f.total_params as f64, f.accuracy * 100.0));
+        }
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(err)?
+            .label(m.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+            });
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Bound against measured output error, log-log, one colour per method, with `y = x`.
+pub fn bound_vs_error<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    rows: &[Row],
+) -> Result<()> {
+    root.fill(&WHITE).map_err(err)?;
+    let pts: Vec<(&Row, f64, f64)> = rows
+        .iter()
+        .filter(|r| r.method != FULL)
+        .filter(|r| r.logit_err_max.is_finite() && r.bound_max.is_finite())
+        .filter(|r| r.logit_err_max > 0.0 && r.bound_max > 0.0)
+        .map(|r| (r, r.logit_err_max, r.bound_max))
+        .collect();
+    let (lo, hi) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
+        (a.0.min(p.1).min(p.2), a.1.max(p.1).max(p.2))
+    });
+    let (lo, hi) = if lo.is_finite() {
+        (lo / 2.0, hi * 2.0)
+    } else {
+        (1e-6, 1.0)
+    };
+    let mut chart = ChartBuilder::on(root)
+        .caption(
+            "Output-error bound vs. measured logit error (max over evaluated reviews)",
+            (FONT, 20),
+        )
+        .margin(20)
+        .x_label_area_size(55)
+        .y_label_area_size(80)
+        .build_cartesian_2d((lo..hi).log_scale(), (lo..hi).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("measured max logit error (2-norm, logit units)")
+        .y_desc("a-priori bound (logit units)")
+        .x_label_formatter(&|x| format!("{x:.0e}"))
+        .y_label_formatter(&|y| format!("{y:.0e}"))
+        .axis_desc_style((FONT, 17))
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.stroke_width(1)))
+        .map_err(err)?
+        .label("y = x (bound = error)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLACK));
+    for m in methods_in(rows) {
+        let color = method_color(&m);
+        let mine: Vec<(f64, f64)> = pts
+            .iter()
+            .filter(|p| p.0.method == m)
+            .map(|p| (p.1, p.2))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(mine.iter().map(|&p| Circle::new(p, 5, color.filled())))
+            .map_err(err)?
+            .label(m.clone())
+            .legend(move |(x, y)| Circle::new((x + 12, y), 5, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Up to three ratios to show: the smallest, one in the middle and the largest.
+fn pick_ratios(kept: &[KeptModes]) -> Vec<f64> {
+    let mut rs: Vec<f64> = kept
+        .iter()
+        .filter(|k| k.method != FULL)
+        .map(|k| k.ratio)
+        .collect();
+    rs.sort_by(f64::total_cmp);
+    rs.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
+    match rs.len() {
+        0..=3 => rs,
+        n => vec![rs[0], rs[n / 2], rs[n - 1]],
+    }
+}
+
+/// Kept complex modes per layer, one panel per ratio, one line per method.
+pub fn modes_per_layer<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    kept: &[KeptModes],
+) -> Result<()> {
+    root.fill(&WHITE).map_err(err)?;
+    let parsed: Vec<(&KeptModes, Vec<usize>)> = kept
+        .iter()
+        .map(|k| Ok((k, k.counts()?)))
+        .collect::<Result<_>>()?;
+    let full = parsed.iter().find(|p| p.0.method == FULL);
+    let n_layers = parsed.iter().map(|p| p.1.len()).max().unwrap_or(1).max(1);
+    let y_max = parsed
+        .iter()
+        .flat_map(|p| p.1.iter().copied())
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        * 1.1;
+    let ratios = pick_ratios(kept);
+    let (title_area, body) = root.split_vertically(50);
+    title_area
+        .titled(
+            "Kept SSM modes per layer (complex modes; each is a conjugate pair of states)",
+            (FONT, 22),
+        )
+        .map_err(err)?;
+    let panels = body.split_evenly((1, ratios.len().max(1)));
+    let methods: Vec<String> = {
+        let mut ms: Vec<String> = METHOD_ORDER
+            .iter()
+            .filter(|m| parsed.iter().any(|p| p.0.method == **m))
+            .map(|m| m.to_string())
+            .collect();
+        for p in &parsed {
+            if p.0.method != FULL && !ms.contains(&p.0.method) {
+                ms.push(p.0.method.clone());
+            }
+        }
+        ms
+    };
+    for (panel, &ratio) in panels.iter().zip(ratios.iter()) {
+        let mut chart = ChartBuilder::on(panel)
+            .caption(
+                format!("{:.0} % of modes removed", ratio * 100.0),
+                (FONT, 18),
+            )
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(55)
+            .build_cartesian_2d(-0.3..(n_layers as f64 - 0.7), 0.0..y_max)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("layer (input side = 0)")
+            .y_desc("kept modes (count)")
+            .x_labels(n_layers.min(12))
+            .x_label_formatter(&|x| format!("{:.0}", x))
+            .axis_desc_style((FONT, 15))
+            .label_style((FONT, 13))
+            .draw()
+            .map_err(err)?;
+        if let Some(f) = full {
+            let pts: Vec<(f64, f64)> =
+                f.1.iter()
+                    .enumerate()
+                    .map(|(i, &k)| (i as f64, k as f64))
+                    .collect();
+            chart
+                .draw_series(DashedLineSeries::new(pts, 8, 5, BLACK.stroke_width(2)))
+                .map_err(err)?
+                .label("full")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        }
+        for m in &methods {
+            let Some(p) = parsed
+                .iter()
+                .find(|p| p.0.method == *m && (p.0.ratio - ratio).abs() < 1e-9)
+            else {
+                continue;
+            };
+            let color = method_color(m);
+            let pts: Vec<(f64, f64)> =
+                p.1.iter()
+                    .enumerate()
+                    .map(|(i, &k)| (i as f64, k as f64))
+                    .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(err)?
+                .label(m.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+                });
+            chart
+                .draw_series(pts.iter().map(|&q| Circle::new(q, 3, color.filled())))
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 12))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerLeft)
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// `1234567` → `1.23M`, `45600` → `45.6k`.
+fn format_count(x: f64) -> String {
+    if x.abs() >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x.abs() >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::ResultsStore;
+
+    fn row(method: &str, ratio: f64, total: usize, acc: f64, err: f64, bound: f64) -> Row {
+        Row {
+            method: method.into(),
+            ratio,
+            kept_modes: 10,
+            ssm_params: total / 2,
+            total_params: total,
+            param_reduction: 1.0 - total as f64 / 1000.0,
+            accuracy: acc,
+            n_eval: 64,
+            logit_err_mean: err / 2.0,
+            logit_err_max: err,
+            bound_max: bound,
+            bound_holds: bound >= err,
+            stable: true,
+            reduce_seconds: 0.1,
+            eval_seconds: 0.1,
+        }
+    }
+
+    #[test]
+    fn plots_from_csv_are_non_empty_png_and_svg() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ResultsStore::new(dir.path());
+        store
+            .upsert(
+                &row(FULL, 0.0, 1000, 0.8, 0.0, 0.0),
+                &KeptModes::new(FULL, 0.0, &[8, 8]),
+            )
+            .unwrap();
+        for (i, m) in ["modal", "bt", "lqo-h2"].iter().enumerate() {
+            for (j, r) in [0.25, 0.5, 0.75].iter().enumerate() {
+                let total = 1000 - 200 * (j + 1);
+                let acc = 0.8 - 0.05 * (j as f64) - 0.01 * i as f64;
+                store
+                    .upsert(
+                        &row(
+                            m,
+                            *r,
+                            total,
+                            acc,
+                            0.01 * (j + 1) as f64,
+                            0.1 * (i + 1) as f64,
+                        ),
+                        &KeptModes::new(m, *r, &[8 - 2 * j, 6 - j - i]),
+                    )
+                    .unwrap();
+            }
+        }
+        // an unstable point with NaN accuracy must not break the figures
+        store
+            .upsert(
+                &row("tlh2", 0.5, 600, f64::NAN, f64::NAN, 1.0),
+                &KeptModes::new("tlh2", 0.5, &[4, 4]),
+            )
+            .unwrap();
+        let rows = store.rows().unwrap();
+        let kept = store.kept().unwrap();
+        let files = plot_all(&rows, &kept, dir.path()).unwrap();
+        assert_eq!(files.len(), 4);
+        for f in &files {
+            let len = std::fs::metadata(f).unwrap().len();
+            assert!(len > 5_000, "{} is only {len} bytes", f.display());
+        }
+        let png = std::fs::read(dir.path().join("accuracy_vs_params.png")).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        let svg = std::fs::read_to_string(dir.path().join("accuracy_vs_params.svg")).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("lqo-h2"));
+        assert!(svg.contains("total trainable parameters"));
+    }
+
+    #[test]
+    fn pick_ratios_takes_ends_and_middle() {
+        let kept: Vec<KeptModes> = [0.2, 0.4, 0.5, 0.6, 0.9]
+            .iter()
+            .map(|&r| KeptModes::new("bt", r, &[1]))
+            .collect();
+        assert_eq!(pick_ratios(&kept), vec![0.2, 0.5, 0.9]);
+    }
+}

@@ -1,0 +1,345 @@
+//! `results.csv`: one row per evaluated model (the full model first, then one per method × ratio),
+//! and the side file `kept_modes.csv` with the kept modes of every layer.
+//!
+//! Every write rewrites the whole file into a temporary file in the same directory, fsyncs it and
+//! renames it over the old one, so a run killed at any instant leaves either the old or the new
+//! file, never a half-written one. A restarted sweep reads the file back and skips the rows whose
+//! key (method, ratio) it already holds.
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Method name of the unreduced reference row.
+pub const FULL: &str = "full";
+
+/// The columns of `results.csv`, in order.
+pub const COLUMNS: [&str; 15] = [
+    "method",
+    "ratio",
+    "kept_modes",
+    "ssm_params",
+    "total_params",
+    "param_reduction",
+    "accuracy",
+    "n_eval",
+    "logit_err_mean",
+    "logit_err_max",
+    "bound_max",
+    "bound_holds",
+    "stable",
+    "reduce_seconds",
+    "eval_seconds",
+];
+
+/// One row of `results.csv`: one model (full or reduced) evaluated on the evaluation set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Row {
+    /// Reduction method (`full` for the unreduced model).
+    pub method: String,
+    /// Fraction of SSM modes removed (0 for `full`).
+    pub ratio: f64,
+    /// Complex modes kept, summed over layers (each stands for a conjugate pair of real states).
+    pub kept_modes: usize,
+    /// Trainable parameters in the SSM blocks (Λ, B, C, C_rev, D, log Δ) of the model.
+    pub ssm_params: usize,
+    /// All trainable parameters of the model.
+    pub total_params: usize,
+    /// Fraction of trainable parameters removed, `1 − total_params / total_params(full)`.
+    pub param_reduction: f64,
+    /// Accuracy on the evaluation set (NaN if the logits were not finite).
+    pub accuracy: f64,
+    /// Number of evaluated reviews.
+    pub n_eval: usize,
+    /// Mean over evaluated reviews of the output (logit) error against the full model.
+    pub logit_err_mean: f64,
+    /// Largest output (logit) error over evaluated reviews.
+    pub logit_err_max: f64,
+    /// Largest a-priori output-error bound over evaluated reviews.
+    pub bound_max: f64,
+    /// Whether the bound held for every evaluated review.
+    pub bound_holds: bool,
+    /// Whether every reduced mode has `|λ̄| < 1`.
+    pub stable: bool,
+    /// Wall seconds spent reducing (and rebuilding) the model.
+    pub reduce_seconds: f64,
+    /// Wall seconds spent evaluating the model.
+    pub eval_seconds: f64,
+}
+
+impl Row {
+    /// Whether this row has the key (method, ratio).
+    pub fn has_key(&self, method: &str, ratio: f64) -> bool {
+        self.method == method && same_ratio(self.ratio, ratio)
+    }
+}
+
+/// Ratios are compared to 1e-9 (they come from the config and from a CSV round trip).
+pub fn same_ratio(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+/// Per-layer kept modes of one (method, ratio), the rows of `kept_modes.csv`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeptModes {
+    /// Reduction method (`full` for the unreduced model).
+    pub method: String,
+    /// Fraction of SSM modes removed.
+    pub ratio: f64,
+    /// Complex modes kept in each layer, input side first, joined by `;` (e.g. `64;60;31`).
+    pub per_layer: String,
+}
+
+impl KeptModes {
+    /// Builds the row from the per-layer counts.
+    pub fn new(method: &str, ratio: f64, per_layer: &[usize]) -> Self {
+        let per_layer = per_layer
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(";");
+        KeptModes {
+            method: method.to_string(),
+            ratio,
+            per_layer,
+        }
+    }
+
+    /// The per-layer counts.
+    pub fn counts(&self) -> Result<Vec<usize>> {
+        if self.per_layer.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.per_layer
+            .split(';')
+            .map(|s| {
+                s.trim()
+                    .parse::<usize>()
+                    .with_context(|| format!("bad per-layer mode count `{s}` in kept_modes.csv"))
+            })
+            .collect()
+    }
+}
+
+/// Reads a CSV of records `T`; a missing file is an empty table.
+pub fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, rec) in reader.deserialize().enumerate() {
+        let rec: T = rec.with_context(|| {
+            format!(
+                "{}: row {} is malformed (delete the file or the row to recompute it)",
+                path.display(),
+                i + 2
+            )
+        })?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+/// Reads `results.csv`, checking the header is exactly [`COLUMNS`].
+pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
+    if path.exists() {
+        let mut reader = csv::Reader::from_path(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let header: Vec<String> = reader
+            .headers()
+            .with_context(|| format!("cannot read the header of {}", path.display()))?
+            .iter()
+            .map(str::to_string)
+            .collect();
+        if header != COLUMNS {
+            bail!(
+                "{}: unexpected columns {:?}; expected {:?} (move the file away to start afresh)",
+                path.display(),
+                header,
+                COLUMNS
+            );
+        }
+    }
+    read_csv(path)
+}
+
+/// Writes a whole CSV atomically: temp file in the same directory, fsync, rename.
+pub fn write_csv_atomic<T: Serialize>(path: &Path, rows: &[T], header: &[&str]) -> Result<()> {
+    let mut buf = Vec::new();
+    {
+        let mut w = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(&mut buf);
+        w.write_record(header)?;
+        for r in rows {
+            w.serialize(r)?;
+        }
+        w.flush()?;
+    }
+    write_atomic(path, &buf)
+}
+
+/// Writes bytes to `path` atomically (temp file + fsync + rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?
+        .to_string_lossy();
+    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let res = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| {
+            format!(
+                "cannot write {} (is the directory writable? choose another `out_dir`)",
+                path.display()
+            )
+        });
+    }
+    Ok(())
+}
+
+/// The result files of one run directory.
+#[derive(Clone, Debug)]
+pub struct ResultsStore {
+    /// `results.csv`.
+    pub results: PathBuf,
+    /// `kept_modes.csv` (method, ratio, per-layer kept modes).
+    pub kept_modes: PathBuf,
+}
+
+impl ResultsStore {
+    /// The store inside `dir` (the directory must exist).
+    pub fn new(dir: &Path) -> Self {
+        ResultsStore {
+            results: dir.join("results.csv"),
+            kept_modes: dir.join("kept_modes.csv"),
+        }
+    }
+
+    /// All rows written so far.
+    pub fn rows(&self) -> Result<Vec<Row>> {
+        read_rows(&self.results)
+    }
+
+    /// All per-layer kept-mode records written so far.
+    pub fn kept(&self) -> Result<Vec<KeptModes>> {
+        read_csv(&self.kept_modes)
+    }
+
+    /// Adds (or replaces, same key) one row and its per-layer modes, each file atomically.
+    /// The side file is written first: a kill in between leaves a side record without a row,
+    /// which the rerun recomputes and overwrites, never a row without its side record.
+    /// The `full` row is kept first.
+    pub fn upsert(&self, row: &Row, kept: &KeptModes) -> Result<()> {
+        let mut ks = self.kept()?;
+        ks.retain(|k| !(k.method == kept.method && same_ratio(k.ratio, kept.ratio)));
+        ks.push(kept.clone());
+        sort_full_first(&mut ks, |k| k.method == FULL);
+        write_csv_atomic(&self.kept_modes, &ks, &["method", "ratio", "per_layer"])?;
+
+        let mut rows = self.rows()?;
+        rows.retain(|r| !r.has_key(&row.method, row.ratio));
+        rows.push(row.clone());
+        sort_full_first(&mut rows, |r| r.method == FULL);
+        write_csv_atomic(&self.results, &rows, &COLUMNS)
+    }
+}
+
+/// Stable sort putting the records for which `is_full` holds first.
+fn sort_full_first<T>(v: &mut [T], is_full: impl Fn(&T) -> bool) {
+    v.sort_by_key(|x| !is_full(x));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(method: &str, ratio: f64) -> Row {
+        Row {
+            method: method.into(),
+            ratio,
+            kept_modes: 10,
+            ssm_params: 100,
+            total_params: 1000,
+            param_reduction: 0.1,
+            accuracy: 0.5,
+            n_eval: 8,
+            logit_err_mean: 0.01,
+            logit_err_max: 0.02,
+            bound_max: 0.5,
+            bound_holds: true,
+            stable: false,
+            reduce_seconds: 0.1,
+            eval_seconds: 0.2,
+        }
+    }
+
+    #[test]
+    fn upsert_round_trip_replaces_same_key_and_keeps_full_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ResultsStore::new(dir.path());
+        store
+            .upsert(&row("bt", 0.5), &KeptModes::new("bt", 0.5, &[3, 4]))
+            .unwrap();
+        store
+            .upsert(&row(FULL, 0.0), &KeptModes::new(FULL, 0.0, &[8, 8]))
+            .unwrap();
+        let mut again = row("bt", 0.5);
+        again.accuracy = 0.75;
+        store
+            .upsert(&again, &KeptModes::new("bt", 0.5, &[2, 5]))
+            .unwrap();
+        let rows = store.rows().unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0], row(FULL, 0.0));
+        assert_eq!(rows[1], again);
+        let kept = store.kept().unwrap();
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[1].counts().unwrap(), vec![2, 5]);
+        let text = std::fs::read_to_string(&store.results).unwrap();
+        assert_eq!(text.lines().next().unwrap(), COLUMNS.join(","));
+        // no temp files left behind
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn wrong_header_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("results.csv");
+        std::fs::write(&p, "method,ratio\nbt,0.5\n").unwrap();
+        let err = read_rows(&p).unwrap_err().to_string();
+        assert!(err.contains("unexpected columns"), "{err}");
+    }
+
+    #[test]
+    fn unwritable_dir_gives_clear_error() {
+        let err = write_atomic(Path::new("/proc/definitely/not/here.csv"), b"x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot write"), "{err}");
+    }
+}

@@ -1,0 +1,132 @@
+//! The runner's own config sections: `[eval]` and `[sweep]` (documented field by field in
+//! `configs/imdb.toml`).
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// `[eval]`: which test reviews every model is evaluated on, and how.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Reviews evaluated per model: 0 = the whole test split; otherwise a fixed, seeded,
+    /// class-balanced subset of that size.
+    #[serde(default)]
+    pub max_samples: usize,
+    /// Reviews per forward pass.
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+    /// Seed of the subset.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_eval_batch() -> usize {
+    16
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            max_samples: 0,
+            batch_size: default_eval_batch(),
+            seed: 0,
+        }
+    }
+}
+
+impl EvalConfig {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            bail!("eval.batch_size must be ≥ 1");
+        }
+        Ok(())
+    }
+}
+
+/// `[sweep]`: the reduction methods and ratios to evaluate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepConfig {
+    /// Reduction methods, any of `modal`, `bt`, `last`, `global-hinf`, `uniform-hinf`, `h2`,
+    /// `tlh2`, `lqo-h2` (default: all, in that order).
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    /// Fractions of SSM modes removed, each in `[0, 1)`.
+    pub ratios: Vec<f64>,
+}
+
+fn default_methods() -> Vec<String> {
+    mor::Method::ALL
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect()
+}
+
+impl SweepConfig {
+    /// Checks the method names and the ratios; returns the parsed methods.
+    pub fn validate(&self) -> Result<Vec<mor::Method>> {
+        if self.methods.is_empty() {
+            bail!("sweep.methods is empty; list at least one method");
+        }
+        if self.ratios.is_empty() {
+            bail!("sweep.ratios is empty; list at least one ratio in [0, 1)");
+        }
+        let mut out = Vec::new();
+        for m in &self.methods {
+            let parsed: mor::Method = m
+                .parse()
+                .map_err(|e: mor::Error| anyhow::anyhow!("sweep.methods: {e}"))?;
+            if out.contains(&parsed) {
+                bail!("sweep.methods lists `{m}` twice");
+            }
+            out.push(parsed);
+        }
+        for (i, &r) in self.ratios.iter().enumerate() {
+            validate_ratio(r).map_err(|e| anyhow::anyhow!("sweep.ratios[{i}]: {e}"))?;
+            if self.ratios[..i].iter().any(|&q| (q - r).abs() < 1e-9) {
+                bail!("sweep.ratios lists {r} twice");
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A ratio (fraction of SSM modes removed) must be finite and in `[0, 1)`.
+pub fn validate_ratio(r: f64) -> Result<()> {
+    if !(r.is_finite() && (0.0..1.0).contains(&r)) {
+        bail!(
+            "ratio {r} is impossible: it is the fraction of SSM modes removed and must be in \
+             [0, 1) (e.g. 0.6 removes 60 % of the modes)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_ratio_and_method_are_named() {
+        let s = SweepConfig {
+            methods: vec!["bt".into()],
+            ratios: vec![0.5, 1.0],
+        };
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("sweep.ratios[1]") && e.contains("[0, 1)"), "{e}");
+        let s = SweepConfig {
+            methods: vec!["bt".into(), "pca".into()],
+            ratios: vec![0.5],
+        };
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("pca") && e.contains("lqo-h2"), "{e}");
+        let s = SweepConfig {
+            methods: default_methods(),
+            ratios: vec![0.0, 0.5, 0.95],
+        };
+        assert_eq!(s.validate().unwrap().len(), 8);
+        assert!(validate_ratio(-0.1).is_err());
+        assert!(validate_ratio(f64::NAN).is_err());
+    }
+}

@@ -1,0 +1,384 @@
+//! The sweep: the full model, then every method × ratio, one row each, resumable.
+//!
+//! The model-specific work (reduce, rebuild, evaluate, bound) is behind [`SweepBackend`]; this
+//! module owns what every backend shares: the order of points, skipping rows already in the CSV,
+//! the measured output error against the full model, whether the bound held, the parameter
+//! reduction, and writing each row at once.
+
+use crate::results::{FULL, KeptModes, ResultsStore, Row};
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::time::Instant;
+
+/// Relative slack when checking `error ≤ bound` (floating-point noise of the two computations).
+pub const BOUND_SLACK: f64 = 1e-6;
+
+/// One evaluated model, as a backend reports it.
+#[derive(Clone, Debug)]
+pub struct Point {
+    /// Complex modes kept in each layer.
+    pub kept_per_layer: Vec<usize>,
+    /// Trainable parameters of the SSM blocks.
+    pub ssm_params: usize,
+    /// All trainable parameters.
+    pub total_params: usize,
+    /// Fraction of correct predictions over the evaluated reviews (NaN if logits not finite).
+    pub accuracy: f64,
+    /// Logits of each evaluated review, `[n_eval][classes]`, in the evaluation set's order.
+    pub logits: Vec<Vec<f64>>,
+    /// The a-priori output-error bound for each evaluated review, `[n_eval]` (empty for the
+    /// full model).
+    pub bounds: Vec<f64>,
+    /// Whether every mode has `|λ̄| < 1`.
+    pub stable: bool,
+    /// Wall seconds of reduction and rebuild.
+    pub reduce_seconds: f64,
+    /// Wall seconds of evaluation.
+    pub eval_seconds: f64,
+}
+
+/// What a sweep needs from the model side.
+pub trait SweepBackend {
+    /// Evaluates the unreduced model.
+    fn full(&mut self) -> Result<Point>;
+    /// Reduces the model by `method` removing the fraction `ratio` of SSM modes, rebuilds it and
+    /// evaluates it (with the bound per review).
+    fn reduced(&mut self, method: &str, ratio: f64) -> Result<Point>;
+}
+
+/// Output (logit) error of one review: the Euclidean norm of the logit difference, the norm the
+/// output-error bound is stated in.
+pub fn logit_error(full: &[f64], reduced: &[f64]) -> f64 {
+    full.iter()
+        .zip(reduced)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Mean and max logit error over reviews, and whether `error_i ≤ bound_i` for every review
+/// (with [`BOUND_SLACK`]). Non-finite errors give NaN statistics and `holds = false`.
+pub fn error_stats(full: &[Vec<f64>], reduced: &[Vec<f64>], bounds: &[f64]) -> (f64, f64, bool) {
+    if full.is_empty() {
+        return (0.0, 0.0, true);
+    }
+    let errs: Vec<f64> = full
+        .iter()
+        .zip(reduced)
+        .map(|(a, b)| logit_error(a, b))
+        .collect();
+    let mean = errs.iter().sum::<f64>() / errs.len() as f64;
+    let max = errs.iter().copied().fold(0.0, |m: f64, e| {
+        if e.is_nan() || m.is_nan() {
+            f64::NAN
+        } else {
+            m.max(e)
+        }
+    });
+    let holds = bounds.len() == errs.len()
+        && errs
+            .iter()
+            .zip(bounds)
+            .all(|(e, b)| e.is_finite() && *e <= b * (1.0 + BOUND_SLACK) + 1e-12);
+    (mean, max, holds)
+}
+
+/// Options of a sweep run.
+#[derive(Clone, Debug, Default)]
+pub struct SweepOptions {
+    /// Stop (with an error) after writing this many new rows — for testing kill/restart.
+    pub stop_after_rows: Option<usize>,
+    /// Draw progress bars.
+    pub progress: bool,
+}
+
+/// How a sweep ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepSummary {
+    /// Rows computed in this run.
+    pub written: usize,
+    /// Rows that were already in the CSV and were skipped.
+    pub skipped: usize,
+    /// Whether the sweep stopped early because of `stop_after_rows`.
+    pub stopped_early: bool,
+}
+
+/// Runs the sweep: the full model (always evaluated, since its logits are the reference of every
+/// error; its row is written if missing), then each (method, ratio) whose row is missing.
+pub fn run_sweep(
+    store: &ResultsStore,
+    backend: &mut dyn SweepBackend,
+    methods: &[String],
+    ratios: &[f64],
+    opts: &SweepOptions,
+) -> Result<SweepSummary> {
+    let existing = store.rows()?;
+    let todo: Vec<(String, f64)> = methods
+        .iter()
+        .flat_map(|m| ratios.iter().map(move |&r| (m.clone(), r)))
+        .filter(|(m, r)| !existing.iter().any(|row| row.has_key(m, *r)))
+        .collect();
+    let n_points = methods.len() * ratios.len();
+    let skipped = n_points - todo.len();
+    let has_full = existing.iter().any(|r| r.method == FULL);
+
+    let full = backend.full().context("evaluating the full model")?;
+    if !full.accuracy.is_finite() {
+        bail!("the full model's logits are not finite: the checkpoint is damaged; retrain it");
+    }
+    let full_row = Row {
+        method: FULL.into(),
+        ratio: 0.0,
+        kept_modes: full.kept_per_layer.iter().sum(),
+        ssm_params: full.ssm_params,
+        total_params: full.total_params,
+        param_reduction: 0.0,
+        accuracy: full.accuracy,
+        n_eval: full.logits.len(),
+        logit_err_mean: 0.0,
+        logit_err_max: 0.0,
+        bound_max: 0.0,
+        bound_holds: true,
+        stable: full.stable,
+        reduce_seconds: 0.0,
+        eval_seconds: full.eval_seconds,
+    };
+    if let Some(old) = existing.iter().find(|r| r.method == FULL)
+        && (old.n_eval != full_row.n_eval || old.total_params != full_row.total_params)
+    {
+        bail!(
+            "{} was made with another model or evaluation set (full model: {} params on {} \
+             reviews there, {} on {} now); move it away or change `name`",
+            store.results.display(),
+            old.total_params,
+            old.n_eval,
+            full_row.total_params,
+            full_row.n_eval
+        );
+    }
+    let mut written = 0;
+    if !has_full {
+        store.upsert(&full_row, &KeptModes::new(FULL, 0.0, &full.kept_per_layer))?;
+        written += 1;
+    }
+
+    let pb = if opts.progress {
+        let pb = ProgressBar::new(n_points as u64);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "sweep {elapsed_precise} [{bar:30}] {pos}/{len} points, ETA {eta_precise} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb.set_position(skipped as u64);
+        pb.reset_eta();
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+
+    for (method, ratio) in todo {
+        if opts.stop_after_rows.is_some_and(|n| written >= n) {
+            pb.abandon();
+            return Ok(SweepSummary {
+                written,
+                skipped,
+                stopped_early: true,
+            });
+        }
+        pb.set_message(format!("{method} @ {ratio}"));
+        let t0 = Instant::now();
+        let p = backend
+            .reduced(&method, ratio)
+            .with_context(|| format!("method {method}, ratio {ratio}"))?;
+        if p.logits.len() != full.logits.len() {
+            bail!(
+                "method {method}, ratio {ratio}: {} reviews evaluated, the full model had {}",
+                p.logits.len(),
+                full.logits.len()
+            );
+        }
+        let (mean, max, holds) = error_stats(&full.logits, &p.logits, &p.bounds);
+        let bound_max = p.bounds.iter().copied().fold(0.0, f64::max);
+        let row = Row {
+            method: method.clone(),
+            ratio,
+            kept_modes: p.kept_per_layer.iter().sum(),
+            ssm_params: p.ssm_params,
+            total_params: p.total_params,
+            param_reduction: 1.0 - p.total_params as f64 / full.total_params as f64,
+            accuracy: p.accuracy,
+            n_eval: p.logits.len(),
+            logit_err_mean: mean,
+            logit_err_max: max,
+            bound_max,
+            bound_holds: holds,
+            stable: p.stable,
+            reduce_seconds: p.reduce_seconds,
+            eval_seconds: p.eval_seconds,
+        };
+        store.upsert(&row, &KeptModes::new(&method, ratio, &p.kept_per_layer))?;
+        written += 1;
+        pb.inc(1);
+        tracing::debug!(%method, ratio, secs = t0.elapsed().as_secs_f64(), "point done");
+    }
+    pb.finish_and_clear();
+    Ok(SweepSummary {
+        written,
+        skipped,
+        stopped_early: false,
+    })
+}
+
+/// The summary table printed at the end of a run: one line per row.
+pub fn summary_table(rows: &[Row]) -> String {
+    let mut s = format!(
+        "{:<13} {:>5} {:>6} {:>9} {:>7} {:>8} {:>10} {:>10} {:>6} {:>6}\n",
+        "method",
+        "ratio",
+        "modes",
+        "params",
+        "p.red%",
+        "acc%",
+        "err_max",
+        "bound_max",
+        "holds",
+        "stable"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{:<13} {:>5.2} {:>6} {:>9} {:>7.1} {:>8.2} {:>10.3e} {:>10.3e} {:>6} {:>6}\n",
+            r.method,
+            r.ratio,
+            r.kept_modes,
+            r.total_params,
+            r.param_reduction * 100.0,
+            r.accuracy * 100.0,
+            r.logit_err_max,
+            r.bound_max,
+            r.bound_holds,
+            r.stable
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic fake model: the reduction perturbs the logits by `ratio / 10` and the
+    /// bound is twice that.
+    struct Fake {
+        calls: Vec<(String, f64)>,
+    }
+
+    fn logits(n: usize, shift: f64) -> Vec<Vec<f64>> {
+        (0..n)
+            .map(|i| vec![i as f64 * 0.1 + shift, -(i as f64) * 0.1])
+            .collect()
+    }
+
+    impl SweepBackend for Fake {
+        fn full(&mut self) -> Result<Point> {
+            Ok(Point {
+                kept_per_layer: vec![8, 8],
+                ssm_params: 100,
+                total_params: 1000,
+                accuracy: 0.9,
+                logits: logits(10, 0.0),
+                bounds: vec![],
+                stable: true,
+                reduce_seconds: 0.0,
+                eval_seconds: 0.1,
+            })
+        }
+        fn reduced(&mut self, method: &str, ratio: f64) -> Result<Point> {
+            self.calls.push((method.to_string(), ratio));
+            let k = ((1.0 - ratio) * 8.0).round() as usize;
+            Ok(Point {
+                kept_per_layer: vec![k, k],
+                ssm_params: 100 - 10 * (8 - k),
+                total_params: 1000 - 10 * (8 - k),
+                accuracy: 0.9 - ratio / 10.0,
+                logits: logits(10, ratio / 10.0),
+                bounds: vec![ratio / 5.0; 10],
+                stable: method != "tlh2",
+                reduce_seconds: 0.01,
+                eval_seconds: 0.01,
+            })
+        }
+    }
+
+    #[test]
+    fn error_stats_closed_form() {
+        let full = vec![vec![0.0, 0.0], vec![1.0, 1.0]];
+        let red = vec![vec![3.0, 4.0], vec![1.0, 1.0]];
+        let (mean, max, holds) = error_stats(&full, &red, &[5.0, 0.0]);
+        assert_eq!((mean, max, holds), (2.5, 5.0, true));
+        let (_, _, holds) = error_stats(&full, &red, &[4.9, 1.0]);
+        assert!(!holds);
+        let red_nan = vec![vec![f64::NAN, 0.0], vec![1.0, 1.0]];
+        let (mean, max, holds) = error_stats(&full, &red_nan, &[1e9, 1e9]);
+        assert!(mean.is_nan() && max.is_nan() && !holds);
+    }
+
+    #[test]
+    fn interrupted_sweep_resumes_without_duplicates_or_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ResultsStore::new(dir.path());
+        let methods: Vec<String> = ["modal", "bt", "tlh2"].map(String::from).to_vec();
+        let ratios = [0.25, 0.5, 0.75];
+        let mut fake = Fake { calls: vec![] };
+        let stop = SweepOptions {
+            stop_after_rows: Some(4),
+            progress: false,
+        };
+        let s1 = run_sweep(&store, &mut fake, &methods, &ratios, &stop).unwrap();
+        assert!(s1.stopped_early);
+        assert_eq!(s1.written, 4); // full + 3 points
+        assert_eq!(store.rows().unwrap().len(), 4);
+        let s2 = run_sweep(
+            &store,
+            &mut fake,
+            &methods,
+            &ratios,
+            &SweepOptions::default(),
+        )
+        .unwrap();
+        assert_eq!((s2.written, s2.skipped, s2.stopped_early), (6, 3, false));
+        // every point computed exactly once over both runs
+        assert_eq!(fake.calls.len(), 9);
+        let rows = store.rows().unwrap();
+        assert_eq!(rows.len(), 10);
+        assert_eq!(rows[0].method, FULL);
+        for m in &methods {
+            for r in ratios {
+                assert_eq!(
+                    rows.iter().filter(|x| x.has_key(m, r)).count(),
+                    1,
+                    "{m} {r}"
+                );
+            }
+        }
+        let r = rows.iter().find(|x| x.has_key("bt", 0.5)).unwrap();
+        assert!((r.logit_err_max - 0.05).abs() < 1e-12);
+        assert!((r.bound_max - 0.1).abs() < 1e-12);
+        assert!(r.bound_holds);
+        assert!((r.param_reduction - 0.04).abs() < 1e-12);
+        assert!(!rows.iter().find(|x| x.method == "tlh2").unwrap().stable);
+        assert_eq!(store.kept().unwrap().len(), 10);
+        // a third run has nothing to do
+        let s3 = run_sweep(
+            &store,
+            &mut fake,
+            &methods,
+            &ratios,
+            &SweepOptions::default(),
+        )
+        .unwrap();
+        assert_eq!((s3.written, s3.skipped), (0, 9));
+        assert_eq!(fake.calls.len(), 9);
+    }
+}
