@@ -452,6 +452,52 @@ pub fn write_blocks_safetensors(path: impl AsRef<Path>, blocks: &[DiagBlock]) ->
     write_atomic(p, &serialize(&t, meta)?)
 }
 
+/// Writes the SSM blocks of every layer of `model` (see [`write_blocks_safetensors`]).
+pub fn write_model_blocks_safetensors(
+    path: impl AsRef<Path>,
+    model: &crate::model::DeepSsm,
+) -> Result<()> {
+    let blocks: Vec<DiagBlock> = model.layers.iter().map(|l| l.ssm.clone()).collect();
+    write_blocks_safetensors(path, &blocks)
+}
+
+/// Replaces the SSM blocks of `model`'s layers by those read from `path` (e.g. a reduction
+/// written by [`write_model_blocks_safetensors`]); norms, gates and decoder are kept.
+///
+/// # Errors
+/// As [`read_blocks_safetensors`]; [`Error::Shape`] if the number of blocks or a block's `m`, `p`
+/// differs from the model's layers.
+pub fn read_model_blocks_safetensors(
+    path: impl AsRef<Path>,
+    model: &crate::model::DeepSsm,
+) -> Result<crate::model::DeepSsm> {
+    let p = path.as_ref();
+    let blocks = read_blocks_safetensors(p)?;
+    if blocks.len() != model.layers.len() {
+        return Err(Error::Shape(format!(
+            "{}: {} blocks but the model has {} layers",
+            p.display(),
+            blocks.len(),
+            model.layers.len()
+        )));
+    }
+    let mut out = model.clone();
+    for (k, (layer, b)) in out.layers.iter_mut().zip(blocks).enumerate() {
+        if b.n_inputs() != layer.ssm.n_inputs() || b.n_outputs() != layer.ssm.n_outputs() {
+            return Err(Error::Shape(format!(
+                "{} layer {k}: block is p={} x m={}, model layer is p={} x m={}",
+                p.display(),
+                b.n_outputs(),
+                b.n_inputs(),
+                layer.ssm.n_outputs(),
+                layer.ssm.n_inputs()
+            )));
+        }
+        layer.ssm = b;
+    }
+    Ok(out)
+}
+
 fn get_f64(
     st: &SafeTensors,
     path: &str,
@@ -632,7 +678,21 @@ mod tests {
         assert_eq!(read_safetensors(&f).unwrap(), b);
         let g = dir.path().join("many.safetensors");
         write_blocks_safetensors(&g, &[b.clone(), c.clone()]).unwrap();
-        assert_eq!(read_blocks_safetensors(&g).unwrap(), vec![b, c]);
+        assert_eq!(read_blocks_safetensors(&g).unwrap(), vec![b, c.clone()]);
         assert!(read_blocks_safetensors(&f).is_err());
+        let model = crate::model::DeepSsm {
+            layers: vec![crate::model::Layer {
+                norm: crate::model::Norm::Identity,
+                ssm: c.clone(),
+                gate: crate::model::Gate::Identity,
+            }],
+            decoder_w: Mat::zeros(1, 2),
+            decoder_b: vec![0.0],
+            max_len: 8,
+        };
+        let h = dir.path().join("model.safetensors");
+        write_model_blocks_safetensors(&h, &model).unwrap();
+        assert_eq!(read_model_blocks_safetensors(&h, &model).unwrap(), model);
+        assert!(read_model_blocks_safetensors(&g, &model).is_err());
     }
 }
