@@ -1,0 +1,440 @@
+//! Checkpoints: a directory with
+//!
+//! | file | content |
+//! |---|---|
+//! | `model.safetensors` | every variable of the model's `VarMap` (names as in the model, e.g. `layers.0.seq.Lambda_re`), running statistics included |
+//! | `config.json` | [`CheckpointMeta`]: format version, [`ModelConfig`], tokenizer kind, `max_len` |
+//! | `tokenizer.json` | the tokenizer written by `lra` (optional, copied verbatim) |
+//! | `train_state.json` | [`TrainState`]: step, epoch, position in the epoch, seed, schedule length (training checkpoints only) |
+//! | `optimizer.safetensors` | AdamW moments `m.{param}`, `v.{param}` (training checkpoints only) |
+//!
+//! Every write is atomic: the directory is assembled under a temporary name beside its target
+//! and renamed into place, so a reader never sees a half-written checkpoint. Loading validates
+//! every tensor name, shape and dtype against the variables of a freshly built model and reports
+//! the first problem with the file, the tensor, what was expected and what was found.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, safetensors::Load};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, ModelConfig, Result, S5Model};
+
+/// Version of the checkpoint layout written by this crate.
+pub const FORMAT_VERSION: u32 = 1;
+/// File name of the model tensors.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// File name of the [`CheckpointMeta`].
+pub const CONFIG_FILE: &str = "config.json";
+/// File name of the tokenizer (written by `lra`).
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// File name of the [`TrainState`].
+pub const TRAIN_STATE_FILE: &str = "train_state.json";
+/// File name of the optimiser moments.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// Pointer file in a run's checkpoint directory naming the newest complete checkpoint.
+pub const LATEST_FILE: &str = "LATEST";
+
+/// `config.json` of a checkpoint: everything needed to rebuild the model and its input pipeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointMeta {
+    /// Layout version ([`FORMAT_VERSION`]).
+    pub format: u32,
+    /// Model architecture.
+    pub model: ModelConfig,
+    /// Tokenizer kind (e.g. `"byte"`); the tokenizer itself is `tokenizer.json`.
+    pub tokenizer: String,
+    /// Longest input (tokens) the model was trained with; longer inputs are truncated.
+    pub max_len: usize,
+}
+
+impl CheckpointMeta {
+    /// Meta for a model with the current [`FORMAT_VERSION`].
+    pub fn new(model: ModelConfig, tokenizer: impl Into<String>, max_len: usize) -> Self {
+        Self {
+            format: FORMAT_VERSION,
+            model,
+            tokenizer: tokenizer.into(),
+            max_len,
+        }
+    }
+}
+
+/// Where training stands; with the optimiser moments this is all a resumed run needs to continue
+/// exactly as an uninterrupted one (dropout masks and data order derive from `seed`, the epoch
+/// and the step, so there is no hidden RNG state).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    /// Optimiser steps completed.
+    pub step: usize,
+    /// Epoch the next batch belongs to (0-based).
+    pub epoch: usize,
+    /// Batches of `epoch` already consumed.
+    pub batch_in_epoch: usize,
+    /// Seed of the run (data order, dropout).
+    pub seed: u64,
+    /// Length of the learning-rate schedule (steps).
+    pub total_steps: usize,
+    /// Test accuracy after each completed epoch.
+    pub epoch_accuracy: Vec<f64>,
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn ck_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.display().to_string(),
+        msg: msg.into(),
+    }
+}
+
+/// Write `bytes` to `path` atomically: a temporary file beside it, flushed and synced, renamed.
+///
+/// # Errors
+/// [`Error::Io`] with the path.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut f = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
+    f.sync_all().map_err(|e| io_err(&tmp, e))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+fn tensors_to_bytes(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<Vec<u8>> {
+    let contiguous: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.contiguous()?)))
+        .collect::<Result<_>>()?;
+    safetensors::serialize(contiguous, None)
+        .map_err(|e| ck_err(path, format!("cannot serialise tensors: {e}")))
+}
+
+fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
+    let data = varmap.data().lock().expect("VarMap lock poisoned");
+    data.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+/// The training part of a checkpoint.
+pub struct TrainPart<'a> {
+    /// Where training stands.
+    pub state: &'a TrainState,
+    /// Optimiser moments (from `AdamW::state_tensors`).
+    pub optimizer: &'a HashMap<String, Tensor>,
+}
+
+/// Save a checkpoint into directory `dir` atomically (assembled in a temporary sibling directory,
+/// then renamed; an existing `dir` is replaced).
+///
+/// # Errors
+/// [`Error::Io`] / [`Error::Checkpoint`] naming the file that could not be written.
+pub fn save(
+    dir: &Path,
+    meta: &CheckpointMeta,
+    varmap: &VarMap,
+    tokenizer_json: Option<&[u8]>,
+    train: Option<TrainPart<'_>>,
+) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+    let name = dir
+        .file_name()
+        .ok_or_else(|| ck_err(dir, "checkpoint path has no directory name"))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+    }
+    fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+
+    let model_path = tmp.join(MODEL_FILE);
+    write_atomic(
+        &model_path,
+        &tensors_to_bytes(&varmap_tensors(varmap), &model_path)?,
+    )?;
+    let json = serde_json::to_vec_pretty(meta).expect("meta serialises");
+    write_atomic(&tmp.join(CONFIG_FILE), &json)?;
+    if let Some(tok) = tokenizer_json {
+        write_atomic(&tmp.join(TOKENIZER_FILE), tok)?;
+    }
+    if let Some(train) = train {
+        let json = serde_json::to_vec_pretty(train.state).expect("state serialises");
+        write_atomic(&tmp.join(TRAIN_STATE_FILE), &json)?;
+        let opt_path = tmp.join(OPTIMIZER_FILE);
+        write_atomic(&opt_path, &tensors_to_bytes(train.optimizer, &opt_path)?)?;
+    }
+    if dir.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        fs::rename(dir, &old).map_err(|e| io_err(dir, e))?;
+        fs::rename(&tmp, dir).map_err(|e| io_err(dir, e))?;
+        fs::remove_dir_all(&old).map_err(|e| io_err(&old, e))?;
+    } else {
+        fs::rename(&tmp, dir).map_err(|e| io_err(dir, e))?;
+    }
+    Ok(())
+}
+
+/// Read and validate `config.json` of a checkpoint.
+///
+/// # Errors
+/// [`Error::Checkpoint`] if the file is missing, not JSON of the expected form, or of another
+/// format version.
+pub fn read_meta(dir: &Path) -> Result<CheckpointMeta> {
+    let path = dir.join(CONFIG_FILE);
+    let bytes = fs::read(&path).map_err(|e| {
+        ck_err(
+            &path,
+            format!("cannot read the checkpoint config ({e}); is `{}` a checkpoint directory written by `s5`?", dir.display()),
+        )
+    })?;
+    let meta: CheckpointMeta = serde_json::from_slice(&bytes).map_err(|e| {
+        ck_err(
+            &path,
+            format!("not a valid checkpoint config: {e} (the file is damaged or was not written by `s5`; re-save the checkpoint)"),
+        )
+    })?;
+    if meta.format != FORMAT_VERSION {
+        return Err(ck_err(
+            &path,
+            format!(
+                "checkpoint format {} is not supported (this build reads format {FORMAT_VERSION})",
+                meta.format
+            ),
+        ));
+    }
+    Ok(meta)
+}
+
+/// Read the tokenizer bytes of a checkpoint, if it has one.
+///
+/// # Errors
+/// [`Error::Io`] if the file exists but cannot be read.
+pub fn read_tokenizer(dir: &Path) -> Result<Option<Vec<u8>>> {
+    let path = dir.join(TOKENIZER_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    fs::read(&path).map(Some).map_err(|e| io_err(&path, e))
+}
+
+/// Read a safetensors file into named tensors, with a clear message if it is missing or damaged.
+///
+/// # Errors
+/// [`Error::Checkpoint`] naming the file.
+pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let bytes = fs::read(path).map_err(|e| {
+        ck_err(
+            path,
+            format!("cannot read ({e}); the checkpoint is incomplete — pick another checkpoint or retrain"),
+        )
+    })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        ck_err(
+            path,
+            format!(
+                "not a valid safetensors file ({e}); it is truncated or damaged ({} bytes) — \
+                 pick another checkpoint (e.g. the previous step) or retrain",
+                bytes.len()
+            ),
+        )
+    })?;
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let t = view
+                .load(device)
+                .map_err(|e| ck_err(path, format!("tensor `{name}` cannot be read: {e}")))?;
+            Ok((name, t))
+        })
+        .collect()
+}
+
+/// Load `model.safetensors` of checkpoint `dir` into the variables of `varmap` (a freshly built
+/// model of the checkpoint's config), after checking that the file holds exactly the model's
+/// tensor names, each with the model's shape and dtype.
+///
+/// # Errors
+/// [`Error::Checkpoint`] naming the file, the tensor, the expected and found shape, and the fix.
+pub fn load_params(dir: &Path, varmap: &VarMap) -> Result<()> {
+    let path = dir.join(MODEL_FILE);
+    let data = varmap.data().lock().expect("VarMap lock poisoned");
+    let device = data
+        .values()
+        .next()
+        .map(|v| v.device().clone())
+        .unwrap_or(Device::Cpu);
+    let tensors = read_tensors(&path, &device)?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in &names {
+        let var = &data[*name];
+        let t = tensors.get(*name).ok_or_else(|| {
+            ck_err(
+                &path,
+                format!(
+                    "tensor `{name}` (shape {:?}) is missing: the file was written for a different \
+                     model configuration than `{CONFIG_FILE}` describes, or is damaged; re-export \
+                     the checkpoint or fix `{CONFIG_FILE}`",
+                    var.dims()
+                ),
+            )
+        })?;
+        if t.dims() != var.dims() {
+            return Err(ck_err(
+                &path,
+                format!(
+                    "tensor `{name}` has shape {:?}, the model of `{CONFIG_FILE}` expects {:?}; \
+                     the config does not match the weights (check d_model, ssm_size, n_layers, \
+                     vocab_size, n_classes)",
+                    t.dims(),
+                    var.dims()
+                ),
+            ));
+        }
+        if t.dtype() != var.dtype() {
+            return Err(ck_err(
+                &path,
+                format!(
+                    "tensor `{name}` has dtype {:?}, expected {:?}",
+                    t.dtype(),
+                    var.dtype()
+                ),
+            ));
+        }
+    }
+    let mut extra: Vec<&String> = tensors.keys().filter(|k| !data.contains_key(*k)).collect();
+    if !extra.is_empty() {
+        extra.sort();
+        return Err(ck_err(
+            &path,
+            format!(
+                "unexpected tensors {extra:?} not in the model of `{CONFIG_FILE}` (e.g. more layers \
+                 than configured); fix `{CONFIG_FILE}` to match the weights"
+            ),
+        ));
+    }
+    for name in names {
+        data[name].set(&tensors[name])?;
+    }
+    Ok(())
+}
+
+/// Build a fresh [`S5Model`] of the checkpoint's config (f32, CPU) and load and validate its
+/// parameters: the model, its `VarMap` (for further training or export), and the meta.
+///
+/// # Errors
+/// [`Error::Checkpoint`] on a missing, damaged or mismatched `config.json` or `model.safetensors`.
+pub fn load_model(dir: &Path) -> Result<(S5Model, VarMap, CheckpointMeta)> {
+    let meta = read_meta(dir)?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = S5Model::new(&meta.model, vb).map_err(|e| {
+        ck_err(
+            &dir.join(CONFIG_FILE),
+            format!("the model config cannot be built: {e}"),
+        )
+    })?;
+    load_params(dir, &varmap)?;
+    Ok((model, varmap, meta))
+}
+
+/// Read the training part of a checkpoint: the [`TrainState`] and the optimiser moments.
+///
+/// # Errors
+/// [`Error::Checkpoint`] if either file is missing or damaged.
+pub fn read_train_part(
+    dir: &Path,
+    device: &Device,
+) -> Result<(TrainState, HashMap<String, Tensor>)> {
+    let path = dir.join(TRAIN_STATE_FILE);
+    let bytes = fs::read(&path).map_err(|e| {
+        ck_err(
+            &path,
+            format!("cannot read ({e}); this checkpoint has no training state (an exported model?) and cannot be resumed"),
+        )
+    })?;
+    let state: TrainState = serde_json::from_slice(&bytes)
+        .map_err(|e| ck_err(&path, format!("not a valid training state: {e}")))?;
+    let opt = read_tensors(&dir.join(OPTIMIZER_FILE), device)?;
+    Ok((state, opt))
+}
+
+/// The newest complete checkpoint under `checkpoints_dir` (named by its [`LATEST_FILE`]), if any.
+///
+/// # Errors
+/// [`Error::Checkpoint`] if `LATEST` names a directory that does not exist.
+pub fn latest(checkpoints_dir: &Path) -> Result<Option<PathBuf>> {
+    let ptr = checkpoints_dir.join(LATEST_FILE);
+    let Ok(name) = fs::read_to_string(&ptr) else {
+        return Ok(None);
+    };
+    let dir = checkpoints_dir.join(name.trim());
+    if !dir.join(CONFIG_FILE).exists() {
+        return Err(ck_err(
+            &ptr,
+            format!(
+                "names checkpoint `{}`, which does not exist; delete `{}` to start over",
+                dir.display(),
+                ptr.display()
+            ),
+        ));
+    }
+    Ok(Some(dir))
+}
+
+/// Save a step checkpoint `step-{step:08}` under `checkpoints_dir`, point [`LATEST_FILE`] at it
+/// (atomically), and delete older step checkpoints beyond the newest `keep`.
+///
+/// # Errors
+/// As [`save`].
+pub fn save_step(
+    checkpoints_dir: &Path,
+    step: usize,
+    keep: usize,
+    meta: &CheckpointMeta,
+    varmap: &VarMap,
+    tokenizer_json: Option<&[u8]>,
+    train: TrainPart<'_>,
+) -> Result<PathBuf> {
+    let name = format!("step-{step:08}");
+    let dir = checkpoints_dir.join(&name);
+    save(&dir, meta, varmap, tokenizer_json, Some(train))?;
+    write_atomic(&checkpoints_dir.join(LATEST_FILE), name.as_bytes())?;
+    let mut steps: Vec<String> = fs::read_dir(checkpoints_dir)
+        .map_err(|e| io_err(checkpoints_dir, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-") && n.len() == 13)
+        .collect();
+    steps.sort();
+    let keep = keep.max(1);
+    if steps.len() > keep {
+        for old in &steps[..steps.len() - keep] {
+            if *old != name {
+                let p = checkpoints_dir.join(old);
+                fs::remove_dir_all(&p).map_err(|e| io_err(&p, e))?;
+            }
+        }
+    }
+    Ok(dir)
+}

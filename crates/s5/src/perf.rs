@@ -1,0 +1,192 @@
+//! Performance measurement (a benchmark, not a test): inference and training tokens/s of a model
+//! on synthetic tokens, the machine's candle f32 matmul rate at the model's shapes, and the
+//! model's useful GFLOP/s from counted FLOPs. Backs `bench perf --config <file> --json`.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::optim::{AdamParams, AdamW, StepRates, default_param_group};
+use crate::train::{Classifier, loss_and_correct};
+use crate::{ModelConfig, Result};
+
+pub use crate::model::flops_per_token;
+
+/// What [`measure`] reports. Field names are the JSON keys of `bench perf --json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PerfReport {
+    /// Tokens (batch × len) per second of an evaluation forward pass.
+    pub infer_tokens_per_s: f64,
+    /// Tokens per second of a training step (forward, backward, AdamW update).
+    pub train_tokens_per_s: f64,
+    /// Best f32 GFLOP/s of candle's matmul at the model's shapes ([b·l, H]×[H, H] and
+    /// [b·l, H]×[H, P]) on this machine.
+    pub matmul_peak_gflops: f64,
+    /// Useful GFLOP/s of inference: `infer_tokens_per_s × flops_per_token`.
+    pub infer_gflops: f64,
+    /// Useful GFLOP/s of training: `train_tokens_per_s × 3 × flops_per_token`.
+    pub train_gflops: f64,
+    /// Counted forward FLOPs per token ([`flops_per_token`]); training counts 3×.
+    pub flops_per_token: f64,
+    /// Batch size measured.
+    pub batch: usize,
+    /// Sequence length measured.
+    pub len: usize,
+    /// Threads used (rayon pool size).
+    pub threads: usize,
+    /// Median seconds of one inference forward pass.
+    pub infer_seconds: f64,
+    /// Median seconds of one training step.
+    pub train_seconds: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite timings"));
+    v[v.len() / 2]
+}
+
+/// Median seconds of `reps` calls of `f` after one warm-up call.
+fn time<F: FnMut() -> Result<()>>(reps: usize, mut f: F) -> Result<f64> {
+    f()?;
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        t.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(median(t))
+}
+
+/// Best f32 matmul GFLOP/s of candle at the model's shapes: [m, H]×[H, H] and [m, H]×[H, P]
+/// with m = `rows` (batch × len), median of `reps` runs each.
+///
+/// # Errors
+/// Candle errors.
+pub fn matmul_peak_gflops(rows: usize, h: usize, p: usize, reps: usize) -> Result<f64> {
+    let dev = Device::Cpu;
+    let mut best = 0f64;
+    for n in [h, p] {
+        let a = Tensor::randn(0f32, 1.0, (rows, h), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, (h, n), &dev)?;
+        let s = time(reps, || {
+            let c = a.matmul(&b)?;
+            // Force the result (CPU ops are eager; this keeps it from being optimised away).
+            let _ = c.dims();
+            Ok(())
+        })?;
+        best = best.max(2.0 * rows as f64 * h as f64 * n as f64 / s / 1e9);
+    }
+    Ok(best)
+}
+
+/// Synthetic full-length token batch: tokens uniform in 1..vocab, every length = `len`,
+/// labels alternating.
+///
+/// # Errors
+/// Candle errors.
+pub fn synthetic_batch(
+    vocab: usize,
+    batch: usize,
+    len: usize,
+    seed: u64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let tokens: Vec<u32> = (0..batch * len)
+        .map(|_| rng.random_range(1..vocab.max(2) as u32))
+        .collect();
+    Ok((
+        Tensor::from_vec(tokens, (batch, len), &dev)?,
+        Tensor::from_vec(vec![len as u32; batch], batch, &dev)?,
+        Tensor::from_vec((0..batch as u32).map(|i| i % 2).collect(), batch, &dev)?,
+    ))
+}
+
+/// Measure `model` (whose variables live in `varmap`, built from `cfg`) at `batch` × `len` on
+/// the current rayon pool: `reps` timed repetitions (median) after one warm-up, for inference and
+/// for a full training step with AdamW. Call it on a thread with a large stack (backward of deep
+/// graphs recurses; see [`crate::train::with_large_stack`]).
+///
+/// # Errors
+/// Candle errors.
+pub fn measure_model<M: Classifier + ?Sized>(
+    model: &M,
+    varmap: &VarMap,
+    cfg: &ModelConfig,
+    batch: usize,
+    len: usize,
+    reps: usize,
+) -> Result<PerfReport> {
+    let (tokens, lengths, labels) = synthetic_batch(cfg.vocab_size, batch, len, 0)?;
+    let infer_seconds = time(reps, || {
+        let l = model.logits(&tokens, &lengths, None)?;
+        let _ = l.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    let mut opt = AdamW::new(varmap, default_param_group, AdamParams::default())?;
+    let rates = StepRates {
+        lr: 1e-4,
+        ssm_lr: 1e-4,
+        weight_decay: 0.0,
+    };
+    let mut step = 0u64;
+    let train_seconds = time(reps, || {
+        step += 1;
+        let logits = model.logits(&tokens, &lengths, Some(step))?;
+        let (loss, _) = loss_and_correct(&logits, &labels)?;
+        let grads = loss.backward()?;
+        opt.step(&grads, rates, 1.0)?;
+        Ok(())
+    })?;
+    let fpt = flops_per_token(cfg);
+    let tokens_n = (batch * len) as f64;
+    let infer_tps = tokens_n / infer_seconds;
+    let train_tps = tokens_n / train_seconds;
+    Ok(PerfReport {
+        infer_tokens_per_s: infer_tps,
+        train_tokens_per_s: train_tps,
+        matmul_peak_gflops: matmul_peak_gflops(batch * len, cfg.d_model, cfg.ssm_size, reps)?,
+        infer_gflops: infer_tps * fpt / 1e9,
+        train_gflops: train_tps * 3.0 * fpt / 1e9,
+        flops_per_token: fpt,
+        batch,
+        len,
+        threads: rayon::current_num_threads(),
+        infer_seconds,
+        train_seconds,
+    })
+}
+
+/// Build an S5 model of `cfg` (f32, CPU, init seed 0) and [`measure_model`] it at `batch` × `len`
+/// on a rayon pool of `threads` threads (`None`: the global pool, normally one per core).
+///
+/// # Errors
+/// [`Error::Config`](crate::Error::Config) for an invalid model config or thread pool; candle
+/// errors.
+pub fn measure(
+    cfg: &ModelConfig,
+    batch: usize,
+    len: usize,
+    threads: Option<usize>,
+    reps: usize,
+) -> Result<PerfReport> {
+    let run = || -> Result<PerfReport> {
+        let varmap = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = crate::S5Model::new(cfg, vb)?;
+        measure_model(&model, &varmap, cfg, batch, len, reps)
+    };
+    match threads {
+        None => crate::train::with_large_stack(run),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .stack_size(256 << 20)
+            .build()
+            .map_err(|e| crate::Error::Config(format!("cannot build a pool of {n} threads: {e}")))?
+            .install(run),
+    }
+}
