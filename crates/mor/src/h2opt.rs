@@ -888,14 +888,16 @@ fn check_order(block: &DiagBlock, r: usize) -> Result<()> {
     Ok(())
 }
 
-/// Modal initialisation: the `r` modes with the largest h2 contributions (`gram::mode_h2_scores`).
+/// Modal initialisation: `modal::modal` (the `r` modes with the largest h2 contributions).
 pub(crate) fn modal_init(block: &DiagBlock, r: usize) -> DiagBlock {
-    let scores = gram::mode_h2_scores(block);
-    let mut idx: Vec<usize> = (0..block.n_modes()).collect();
-    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    idx.truncate(r);
-    idx.sort_unstable();
-    gram::select_modes(block, &idx)
+    match crate::modal::modal(block, r, crate::modal::ModalOrder::H2) {
+        Ok(red) => red.block,
+        Err(_) => {
+            // Unstable full block (tlh2 only): rank by the finite scores anyway.
+            let scores = gram::mode_h2_scores(block);
+            gram::select_modes(block, &crate::modal::top_r(&scores, r))
+        }
+    }
 }
 
 /// Candidate initialisations (modal always; balanced truncation when available and stable).
@@ -912,10 +914,20 @@ fn initial_candidates(block: &DiagBlock, r: usize, opts: &H2Options) -> Vec<Diag
     v
 }
 
-/// Balanced truncation of the other module, when it succeeds with `r` stable modes.
-fn bt_init(block: &DiagBlock, r: usize) -> Option<DiagBlock> {
-    let _ = (block, r);
-    None
+/// Balanced truncation (`bt::bt`) of the plain SSM (the block's `E`/`N_i` are kept on the
+/// result), when it succeeds with `r` stable modes.
+pub(crate) fn bt_init(block: &DiagBlock, r: usize) -> Option<DiagBlock> {
+    let plain = DiagBlock {
+        linear: None,
+        quadratic: vec![],
+        ..block.clone()
+    };
+    let red = crate::bt::bt(&plain, r).ok()?.block;
+    (red.n_modes() == r && red.max_abs_lambda() < 1.0).then(|| DiagBlock {
+        linear: block.linear.clone(),
+        quadratic: block.quadratic.clone(),
+        ..red
+    })
 }
 
 /// Runs L-BFGS on `obj` from each candidate, returns the best reduced parameters and `J`.

@@ -13,11 +13,13 @@
 //! - `bound`: the output-error bound of a reduced model (see `BOUND.md`).
 
 pub mod block;
+pub mod bound;
 pub mod bt;
 pub mod error;
 pub mod gram;
 pub mod h2opt;
 pub mod io;
+pub mod lqo;
 pub mod modal;
 pub mod model;
 pub mod reduce;

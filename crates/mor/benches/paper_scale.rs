@@ -1,0 +1,147 @@
+//! Paper-scale reduction benchmark (issue 4, item 7): 6 bidirectional layers with 96 stored
+//! complex modes, H = 256, reduced to r = 16 per layer (budget 96) with `h2` and `lqo-h2`; also
+//! the output-error bound's preparation at length 4096. One timed run each (the targets are
+//! ≤ 30 s per method on 2 cores), printed as JSON lines.
+//!
+//! Run: `cargo bench -p mor --bench paper_scale` (env `MOR_BENCH_LAYERS` to change the layer count).
+
+use faer::{Mat, c64};
+use mor::bound::{BoundInput, prepare_bound};
+use mor::h2opt::{H2Options, h2_reduce};
+use mor::lqo::{LqoOptions, reduce_model_lqo};
+use mor::{DeepSsm, DiagBlock, Gate, Layer, Norm};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::time::Instant;
+
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    // Box–Muller.
+    let u1: f64 = rng.random::<f64>().max(1e-300);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// An S5-like discrete layer: Λ = −1/2 + iπk (HiPPO-N-like spectrum), per-mode step log-uniform
+/// in [1e-3, 1e-1], ZOH `λ = exp(ΛΔ)`, `B̄ = (λ − 1)/Λ · B̃`, lecun-normal-like `C̃`.
+fn s5_layer(rng: &mut ChaCha8Rng, h: usize, n: usize) -> Layer {
+    let mut lambda = Vec::with_capacity(n);
+    let mut zoh = Vec::with_capacity(n);
+    for k in 0..n {
+        let cont = c64::new(-0.5, std::f64::consts::PI * (k % 16) as f64);
+        let dt = (1e-3f64.ln() + rng.random::<f64>() * (1e-1f64.ln() - 1e-3f64.ln())).exp();
+        let l = (cont * dt).exp();
+        lambda.push(l);
+        zoh.push((l - c64::new(1.0, 0.0)) / cont);
+    }
+    let sb = (1.0 / h as f64).sqrt();
+    let sc = (1.0 / (2 * n) as f64).sqrt();
+    let b = Mat::from_fn(n, h, |i, _| {
+        zoh[i] * c64::new(sb * normal(rng), sb * normal(rng))
+    });
+    let mut cm = || Mat::from_fn(h, n, |_, _| c64::new(sc * normal(rng), sc * normal(rng)));
+    let c = cm();
+    let c_rev = Some(cm());
+    let ssm = DiagBlock {
+        lambda,
+        b,
+        c,
+        c_rev,
+        d: Some((0..h).map(|_| normal(rng)).collect()),
+        linear: None,
+        quadratic: vec![],
+    };
+    let sw = (1.0 / h as f64).sqrt();
+    let gate = Gate::HalfGlu2 {
+        w: Mat::from_fn(h, h, |_, _| sw * normal(rng)),
+        b: (0..h).map(|_| 0.1 * normal(rng)).collect(),
+    };
+    let norm = Norm::Batch {
+        scale: (0..h).map(|_| 1.0 + 0.1 * normal(rng)).collect(),
+        shift: (0..h).map(|_| 0.1 * normal(rng)).collect(),
+    };
+    Layer { norm, ssm, gate }
+}
+
+fn main() {
+    let layers: usize = std::env::var("MOR_BENCH_LAYERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    let (h, n, r, len) = (256, 96, 16, 4096);
+    let mut rng = ChaCha8Rng::seed_from_u64(2023);
+    let model = DeepSsm {
+        layers: (0..layers).map(|_| s5_layer(&mut rng, h, n)).collect(),
+        decoder_w: Mat::from_fn(2, h, |_, _| normal(&mut rng) / (h as f64).sqrt()),
+        decoder_b: vec![0.0; 2],
+        max_len: len,
+    };
+    println!(
+        "{{\"setup\": {{\"layers\": {layers}, \"h\": {h}, \"modes\": {n}, \"r\": {r}, \"bidirectional\": true, \"threads\": {}}}}}",
+        rayon::current_num_threads()
+    );
+
+    // h2: per-layer gradient reduction, layers in parallel.
+    let t0 = Instant::now();
+    let opts = H2Options::default();
+    let res: Vec<_> = model
+        .layers
+        .par_iter()
+        .map(|l| {
+            let t = Instant::now();
+            let red = h2_reduce(&l.ssm, r, &opts).expect("h2_reduce");
+            let bt = mor::bt::bt(&l.ssm, r)
+                .map(|b| b.h2_error)
+                .unwrap_or(f64::NAN);
+            let modal = mor::modal::modal(&l.ssm, r, mor::modal::ModalOrder::H2)
+                .map(|m| m.h2_error)
+                .unwrap_or(f64::NAN);
+            (red, bt, modal, t.elapsed().as_secs_f64())
+        })
+        .collect();
+    let h2_secs = t0.elapsed().as_secs_f64();
+    let errs: Vec<String> = res
+        .iter()
+        .map(|x| format!("{:.4e}", x.0.h2_error))
+        .collect();
+    let bts: Vec<String> = res.iter().map(|x| format!("{:.4e}", x.1)).collect();
+    let modals: Vec<String> = res.iter().map(|x| format!("{:.4e}", x.2)).collect();
+    let per: Vec<String> = res.iter().map(|x| format!("{:.2}", x.3)).collect();
+    println!(
+        "{{\"method\": \"h2\", \"seconds\": {h2_secs:.2}, \"per_layer_seconds_incl_bt_check\": [{}], \"h2_errors\": [{}], \"bt_errors\": [{}], \"modal_errors\": [{}]}}",
+        per.join(", "),
+        errs.join(", "),
+        bts.join(", "),
+        modals.join(", ")
+    );
+
+    // lqo-h2: bound-weighted allocation of r·layers modes + per-layer LQO gradient reduction.
+    let t0 = Instant::now();
+    let lqo = reduce_model_lqo(&model, r * layers, &LqoOptions::default()).expect("lqo");
+    let lqo_secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{{\"method\": \"lqo-h2\", \"seconds\": {lqo_secs:.2}, \"kept_modes\": {:?}, \"lqo_h2_errors\": {:?}, \"stable\": {}}}",
+        lqo.kept_modes,
+        lqo.layer_h2_errors
+            .iter()
+            .map(|e| format!("{e:.4e}"))
+            .collect::<Vec<_>>(),
+        lqo.stable
+    );
+
+    // The bound's weight-only preparation at the full length, then one evaluation.
+    let t0 = Instant::now();
+    let prep = prepare_bound(&model, Some(&lqo.model), len).expect("bound");
+    let prep_secs = t0.elapsed().as_secs_f64();
+    let rep = prep
+        .evaluate(&BoundInput::worst_case(len, h, 1.0))
+        .expect("evaluate");
+    println!(
+        "{{\"bound_prepare_seconds\": {prep_secs:.2}, \"bound_worst_case_unit_input\": {:.4e}, \"layer_weights\": {:?}}}",
+        rep.bound,
+        rep.layer_weights
+            .iter()
+            .map(|e| format!("{e:.3e}"))
+            .collect::<Vec<_>>()
+    );
+}

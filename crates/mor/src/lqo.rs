@@ -1,0 +1,343 @@
+//! `lqo-h2`: each layer as a linear-quadratic-output (LQO) system, h2-optimal reduction of the
+//! layers weighted by the output-error bound (the method of Sakamoto & Sato, arXiv 2510.14542,
+//! as reconstructed here).
+//!
+//! # Layers as LQO systems
+//!
+//! A layer's gate maps the SSM state output `y ∈ R^h` (per position) to `out ∈ R^h`. Its linear
+//! part `E y` and quadratic part `(yᵀ N_1 y, …, yᵀ N_h y)` define an LQO system
+//! (issue 4, Definitions) whose h2 norm is `tr(E G Eᵀ) + Σ_i tr(N_i G N_i G)`.
+//!
+//! * `quadratic` gate, `out_i = y_i (w_iᵀ y + b_i)` (`w_i` row `i` of `W`): exactly
+//!   `E = diag(b)` and `y_i (w_iᵀ y) = yᵀ N_i y` with the symmetric `N_i = (e_i w_iᵀ + w_i e_iᵀ)/2`.
+//! * `half_glu2` gate, `out_i = y_i σ(a_i)`, `a = W GELU(y) + b`: around `y = 0`,
+//!   `GELU_tanh(y) = y/2 · (1 + tanh(√(2/π)(y + 0.044715 y³))) = y/2 + y²/√(2π) + O(y⁴)`, so
+//!   `a = b + W y/2 + O(y²)` and `σ(a_i) = σ(b_i) + σ'(b_i) (w_iᵀ y)/2 + O(y²)`. Multiplying by
+//!   `y_i`, `out_i = σ(b_i) y_i + σ'(b_i)/2 · y_i (w_iᵀ y) + O(y³)` (the `y²` term of GELU only
+//!   enters at third order). Hence `E = diag(σ(b))` and
+//!   `N_i = σ'(b_i)/2 · (e_i w_iᵀ + w_i e_iᵀ)/2`, `σ'(b) = σ(b)(1 − σ(b))`.
+//! * identity gate: `E = I`, no `N_i`.
+//!
+//! The feed-through `D u` is shared by the full and the reduced layer and is not part of the
+//! norm (issue 4). The `N_i` are rank 2, so `Σ_i N_i X N_i` costs `O(h³)` instead of `O(h⁴)`
+//! (`h2opt::Quad::Rank2`).
+//!
+//! # Objective and allocation
+//!
+//! `min Σ_ℓ w_ℓ ‖Σ_ℓ − Σ_ℓ,r‖_h2(LQO)` subject to `Σ_ℓ r_ℓ = budget`, where `w_ℓ` are the layer
+//! factors of the output-error bound (`bound::layer_weights`, `BOUND.md`) for a worst-case input
+//! of length `weight_len` with embedded entries bounded by `weight_linf`. For a fixed allocation
+//! the terms are independent, so each layer minimises its own LQO h2 error by the gradient method
+//! of `h2opt` (stable parameterisation, closed-form gradients, L-BFGS; in parallel over layers).
+//! The allocation is greedy on the bound: start from `min_per_layer` modes per layer and add, one
+//! at a time, the mode with the largest decrease of `w_ℓ e_ℓ(r_ℓ)` per kept mode (all layers of a
+//! model have the same parameter cost per mode), where `e_ℓ(k)` is the LQO h2 error of modal
+//! truncation to `k` modes, computed exactly on a grid of orders and interpolated linearly in
+//! `log e` between grid points.
+
+use crate::block::DiagBlock;
+use crate::bound;
+use crate::error::{Error, Result};
+use crate::gram;
+use crate::h2opt::{self, H2Options, Objective, Param, Quad, Red};
+use crate::model::{DeepSsm, Gate, Layer};
+use crate::reduce::ModelReduction;
+use faer::Mat;
+use rayon::prelude::*;
+
+/// Options of [`reduce_model_lqo`].
+#[derive(Clone, Debug)]
+pub struct LqoOptions {
+    /// Per-layer optimiser options.
+    pub h2: H2Options,
+    /// Sequence length for the bound's layer weights (`None`: the model's `max_len`).
+    pub weight_len: Option<usize>,
+    /// Bound on the embedded input entries for the layer weights.
+    pub weight_linf: f64,
+    /// Modes every layer keeps at least.
+    pub min_per_layer: usize,
+    /// Run the gradient refinement (otherwise: modal truncation at the allocated orders).
+    pub refine: bool,
+}
+
+impl Default for LqoOptions {
+    fn default() -> Self {
+        LqoOptions {
+            h2: H2Options {
+                max_iter: 150,
+                ..H2Options::default()
+            },
+            weight_len: None,
+            weight_linf: 1.0,
+            min_per_layer: 1,
+            refine: true,
+        }
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The LQO read-out of a layer in structured form: `E` (`None` = identity) and the rank-2
+/// quadratic forms (module doc).
+pub fn lqo_structured(layer: &Layer) -> (Option<Mat<f64>>, Option<Quad>) {
+    let h = layer.ssm.n_outputs();
+    match &layer.gate {
+        Gate::Identity => (None, None),
+        Gate::Quadratic { w, b } => (
+            Some(Mat::from_fn(h, h, |i, j| if i == j { b[i] } else { 0.0 })),
+            Some(Quad::Rank2 {
+                sel: (0..h).collect(),
+                v: w.clone(),
+            }),
+        ),
+        Gate::HalfGlu2 { w, b } => {
+            let s: Vec<f64> = b.iter().map(|&x| sigmoid(x)).collect();
+            (
+                Some(Mat::from_fn(h, h, |i, j| if i == j { s[i] } else { 0.0 })),
+                Some(Quad::Rank2 {
+                    sel: (0..h).collect(),
+                    v: Mat::from_fn(h, w.ncols(), |i, j| 0.5 * s[i] * (1.0 - s[i]) * w[(i, j)]),
+                }),
+            )
+        }
+    }
+}
+
+/// The layer as an LQO system (module doc): `E` `[q, h]` and the symmetric `N_i` `[h, h]`
+/// (`q = h` outputs, one `N_i` per output channel; none for the identity gate). Exact for
+/// `Gate::Quadratic`; the second-order expansion around `y = 0` for `Gate::HalfGlu2`.
+pub fn lqo_terms(layer: &Layer) -> (Mat<f64>, Vec<Mat<f64>>) {
+    let h = layer.ssm.n_outputs();
+    let (e, q) = lqo_structured(layer);
+    (
+        e.unwrap_or_else(|| Mat::identity(h, h)),
+        q.map(|q| q.to_dense(h)).unwrap_or_default(),
+    )
+}
+
+/// Squared LQO h2 error `J` of a reduced SSM block of a layer (three-term closed form with the
+/// structured `N_i`; the SSM's own `linear`/`quadratic` are ignored).
+pub fn lqo_h2_error(layer: &Layer, reduced: &DiagBlock) -> Result<f64> {
+    gram::check_stable(&layer.ssm, "lqo: full block")?;
+    gram::check_stable(reduced, "lqo: reduced block")?;
+    if reduced.n_inputs() != layer.ssm.n_inputs() || reduced.n_outputs() != layer.ssm.n_outputs() {
+        return Err(Error::Shape(format!(
+            "lqo: reduced block is {}x{} (p x m), layer SSM is {}x{}",
+            reduced.n_outputs(),
+            reduced.n_inputs(),
+            layer.ssm.n_outputs(),
+            layer.ssm.n_inputs()
+        )));
+    }
+    let (e, q) = lqo_structured(layer);
+    let obj = Objective::new(&layer.ssm, None, e.as_ref(), q);
+    Ok(obj.eval(&Red::from_block(reduced), None).max(0.0).sqrt())
+}
+
+/// The `k` most dominant modes (per-mode h2 score of the linear SSM), for every `k`.
+fn modal_ranking(block: &DiagBlock) -> Vec<usize> {
+    let scores = gram::mode_h2_scores(&DiagBlock {
+        linear: None,
+        quadratic: vec![],
+        ..block.clone()
+    });
+    let mut idx: Vec<usize> = (0..block.n_modes()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    idx
+}
+
+fn take_top(block: &DiagBlock, rank: &[usize], k: usize) -> DiagBlock {
+    let mut keep = rank[..k].to_vec();
+    keep.sort_unstable();
+    gram::select_modes(block, &keep)
+}
+
+/// Orders at which the modal error curve is evaluated exactly.
+fn order_grid(n: usize) -> Vec<usize> {
+    let mut g = vec![];
+    let mut k = 1usize;
+    while k < n {
+        g.push(k);
+        k = if k < 4 {
+            k + 1
+        } else {
+            (k as f64 * 1.4).ceil() as usize
+        };
+    }
+    g.push(n);
+    g
+}
+
+/// `e(k)` for `k = 0..=n` (`e(n) = 0`), exact on the grid, log-linear in between.
+fn modal_error_curve(layer: &Layer, obj: &Objective<'_>) -> Vec<f64> {
+    let n = layer.ssm.n_modes();
+    let rank = modal_ranking(&layer.ssm);
+    let grid = order_grid(n);
+    let vals: Vec<(usize, f64)> = grid
+        .iter()
+        .map(|&k| {
+            if k == n {
+                (k, 0.0)
+            } else {
+                let red = take_top(&layer.ssm, &rank, k);
+                (k, obj.eval(&Red::from_block(&red), None).max(0.0).sqrt())
+            }
+        })
+        .collect();
+    let mut e = vec![0.0; n + 1];
+    e[0] = obj.j0.max(0.0).sqrt();
+    for w in vals.windows(2) {
+        let ((k0, e0), (k1, e1)) = (w[0], w[1]);
+        for (k, ek) in e.iter_mut().enumerate().take(k1 + 1).skip(k0) {
+            let t = (k - k0) as f64 / (k1 - k0) as f64;
+            *ek = if e0 > 0.0 && e1 > 0.0 {
+                (e0.ln() * (1.0 - t) + e1.ln() * t).exp()
+            } else {
+                e0 * (1.0 - t) + e1 * t
+            };
+        }
+    }
+    if let Some(&(k0, e0)) = vals.first() {
+        // Between 0 and the first grid point.
+        let full = e[0];
+        for (k, ek) in e.iter_mut().enumerate().take(k0 + 1).skip(1) {
+            let t = k as f64 / k0 as f64;
+            *ek = full * (1.0 - t) + e0 * t;
+        }
+    }
+    e[n] = 0.0;
+    e
+}
+
+/// Greedy allocation of `budget` modes: maximise the decrease of `Σ_ℓ w_ℓ e_ℓ(r_ℓ)` per mode.
+fn allocate(
+    curves: &[Vec<f64>],
+    weights: &[f64],
+    budget: usize,
+    min_per_layer: usize,
+) -> Vec<usize> {
+    let mut r: Vec<usize> = curves
+        .iter()
+        .map(|c| min_per_layer.min(c.len() - 1).max(1))
+        .collect();
+    let mut used: usize = r.iter().sum();
+    while used < budget {
+        let mut best: Option<(usize, f64)> = None;
+        for (l, c) in curves.iter().enumerate() {
+            if r[l] + 1 < c.len() {
+                let gain = weights[l] * (c[r[l]] - c[r[l] + 1]);
+                if best.is_none_or(|b| gain > b.1) {
+                    best = Some((l, gain));
+                }
+            }
+        }
+        match best {
+            Some((l, _)) => {
+                r[l] += 1;
+                used += 1;
+            }
+            None => break,
+        }
+    }
+    r
+}
+
+/// `lqo-h2` for a whole model: allocate `budget` kept modes (stored complex modes, summed over
+/// layers) by the output-error bound and reduce each layer's SSM by gradient-based LQO-h2
+/// optimisation (module doc). `layer_h2_errors` are the LQO h2 errors of the layers.
+///
+/// # Errors
+/// [`Error::Argument`] if `budget` is smaller than `layers · min_per_layer` (at least one per
+/// layer) or larger than the total number of modes; [`Error::Unstable`] for an unstable layer;
+/// errors of the bound's weights.
+pub fn reduce_model_lqo(
+    model: &DeepSsm,
+    budget: usize,
+    opts: &LqoOptions,
+) -> Result<ModelReduction> {
+    let nl = model.layers.len();
+    let total: usize = model.layers.iter().map(|l| l.ssm.n_modes()).sum();
+    let minp = opts.min_per_layer.max(1);
+    if budget < nl * minp || budget > total {
+        return Err(Error::Argument(format!(
+            "lqo-h2: budget {budget} must be in {}..={total} ({nl} layers, at least {minp} mode(s) each)",
+            nl * minp
+        )));
+    }
+    for (i, l) in model.layers.iter().enumerate() {
+        gram::check_stable(&l.ssm, &format!("lqo-h2: layer {i}"))?;
+    }
+    let len = opts.weight_len.unwrap_or(model.max_len).max(1);
+    let weights = bound::layer_weights(model, len, opts.weight_linf)?;
+    let structs: Vec<(Option<Mat<f64>>, Option<Quad>)> =
+        model.layers.iter().map(lqo_structured).collect();
+    let curves: Vec<Vec<f64>> = (0..nl)
+        .into_par_iter()
+        .map(|l| {
+            let layer = &model.layers[l];
+            let obj = Objective::new(
+                &layer.ssm,
+                None,
+                structs[l].0.as_ref(),
+                structs[l].1.clone(),
+            );
+            modal_error_curve(layer, &obj)
+        })
+        .collect();
+    let orders = allocate(&curves, &weights, budget, minp);
+    let results: Vec<Result<(DiagBlock, f64)>> = (0..nl)
+        .into_par_iter()
+        .map(|l| {
+            let layer = &model.layers[l];
+            let k = orders[l];
+            let obj = Objective::new(
+                &layer.ssm,
+                None,
+                structs[l].0.as_ref(),
+                structs[l].1.clone(),
+            );
+            let rank = modal_ranking(&layer.ssm);
+            let modal = take_top(&layer.ssm, &rank, k);
+            let red = if k == layer.ssm.n_modes() {
+                Red::from_block(&layer.ssm)
+            } else if opts.refine {
+                let mut inits = vec![Red::from_block(&modal)];
+                if opts.h2.try_bt_init
+                    && let Some(bt) = h2opt::bt_init(&layer.ssm, k)
+                {
+                    inits.push(Red::from_block(&bt));
+                }
+                h2opt::optimise(&obj, inits, Param::Stable, &opts.h2).0
+            } else {
+                Red::from_block(&modal)
+            };
+            let j = obj.eval(&red, None);
+            let mut blk = red.to_block(&layer.ssm);
+            blk.linear = layer.ssm.linear.clone();
+            blk.quadratic = layer.ssm.quadratic.clone();
+            Ok((blk, j.max(0.0).sqrt()))
+        })
+        .collect();
+    let mut reduced = model.clone();
+    let mut errs = Vec::with_capacity(nl);
+    for (l, r) in results.into_iter().enumerate() {
+        let (blk, e) = r?;
+        reduced.layers[l].ssm = blk;
+        errs.push(e);
+    }
+    let max_abs_lambda = reduced
+        .layers
+        .iter()
+        .map(|l| l.ssm.max_abs_lambda())
+        .fold(0.0f64, f64::max);
+    Ok(ModelReduction {
+        kept_modes: reduced.layers.iter().map(|l| l.ssm.n_modes()).collect(),
+        model: reduced,
+        layer_h2_errors: errs,
+        hinf_bounds: None,
+        stable: max_abs_lambda < 1.0,
+        max_abs_lambda,
+    })
+}

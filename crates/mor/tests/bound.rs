@@ -1,0 +1,309 @@
+//! The output-error bound holds on random small deep models evaluated by a plain f64 forward.
+
+#![allow(clippy::needless_range_loop)] // index loops mirror the formulas
+
+use faer::{Mat, c64};
+use mor::bound::{
+    BoundInput, GELU_TANH_DERIV_MAX, kernel_l1_norm, output_error_bound, prepare_bound,
+};
+use mor::h2opt::{H2Options, h2_reduce};
+use mor::{DeepSsm, DiagBlock, Gate, Layer, Norm, gram};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn gelu(x: f64) -> f64 {
+    let k = (2.0 / std::f64::consts::PI).sqrt();
+    0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())
+}
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Reference forward: `[L, h]` embedded input → logits.
+fn forward(model: &DeepSsm, z0: &[Vec<f64>]) -> Vec<f64> {
+    let l = z0.len();
+    let mut z: Vec<Vec<f64>> = z0.to_vec();
+    for layer in &model.layers {
+        let h = z[0].len();
+        let u: Vec<Vec<f64>> = z
+            .iter()
+            .map(|zk| match &layer.norm {
+                Norm::Batch { scale, shift } => {
+                    (0..h).map(|c| scale[c] * zk[c] + shift[c]).collect()
+                }
+                Norm::Identity => zk.clone(),
+                Norm::Layer { gamma, beta, eps } => {
+                    let m = zk.iter().sum::<f64>() / h as f64;
+                    let v = zk.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / h as f64;
+                    (0..h)
+                        .map(|c| gamma[c] * (zk[c] - m) / (v + eps).sqrt() + beta[c])
+                        .collect()
+                }
+            })
+            .collect();
+        let s = &layer.ssm;
+        let n = s.n_modes();
+        let mut y = vec![vec![0.0; h]; l];
+        let bu = |k: usize, i: usize| (0..h).map(|c| s.b[(i, c)] * u[k][c]).sum::<c64>();
+        let mut x = vec![c64::new(0.0, 0.0); n];
+        for k in 0..l {
+            for i in 0..n {
+                x[i] = s.lambda[i] * x[i] + bu(k, i);
+            }
+            for o in 0..h {
+                y[k][o] += (0..n).map(|i| 2.0 * (s.c[(o, i)] * x[i]).re).sum::<f64>();
+            }
+        }
+        if let Some(cr) = &s.c_rev {
+            let mut x = vec![c64::new(0.0, 0.0); n];
+            for k in (0..l).rev() {
+                for i in 0..n {
+                    x[i] = s.lambda[i] * x[i] + bu(k, i);
+                }
+                for o in 0..h {
+                    y[k][o] += (0..n).map(|i| 2.0 * (cr[(o, i)] * x[i]).re).sum::<f64>();
+                }
+            }
+        }
+        if let Some(d) = &s.d {
+            for k in 0..l {
+                for c in 0..h {
+                    y[k][c] += d[c] * u[k][c];
+                }
+            }
+        }
+        for k in 0..l {
+            let yk = &y[k];
+            let out: Vec<f64> = match &layer.gate {
+                Gate::Identity => yk.clone(),
+                Gate::HalfGlu2 { w, b } => {
+                    let g: Vec<f64> = yk.iter().map(|&v| gelu(v)).collect();
+                    (0..h)
+                        .map(|c| {
+                            yk[c] * sigmoid((0..h).map(|j| w[(c, j)] * g[j]).sum::<f64>() + b[c])
+                        })
+                        .collect()
+                }
+                Gate::Quadratic { w, b } => (0..h)
+                    .map(|c| yk[c] * ((0..h).map(|j| w[(c, j)] * yk[j]).sum::<f64>() + b[c]))
+                    .collect(),
+            };
+            for c in 0..h {
+                z[k][c] += out[c];
+            }
+        }
+    }
+    let h = z[0].len();
+    let pooled: Vec<f64> = (0..h)
+        .map(|c| z.iter().map(|zk| zk[c]).sum::<f64>() / l as f64)
+        .collect();
+    (0..model.decoder_w.nrows())
+        .map(|o| {
+            (0..h)
+                .map(|c| model.decoder_w[(o, c)] * pooled[c])
+                .sum::<f64>()
+                + model.decoder_b[o]
+        })
+        .collect()
+}
+
+fn cz(rng: &mut ChaCha8Rng, s: f64) -> c64 {
+    c64::new(
+        s * (rng.random::<f64>() - 0.5),
+        s * (rng.random::<f64>() - 0.5),
+    )
+}
+
+fn random_model(
+    rng: &mut ChaCha8Rng,
+    layers: usize,
+    h: usize,
+    n: usize,
+    gate_kind: usize,
+    norm_kind: usize,
+) -> DeepSsm {
+    let layers = (0..layers)
+        .map(|_| {
+            let lambda = (0..n)
+                .map(|_| {
+                    c64::from_polar(0.5 + 0.45 * rng.random::<f64>(), 3.0 * rng.random::<f64>())
+                })
+                .collect();
+            let ssm = DiagBlock {
+                lambda,
+                b: Mat::from_fn(n, h, |_, _| cz(rng, 1.0)),
+                c: Mat::from_fn(h, n, |_, _| cz(rng, 0.5)),
+                c_rev: Some(Mat::from_fn(h, n, |_, _| cz(rng, 0.5))),
+                d: Some((0..h).map(|_| rng.random::<f64>() - 0.5).collect()),
+                linear: None,
+                quadratic: vec![],
+            };
+            let w = Mat::from_fn(h, h, |_, _| rng.random::<f64>() - 0.5);
+            let b: Vec<f64> = (0..h).map(|_| rng.random::<f64>() - 0.5).collect();
+            let gate = match gate_kind {
+                0 => Gate::HalfGlu2 { w, b },
+                1 => Gate::Quadratic {
+                    w: Mat::from_fn(h, h, |i, j| 0.2 * w[(i, j)]),
+                    b,
+                },
+                _ => Gate::Identity,
+            };
+            let norm = match norm_kind {
+                0 => Norm::Batch {
+                    scale: (0..h).map(|_| 0.5 + rng.random::<f64>()).collect(),
+                    shift: (0..h).map(|_| 0.2 * (rng.random::<f64>() - 0.5)).collect(),
+                },
+                1 => Norm::Layer {
+                    gamma: (0..h).map(|_| 0.5 + rng.random::<f64>()).collect(),
+                    beta: (0..h).map(|_| 0.2 * (rng.random::<f64>() - 0.5)).collect(),
+                    eps: 1e-5,
+                },
+                _ => Norm::Identity,
+            };
+            Layer { norm, ssm, gate }
+        })
+        .collect();
+    DeepSsm {
+        layers,
+        decoder_w: Mat::from_fn(2, h, |_, _| rng.random::<f64>() - 0.5),
+        decoder_b: vec![0.1, -0.1],
+        max_len: 24,
+    }
+}
+
+fn reduce_model(full: &DeepSsm, r: usize, optimise: bool) -> DeepSsm {
+    let mut red = full.clone();
+    for layer in &mut red.layers {
+        let b = if optimise {
+            h2_reduce(
+                &layer.ssm,
+                r,
+                &H2Options {
+                    max_iter: 60,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .block
+        } else {
+            let keep: Vec<usize> = (0..r).collect();
+            gram::select_modes(&layer.ssm, &keep)
+        };
+        layer.ssm = b;
+    }
+    red
+}
+
+#[test]
+fn gelu_tanh_derivative_bound() {
+    let k = (2.0 / std::f64::consts::PI).sqrt();
+    let mut worst = 0.0f64;
+    for i in -400_000..=400_000 {
+        let x = i as f64 * 1e-4;
+        let t = (k * (x + 0.044715 * x * x * x)).tanh();
+        let d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x);
+        worst = worst.max(d.abs());
+    }
+    assert!(
+        worst <= GELU_TANH_DERIV_MAX && worst > 1.12,
+        "max |GELU'| = {worst}"
+    );
+}
+
+#[test]
+fn kernel_l1_norm_bounds_direct_sum() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let m = random_model(&mut rng, 1, 3, 4, 2, 2);
+    let blk = &m.layers[0].ssm;
+    for t in [1usize, 2, 9, 30] {
+        let direct: f64 = (-(t as i64) + 1..t as i64)
+            .map(|j| {
+                let g = gram::kernel(blk, j);
+                let mut s = 0.0;
+                for c in 0..g.ncols() {
+                    for r in 0..g.nrows() {
+                        s += g[(r, c)] * g[(r, c)];
+                    }
+                }
+                s.sqrt()
+            })
+            .sum();
+        let k = kernel_l1_norm(blk, t);
+        assert!(
+            k >= direct && k <= direct * (1.0 + 1e-6) + 1e-12,
+            "T={t}: {k} vs {direct}"
+        );
+    }
+}
+
+#[test]
+fn bound_holds_on_random_models_and_inputs() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut ratios = Vec::new();
+    let mut cases = 0;
+    for (mi, &(gate_kind, norm_kind, nl)) in [
+        (0, 0, 2),
+        (0, 0, 3),
+        (1, 0, 2),
+        (2, 2, 3),
+        (0, 1, 2),
+        (1, 2, 3),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let h = 4;
+        let full = random_model(&mut rng, nl, h, 3, gate_kind, norm_kind);
+        let red = reduce_model(&full, 2, mi % 2 == 0);
+        let prep = prepare_bound(&full, Some(&red), full.max_len).unwrap();
+        let mut model_ratios = Vec::new();
+        for _ in 0..25 {
+            let l = 1 + rng.random_range(0..full.max_len);
+            let amp = 0.2 + rng.random::<f64>();
+            let z0: Vec<Vec<f64>> = (0..l)
+                .map(|_| {
+                    (0..h)
+                        .map(|_| amp * (2.0 * rng.random::<f64>() - 1.0))
+                        .collect()
+                })
+                .collect();
+            let l2 = z0.iter().flatten().map(|x| x * x).sum::<f64>().sqrt();
+            let linf = z0.iter().flatten().fold(0.0f64, |a, x| a.max(x.abs()));
+            let input = BoundInput { len: l, l2, linf };
+            let a = forward(&full, &z0);
+            let b = forward(&red, &z0);
+            let meas = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y) * (x - y))
+                .sum::<f64>()
+                .sqrt();
+            let rep = prep.evaluate(&input).unwrap();
+            assert!(
+                meas <= rep.bound,
+                "bound violated: measured {meas} > bound {} (model {mi}, L={l})",
+                rep.bound
+            );
+            // The one-shot form (sums over the input's own length) is tighter but still holds.
+            let one = output_error_bound(&full, &red, &input).unwrap();
+            assert!(meas <= one.bound && one.bound <= rep.bound * (1.0 + 1e-12));
+            if meas > 0.0 {
+                ratios.push(one.bound / meas);
+                model_ratios.push(one.bound / meas);
+            }
+            cases += 1;
+        }
+        model_ratios.sort_by(f64::total_cmp);
+        println!(
+            "model {mi} (gate {gate_kind}, norm {norm_kind}, {nl} layers): median bound/measured {:.3e}",
+            model_ratios[model_ratios.len() / 2]
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "bound/measured over {cases} inputs: min {:.3e}, median {:.3e}, max {:.3e}",
+        ratios[0],
+        ratios[ratios.len() / 2],
+        ratios[ratios.len() - 1]
+    );
+}
