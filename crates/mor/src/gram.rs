@@ -649,14 +649,14 @@ pub fn mode_h2_scores(block: &DiagBlock) -> Vec<f64> {
 /// of `B̄`, Euclidean norms of the complex vectors) — the square of the H∞ norm bound
 /// `‖c_i b̄_iᵀ‖ / (1 − |λ_i|)` of the mode's transfer function `c_i b̄_iᵀ z/(z − λ_i)`.
 ///
-/// Bidirectional blocks: the mode's two-sided contribution has frequency response
-/// `c_i b̄_iᵀ e^{iω}/(e^{iω} − λ_i) + c_rev,i b̄_iᵀ (λ_i e^{−iω}/(1 − λ_i e^{−iω}))`-like terms whose
-/// H∞ norm is bounded by `(‖c_i‖ + ‖c_rev,i‖) ‖b̄_i‖ / (1 − |λ_i|)`; the score is its square,
-/// `(‖c_i‖ + ‖c_rev,i‖)² ‖b̄_i‖² / (1 − |λ_i|)²`. (The public LAST code combines the two output
-/// norms of a bidirectional model as a sum of unsquared norms that, through operator precedence,
-/// ends up divided by 4; we do not reproduce that quirk. The factor only rescales a layer's scores
-/// uniformly, so LAST's layer-normalised ranking is unaffected, but the un-normalised
-/// `global-hinf` would be.) Unstable modes score `+∞`.
+/// Bidirectional blocks: the stored mode's two-sided contribution has frequency response
+/// `c_i b̄_iᵀ/(1 − λ_i e^{−iω}) + c_rev,i b̄_iᵀ/(1 − λ_i e^{iω})` (forward lags `j ≥ 0` weighted by
+/// `e^{−iωj}`, reverse lags by `e^{iωj}`), whose spectral norm is at most
+/// `(‖c_i‖ + ‖c_rev,i‖) ‖b̄_i‖ / (1 − |λ_i|)` for every ω; the score is the square of this H∞
+/// bound, `(‖c_i‖ + ‖c_rev,i‖)² ‖b̄_i‖² / (1 − |λ_i|)²` (it reduces to LAST's score when
+/// `c_rev = 0`). The public LAST code combines the forward and backward output norms of a
+/// bidirectional model as a sum of unsquared norms that, through operator precedence, ends up
+/// divided by 4 (as noted in issue 4); we do not reproduce that quirk. Unstable modes score `+∞`.
 pub fn mode_hinf_scores(block: &DiagBlock) -> Vec<f64> {
     let (p, m) = (block.n_outputs(), block.n_inputs());
     (0..block.n_modes())
