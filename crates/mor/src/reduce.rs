@@ -127,8 +127,10 @@ pub struct ReduceOptions {
     /// Horizon `T` (lags `|j| < T`) of `tlh2`; `None` = the model's `max_len` in
     /// [`reduce_model`] (required for [`reduce_block`] with `tlh2`).
     pub horizon: Option<usize>,
-    /// Optimiser options of `h2`, `tlh2` and `lqo-h2`.
+    /// Optimiser options of `h2` and `tlh2` (and of block-level `lqo-h2`).
     pub h2: H2Options,
+    /// Options of the model-level `lqo-h2` (bound-weighted allocation and per-layer refinement).
+    pub lqo: crate::lqo::LqoOptions,
 }
 
 /// Reduces one block to `r` stored modes with `method`.
@@ -219,12 +221,7 @@ pub fn reduce_model(
                 .map(|(l, k)| modal::truncate_modes(&l.ssm, k))
                 .collect::<Result<_>>()?
         }
-        Method::LqoH2 => {
-            return Err(Error::Argument(
-                "method lqo-h2 not available yet at model level (needs lqo::reduce_model_lqo)"
-                    .into(),
-            ));
-        }
+        Method::LqoH2 => return crate::lqo::reduce_model_lqo(model, budget, &opts.lqo),
         _ => {
             let orders = modal::uniform_orders(&ns, ratio);
             let mut o = opts.clone();
@@ -276,5 +273,100 @@ pub fn assemble(model: &DeepSsm, reds: Vec<BlockReduction>) -> ModelReduction {
             .then(|| bounds.into_iter().flatten().collect()),
         stable: max_abs_lambda < 1.0,
         max_abs_lambda,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gram::tests::random_block;
+    use crate::model::{Gate, Layer, Norm};
+    use faer::Mat;
+
+    fn model() -> DeepSsm {
+        DeepSsm {
+            layers: [(1, 8), (2, 6), (3, 10)]
+                .iter()
+                .map(|&(s, n)| Layer {
+                    norm: Norm::Identity,
+                    ssm: random_block(s, n, 3, 3, s == 2, 0, None, 0.9),
+                    gate: Gate::Identity,
+                })
+                .collect(),
+            decoder_w: Mat::zeros(2, 3),
+            decoder_b: vec![0.0; 2],
+            max_len: 32,
+        }
+    }
+
+    #[test]
+    fn budgets_and_allocations() {
+        let m = model();
+        let ns = [8, 6, 10];
+        assert_eq!(mode_budget(&ns, 0.5).unwrap(), 12);
+        assert_eq!(mode_budget(&ns, 0.99).unwrap(), 3);
+        assert!(mode_budget(&ns, 1.0).is_err());
+        let opts = ReduceOptions::default();
+        for method in [
+            Method::Modal,
+            Method::Bt,
+            Method::Last,
+            Method::GlobalHinf,
+            Method::UniformHinf,
+            Method::H2,
+            Method::Tlh2,
+            Method::LqoH2,
+        ] {
+            let red = reduce_model(&m, method, 0.5, &opts).unwrap();
+            let total: usize = red.kept_modes.iter().sum();
+            assert_eq!(total, 12, "{method}: kept {:?}", red.kept_modes);
+            assert!(red.kept_modes.iter().all(|&k| k >= 1));
+            for (l, (layer, e)) in red
+                .model
+                .layers
+                .iter()
+                .zip(&red.layer_h2_errors)
+                .enumerate()
+            {
+                assert_eq!(layer.ssm.n_modes(), red.kept_modes[l]);
+                let horizon = (method == Method::Tlh2).then_some(32);
+                let want = if method == Method::LqoH2 {
+                    crate::lqo::lqo_h2_error(&m.layers[l], &layer.ssm).unwrap()
+                } else {
+                    gram::h2_error(&m.layers[l].ssm, &layer.ssm, horizon).unwrap()
+                };
+                assert!(
+                    (want - e).abs() <= 1e-9 * want.max(1e-9),
+                    "{method} layer {l}"
+                );
+            }
+            if method != Method::Tlh2 {
+                assert!(red.stable, "{method}");
+            }
+            assert_eq!(red.hinf_bounds.is_some(), method == Method::Bt);
+            if matches!(
+                method,
+                Method::Modal | Method::Bt | Method::UniformHinf | Method::H2
+            ) {
+                assert_eq!(red.kept_modes, vec![4, 3, 5]);
+            }
+        }
+        // LAST keeps a layer's modes in H∞-score order, and the global threshold is shared.
+        let red = reduce_model(&m, Method::GlobalHinf, 0.5, &opts).unwrap();
+        let all: Vec<f64> = m
+            .layers
+            .iter()
+            .flat_map(|l| gram::mode_hinf_scores(&l.ssm))
+            .collect();
+        let mut sorted = all.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let kept_min = red
+            .model
+            .layers
+            .iter()
+            .flat_map(|l| gram::mode_hinf_scores(&l.ssm))
+            .fold(f64::INFINITY, f64::min);
+        // Every kept score is among the top 12 unless forced by the one-per-layer rule.
+        assert!(kept_min >= sorted[11] || red.kept_modes.contains(&1));
     }
 }
