@@ -2,7 +2,14 @@
 
 pub mod config;
 pub mod error;
+pub mod export;
+pub mod gate;
+pub mod hippo;
+pub mod model;
+pub mod norm;
+pub mod params;
 pub mod scan;
+pub mod ssm;
 pub mod checkpoint;
 pub mod optim;
 pub mod perf;
@@ -10,3 +17,5 @@ pub mod train;
 
 pub use config::{GateKind, ModelConfig, NormKind};
 pub use error::{Error, Result};
+pub use export::{to_mor, with_reduced};
+pub use model::{Mode, S5Model, is_ssm_param};

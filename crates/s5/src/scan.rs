@@ -485,14 +485,18 @@ impl CustomOp3 for ScanOp {
     }
 }
 
+/// A batch of complex sequences as nested vectors, `[b][l][n]` of (re, im).
+pub type ComplexBatch = Vec<Vec<Vec<(f64, f64)>>>;
+
 /// Plain sequential reference of [`diag_scan`] on `f64` arrays (for tests and checks):
 /// `lambda` `[n]` as (re, im), `v` `[b][l][n]`, returns `[b][l][d][n]`.
+#[allow(clippy::needless_range_loop)] // index form mirrors the recurrence's notation
 pub fn reference_scan(
     lambda: &[(f64, f64)],
     v: &[Vec<Vec<(f64, f64)>>],
     lengths: &[usize],
     direction: Direction,
-) -> Vec<Vec<Vec<Vec<(f64, f64)>>>> {
+) -> Vec<ComplexBatch> {
     let n = lambda.len();
     let d = direction.n_dirs();
     v.iter()

@@ -109,10 +109,8 @@ fn padded_positions_are_zero_and_padding_does_not_leak() {
     let lam = rand_lambda(&mut rng, n);
     let v = rand_v(&mut rng, 1, l, n);
     let mut v2 = v.clone();
-    for k in 9..l {
-        for j in 0..n {
-            v2[0][k][j] = (100.0, -50.0);
-        }
+    for row in v2[0].iter_mut().skip(9) {
+        row.fill((100.0, -50.0));
     }
     let lam_t = lam_tensor(&lam, DType::F64);
     let x1 = diag_scan(

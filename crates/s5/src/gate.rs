@@ -1,0 +1,87 @@
+//! Gates after the SSM (S5's `half_glu2`, and `quadratic`).
+//!
+//! - `half_glu2` (S5 code, `SequenceLayer`): `g = drop(GELU_tanh(y))`, `out = y ⊙ σ(W g + b)`;
+//! - `quadratic`: `out = y ⊙ (W y + b)`, which makes the layer a linear-quadratic-output system.
+//!
+//! `W` is `[H, H]` stored `[out, in]` (candle's linear convention), initialised lecun-normal
+//! (fan-in `H`), `b` = 0.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use crate::params::{InitRng, param};
+use crate::{GateKind, Result};
+
+/// A gate with its dense map.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    /// Which gate.
+    pub kind: GateKind,
+    /// `W` `[H, H]` (`[out, in]`).
+    pub weight: Tensor,
+    /// `b` `[H]`.
+    pub bias: Tensor,
+}
+
+/// `x W^T + b` for `x` `[b, l, H]`, as one 2-D matmul.
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (bb, l, h) = x.dims3()?;
+    let o = w.dims()[0];
+    Ok(x.reshape((bb * l, h))?
+        .matmul(&w.t()?)?
+        .broadcast_add(b)?
+        .reshape((bb, l, o))?)
+}
+
+impl Gate {
+    /// Creates (or loads) `weight`, `bias` under `vb`.
+    ///
+    /// # Errors
+    /// A stored tensor of the wrong shape.
+    pub fn new(kind: GateKind, h: usize, vb: &VarBuilder, rng: &mut InitRng) -> Result<Self> {
+        let w = rng.lecun_normal(h * h, h);
+        Ok(Self {
+            kind,
+            weight: param(vb, "weight", (h, h), w)?,
+            bias: param(vb, "bias", h, vec![0.0; h])?,
+        })
+    }
+
+    /// Applies the gate to `y` `[b, l, H]`; `drop` is an optional dropout mask `[b, 1, H]`
+    /// applied to the GELU output of `half_glu2` (as S5).
+    ///
+    /// # Errors
+    /// Shape mismatches.
+    pub fn forward(&self, y: &Tensor, drop: Option<&Tensor>) -> Result<Tensor> {
+        match self.kind {
+            GateKind::HalfGlu2 => {
+                let mut g = y.gelu()?;
+                if let Some(m) = drop {
+                    g = g.broadcast_mul(m)?;
+                }
+                let a = linear(&g, &self.weight, &self.bias)?;
+                Ok((y * candle_nn::ops::sigmoid(&a)?)?)
+            }
+            GateKind::Quadratic => Ok((y * linear(y, &self.weight, &self.bias)?)?),
+        }
+    }
+
+    /// The gate for `mor`.
+    ///
+    /// # Errors
+    /// Candle errors only.
+    pub fn to_mor(&self) -> Result<mor::Gate> {
+        let h = self.bias.dims()[0];
+        let w: Vec<f64> = self
+            .weight
+            .to_dtype(candle_core::DType::F64)?
+            .flatten_all()?
+            .to_vec1()?;
+        let b: Vec<f64> = self.bias.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+        let w = faer::Mat::from_fn(h, h, |i, j| w[i * h + j]);
+        Ok(match self.kind {
+            GateKind::HalfGlu2 => mor::Gate::HalfGlu2 { w, b },
+            GateKind::Quadratic => mor::Gate::Quadratic { w, b },
+        })
+    }
+}

@@ -1,0 +1,194 @@
+//! Prenorms: BatchNorm whose statistics exclude padded positions, and LayerNorm, both built from
+//! differentiable candle ops (`candle_nn::LayerNorm` has no backward; see FACTS.md).
+//!
+//! BatchNorm (Ioffe & Szegedy, 2015; flax defaults as in S5: momentum 0.9, eps 1e-5, biased
+//! variance): in training `u = γ ⊙ (z − μ_B)/sqrt(σ²_B + ε) + β` with `μ_B`, `σ²_B` over the
+//! TRUE positions of the batch only, and `running ← 0.9 running + 0.1 batch`; in evaluation the
+//! running statistics are used. LayerNorm (Ba et al., 2016; flax eps 1e-6) normalises each
+//! position over its `H` channels.
+
+use candle_core::{D, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::params::param;
+use crate::{NormKind, Result};
+
+/// BatchNorm momentum (weight of the old running value), as flax's `nn.BatchNorm` default.
+pub const BN_MOMENTUM: f64 = 0.9;
+/// BatchNorm ε (flax default).
+pub const BN_EPS: f64 = 1e-5;
+/// LayerNorm ε (flax default).
+pub const LN_EPS: f64 = 1e-6;
+
+/// Where the true (unpadded) positions of a batch are.
+#[derive(Clone, Debug)]
+pub struct Mask {
+    /// `[1, b·l]`: 1 at true positions, 0 at padding (masked sums as one matmul).
+    pub row: Tensor,
+    /// `[b, 1, l]`: `1/len_b` at true positions (masked mean pooling as a batched matmul).
+    pub pool: Tensor,
+    /// Number of true positions `Σ_b len_b`.
+    pub n_true: usize,
+}
+
+impl Mask {
+    /// Builds the masks for `lengths` (each `1 ≤ len ≤ l`) with tensors like `like`.
+    ///
+    /// # Errors
+    /// Candle errors only (lengths are validated by the model).
+    pub fn new(lengths: &[u32], l: usize, like: &Tensor) -> Result<Self> {
+        let b = lengths.len();
+        let mut row = vec![0f32; b * l];
+        let mut pool = vec![0f32; b * l];
+        for (bi, &len) in lengths.iter().enumerate() {
+            let len = len as usize;
+            for k in 0..len {
+                row[bi * l + k] = 1.0;
+                pool[bi * l + k] = 1.0 / len as f32;
+            }
+        }
+        let dev = like.device();
+        Ok(Self {
+            row: Tensor::from_vec(row, (1, b * l), dev)?.to_dtype(like.dtype())?,
+            pool: Tensor::from_vec(pool, (b, 1, l), dev)?.to_dtype(like.dtype())?,
+            n_true: lengths.iter().map(|&x| x as usize).sum(),
+        })
+    }
+}
+
+/// The prenorm of a layer.
+#[derive(Clone, Debug)]
+pub enum Norm {
+    /// Masked BatchNorm; `running_mean`/`running_var` live in the VarMap (checkpointed) but are
+    /// not trainable.
+    Batch {
+        /// γ `[H]`.
+        weight: Tensor,
+        /// β `[H]`.
+        bias: Tensor,
+        /// Running mean `[H]`.
+        running_mean: Tensor,
+        /// Running (biased) variance `[H]`.
+        running_var: Tensor,
+    },
+    /// LayerNorm over channels.
+    Layer {
+        /// γ `[H]`.
+        weight: Tensor,
+        /// β `[H]`.
+        bias: Tensor,
+    },
+}
+
+impl Norm {
+    /// Creates (or loads) the norm under `vb`: `weight` = 1, `bias` = 0, `running_mean` = 0,
+    /// `running_var` = 1.
+    ///
+    /// # Errors
+    /// A stored tensor of the wrong shape.
+    pub fn new(kind: NormKind, h: usize, vb: &VarBuilder) -> Result<Self> {
+        let weight = param(vb, "weight", h, vec![1.0; h])?;
+        let bias = param(vb, "bias", h, vec![0.0; h])?;
+        Ok(match kind {
+            NormKind::Batch => Norm::Batch {
+                weight,
+                bias,
+                running_mean: param(vb, "running_mean", h, vec![0.0; h])?,
+                running_var: param(vb, "running_var", h, vec![1.0; h])?,
+            },
+            NormKind::Layer => Norm::Layer { weight, bias },
+        })
+    }
+
+    /// Trainable tensors (names relative to the `norm` prefix).
+    pub fn named_params(&self) -> Vec<(&'static str, &Tensor)> {
+        match self {
+            Norm::Batch { weight, bias, .. } | Norm::Layer { weight, bias } => {
+                vec![("weight", weight), ("bias", bias)]
+            }
+        }
+    }
+
+    /// Normalises `z` `[b, l, H]`. In training BatchNorm uses (and records into the running
+    /// statistics) the statistics over the true positions given by `mask`.
+    ///
+    /// # Errors
+    /// Shape mismatches.
+    pub fn forward(&self, z: &Tensor, mask: &Mask, train: bool) -> Result<Tensor> {
+        let (b, l, h) = z.dims3()?;
+        match self {
+            Norm::Layer { weight, bias } => {
+                let mean = z.mean_keepdim(D::Minus1)?;
+                let zc = z.broadcast_sub(&mean)?;
+                let var = zc.sqr()?.mean_keepdim(D::Minus1)?;
+                let inv = (var + LN_EPS)?.sqrt()?.recip()?;
+                Ok(zc
+                    .broadcast_mul(&inv)?
+                    .broadcast_mul(weight)?
+                    .broadcast_add(bias)?)
+            }
+            Norm::Batch {
+                weight,
+                bias,
+                running_mean,
+                running_var,
+            } => {
+                if !train {
+                    let scale = (running_var + BN_EPS)?.sqrt()?.recip()?.mul(weight)?;
+                    let shift = (bias - running_mean.mul(&scale)?)?;
+                    return Ok(z.broadcast_mul(&scale)?.broadcast_add(&shift)?);
+                }
+                let n = mask.n_true.max(1) as f64;
+                let z2 = z.reshape((b * l, h))?;
+                let mean = (mask.row.matmul(&z2)? / n)?.reshape(h)?;
+                let zc = z.broadcast_sub(&mean)?;
+                let var = (mask.row.matmul(&zc.sqr()?.reshape((b * l, h))?)? / n)?.reshape(h)?;
+                let scale = (&var + BN_EPS)?.sqrt()?.recip()?.mul(weight)?;
+                let u = zc.broadcast_mul(&scale)?.broadcast_add(bias)?;
+                let m = BN_MOMENTUM;
+                let new_mean = ((running_mean.detach() * m)? + (mean.detach() * (1.0 - m))?)?;
+                let new_var = ((running_var.detach() * m)? + (var.detach() * (1.0 - m))?)?;
+                running_mean.slice_set(&new_mean, 0, 0)?;
+                running_var.slice_set(&new_var, 0, 0)?;
+                Ok(u)
+            }
+        }
+    }
+
+    /// The evaluation-mode norm for `mor`.
+    ///
+    /// # Errors
+    /// Candle errors only.
+    pub fn to_mor(&self) -> Result<mor::Norm> {
+        let v = |t: &Tensor| -> Result<Vec<f64>> {
+            Ok(t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?)
+        };
+        Ok(match self {
+            Norm::Batch {
+                weight,
+                bias,
+                running_mean,
+                running_var,
+            } => {
+                let (g, b, m, var) = (v(weight)?, v(bias)?, v(running_mean)?, v(running_var)?);
+                let scale: Vec<f64> = g
+                    .iter()
+                    .zip(&var)
+                    .map(|(g, s)| g / (s + BN_EPS).sqrt())
+                    .collect();
+                let shift = b
+                    .iter()
+                    .zip(&m)
+                    .zip(&scale)
+                    .map(|((b, m), s)| b - s * m)
+                    .collect();
+                mor::Norm::Batch { scale, shift }
+            }
+            Norm::Layer { weight, bias } => mor::Norm::Layer {
+                gamma: v(weight)?,
+                beta: v(bias)?,
+                eps: LN_EPS,
+            },
+        })
+    }
+}
