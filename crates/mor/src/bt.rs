@@ -26,6 +26,12 @@
 //!    `b = 0`, `c = 0`), which change nothing. Each stored mode is finally rescaled
 //!    (`b ← s b`, `c ← c/s`, `s = sqrt(‖[c; c_rev]‖/‖b‖)`) to balance its weights.
 //!
+//! # LQO blocks
+//! BT balances the linear state output `s` (`u → s`, or `u → [s_fwd; s_rev]`); a block's
+//! read-out `E` and quadratic forms `N_i` are carried over unchanged and do not enter the
+//! balancing (the gradient methods `h2` / `lqo-h2` optimise for them). The reported `h2_error` is
+//! that of the full LQO output.
+//!
 //! # Error bound
 //! For the (joint) causal system, `‖H − H_r‖_∞ ≤ 2 Σ_{k>q} σ_k` (Enns 1984; Al-Saggaf & Franklin,
 //! IEEE TAC 1987 for discrete time). For a causal block this is the reported

@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use mor::modal::ModalOrder;
 use mor::reduce::{ReduceOptions, reduce_block};
 use mor::{Method, gram, io};
 use serde_json::json;
@@ -60,6 +61,9 @@ enum Cmd {
         /// Horizon T of tlh2 (lags |j| < T); also makes the reported error time-limited.
         #[arg(long)]
         horizon: Option<usize>,
+        /// Ranking of `modal`: `h2` (per-mode h2 contribution) or `abs-lambda`.
+        #[arg(long, default_value = "h2")]
+        modal_order: String,
     },
 }
 
@@ -91,8 +95,14 @@ fn run(cli: Cli) -> Result<serde_json::Value> {
             order,
             out,
             horizon,
+            modal_order,
         } => {
             let m: Method = method.parse()?;
+            let modal_order = match modal_order.as_str() {
+                "h2" => ModalOrder::H2,
+                "abs-lambda" => ModalOrder::AbsLambda,
+                o => bail!("unknown --modal-order `{o}`; expected `h2` or `abs-lambda`"),
+            };
             let b = read(&sys)?;
             if m != Method::Tlh2 {
                 gram::check_stable(&b, &sys.display().to_string())?;
@@ -101,6 +111,7 @@ fn run(cli: Cli) -> Result<serde_json::Value> {
             }
             let opts = ReduceOptions {
                 horizon,
+                modal_order,
                 ..ReduceOptions::default()
             };
             let red = reduce_block(&b, m, order, &opts)

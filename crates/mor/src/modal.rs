@@ -160,6 +160,47 @@ pub fn uniform_orders(ns: &[usize], ratio: f64) -> Vec<usize> {
         .collect()
 }
 
+/// Equal ratio per layer with an exact total: layer `ℓ` gets `budget · n_ℓ / Σn` modes, rounded
+/// by the largest-remainder method so that the orders sum to `budget`, with `1 ≤ r_ℓ ≤ n_ℓ`
+/// (ties go to the earlier layer). `budget` must lie between the number of non-empty layers and
+/// `Σn` (see [`crate::reduce::mode_budget`]).
+pub fn uniform_allocation(ns: &[usize], budget: usize) -> Vec<usize> {
+    let total: usize = ns.iter().sum();
+    if total == 0 {
+        return vec![0; ns.len()];
+    }
+    let quota: Vec<f64> = ns
+        .iter()
+        .map(|&n| budget as f64 * n as f64 / total as f64)
+        .collect();
+    let mut r: Vec<usize> = ns
+        .iter()
+        .zip(&quota)
+        .map(|(&n, &x)| (x.floor() as usize).clamp(1.min(n), n))
+        .collect();
+    let mut frac: Vec<f64> = (0..ns.len()).map(|k| quota[k] - r[k] as f64).collect();
+    let mut sum: usize = r.iter().sum();
+    while sum < budget {
+        let k = (0..ns.len())
+            .filter(|&k| r[k] < ns[k])
+            .max_by(|&a, &b| frac[a].total_cmp(&frac[b]).then(b.cmp(&a)))
+            .expect("budget <= total modes");
+        r[k] += 1;
+        frac[k] -= 1.0;
+        sum += 1;
+    }
+    while sum > budget {
+        let k = (0..ns.len())
+            .filter(|&k| r[k] > 1)
+            .min_by(|&a, &b| frac[a].total_cmp(&frac[b]).then(b.cmp(&a)))
+            .expect("budget >= number of layers");
+        r[k] -= 1;
+        frac[k] += 1.0;
+        sum -= 1;
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +265,16 @@ mod tests {
     fn uniform_orders_round() {
         assert_eq!(uniform_orders(&[10, 3, 1], 0.75), vec![3, 1, 1]);
         assert_eq!(uniform_orders(&[10], 0.0), vec![10]);
+        assert_eq!(uniform_allocation(&[8, 6, 10], 12), vec![4, 3, 5]);
+        assert_eq!(
+            uniform_allocation(&[96; 6], 100),
+            vec![17, 17, 17, 17, 16, 16]
+        );
+        assert_eq!(uniform_allocation(&[10, 1, 1], 3), vec![1, 1, 1]);
+        for b in 3..=12 {
+            let r = uniform_allocation(&[10, 1, 1], b);
+            assert_eq!(r.iter().sum::<usize>(), b);
+            assert!(r[1] == 1 && r[2] == 1);
+        }
     }
 }

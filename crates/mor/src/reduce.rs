@@ -183,7 +183,7 @@ pub fn mode_budget(layer_modes: &[usize], ratio: f64) -> Result<usize> {
 /// across the model (budget [`mode_budget`]).
 ///
 /// Allocation: `modal`, `bt`, `h2`, `tlh2`, `uniform-hinf` remove the same ratio in every layer
-/// ([`modal::uniform_orders`]); `last` (layer-normalised H∞ scores, [`modal::last_normalise`]) and
+/// (proportional shares of the budget, largest-remainder rounding, [`modal::uniform_allocation`]); `last` (layer-normalised H∞ scores, [`modal::last_normalise`]) and
 /// `global-hinf` (raw H∞ scores) use one global threshold ([`modal::allocate_global`]); `lqo-h2`
 /// allocates the budget by the output-error bound (`lqo::reduce_model_lqo`). `tlh2` uses the
 /// horizon `opts.horizon` or else `model.max_len`. Layers are reduced in parallel (rayon).
@@ -223,7 +223,7 @@ pub fn reduce_model(
         }
         Method::LqoH2 => return crate::lqo::reduce_model_lqo(model, budget, &opts.lqo),
         _ => {
-            let orders = modal::uniform_orders(&ns, ratio);
+            let orders = modal::uniform_allocation(&ns, budget);
             let mut o = opts.clone();
             if method == Method::Tlh2 && o.horizon.is_none() {
                 o.horizon = Some(model.max_len);

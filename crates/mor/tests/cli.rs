@@ -108,6 +108,40 @@ fn cli_reduce_writes_r_modes() {
 }
 
 #[test]
+fn cli_modal_order_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.json");
+    let args = |o: &str| {
+        run(&[
+            "reduce",
+            fixture("lti.json").to_str().unwrap(),
+            "--method",
+            "modal",
+            "--order",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+            "--modal-order",
+            o,
+        ])
+    };
+    let (ok, _, err) = args("abs-lambda");
+    assert!(ok, "{err}");
+    let red = mor::io::read_json(&out).unwrap();
+    let full = mor::io::read_json(fixture("lti.json")).unwrap();
+    let mut mags: Vec<f64> = full.lambda.iter().map(|l| l.norm()).collect();
+    mags.sort_by(|a, b| b.total_cmp(a));
+    let kept_min = red
+        .lambda
+        .iter()
+        .map(|l| l.norm())
+        .fold(f64::INFINITY, f64::min);
+    assert!((kept_min - mags[1]).abs() < 1e-15);
+    let (ok, _, err) = args("nope");
+    assert!(!ok && err.contains("modal-order"), "{err}");
+}
+
+#[test]
 fn cli_errors_are_one_line_and_nonzero() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.json");
