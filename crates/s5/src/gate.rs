@@ -55,12 +55,12 @@ impl Gate {
     pub fn forward(&self, y: &Tensor, drop: Option<&Tensor>) -> Result<Tensor> {
         match self.kind {
             GateKind::HalfGlu2 => {
-                let mut g = y.gelu()?;
+                let mut g = crate::ops::gelu_tanh(y)?;
                 if let Some(m) = drop {
                     g = g.broadcast_mul(m)?;
                 }
                 let a = linear(&g, &self.weight, &self.bias)?;
-                Ok((y * candle_nn::ops::sigmoid(&a)?)?)
+                crate::ops::mul_sigmoid(y, &a)
             }
             GateKind::Quadratic => Ok((y * linear(y, &self.weight, &self.bias)?)?),
         }

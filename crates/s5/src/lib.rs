@@ -7,6 +7,7 @@ pub mod gate;
 pub mod hippo;
 pub mod model;
 pub mod norm;
+pub mod ops;
 pub mod params;
 pub mod scan;
 pub mod ssm;
