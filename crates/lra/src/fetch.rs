@@ -108,7 +108,10 @@ impl NpmPackage {
         }
         let npm_dir = dir.join("npm");
         std::fs::create_dir_all(&npm_dir).map_err(|e| Error::io(&npm_dir, e))?;
-        let tmp_dir = npm_dir.join(format!(".pack-{}.tmp", std::process::id()));
+        // Absolute, because npm runs with this folder as its working directory.
+        let tmp_dir =
+            std::path::absolute(npm_dir.join(format!(".pack-{}.tmp", std::process::id())))
+                .map_err(|e| Error::io(&npm_dir, e))?;
         let _ = std::fs::remove_dir_all(&tmp_dir);
         std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
         let result = self.pack_into(&tmp_dir, dir).and_then(|fetched| {
