@@ -29,6 +29,8 @@ pub struct Mask {
     pub pool: Tensor,
     /// Number of true positions `Σ_b len_b`.
     pub n_true: usize,
+    /// `[b·l]`: whether each position is true.
+    pub rows: Vec<bool>,
 }
 
 impl Mask {
@@ -49,6 +51,7 @@ impl Mask {
         }
         let dev = like.device();
         Ok(Self {
+            rows: row.iter().map(|&x| x != 0.0).collect(),
             row: Tensor::from_vec(row, (1, b * l), dev)?.to_dtype(like.dtype())?,
             pool: Tensor::from_vec(pool, (b, 1, l), dev)?.to_dtype(like.dtype())?,
             n_true: lengths.iter().map(|&x| x as usize).sum(),
@@ -138,19 +141,23 @@ impl Norm {
                     let shift = (bias - running_mean.mul(&scale)?)?;
                     return Ok(z.broadcast_mul(&scale)?.broadcast_add(&shift)?);
                 }
-                let n = mask.n_true.max(1) as f64;
-                let z2 = z.reshape((b * l, h))?;
-                let mean = (mask.row.matmul(&z2)? / n)?.reshape(h)?;
-                let zc = z.broadcast_sub(&mean)?;
-                let var = (mask.row.matmul(&zc.sqr()?.reshape((b * l, h))?)? / n)?.reshape(h)?;
-                let scale = (&var + BN_EPS)?.sqrt()?.recip()?.mul(weight)?;
-                let u = zc.broadcast_mul(&scale)?.broadcast_add(bias)?;
+                let (u, mean, var) = crate::ops::masked_batch_norm(
+                    &z.reshape((b * l, h))?,
+                    &mask.rows,
+                    weight,
+                    bias,
+                    BN_EPS,
+                )?;
                 let m = BN_MOMENTUM;
-                let new_mean = ((running_mean.detach() * m)? + (mean.detach() * (1.0 - m))?)?;
-                let new_var = ((running_var.detach() * m)? + (var.detach() * (1.0 - m))?)?;
-                running_mean.slice_set(&new_mean, 0, 0)?;
-                running_var.slice_set(&new_var, 0, 0)?;
-                Ok(u)
+                let upd = |run: &Tensor, batch: Vec<f64>| -> Result<()> {
+                    let batch = Tensor::from_vec(batch, h, run.device())?.to_dtype(run.dtype())?;
+                    let new = ((run.detach() * m)? + (batch * (1.0 - m))?)?;
+                    run.slice_set(&new, 0, 0)?;
+                    Ok(())
+                };
+                upd(running_mean, mean)?;
+                upd(running_var, var)?;
+                Ok(u.reshape((b, l, h))?)
             }
         }
     }

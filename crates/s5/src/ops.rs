@@ -237,3 +237,151 @@ pub fn mul_sigmoid(y: &Tensor, a: &Tensor) -> Result<Tensor> {
     }
     Ok(y.contiguous()?.apply_op2(&a.contiguous()?, MulSigmoid)?)
 }
+
+/// Fused training-mode BatchNorm over the rows of `z` `[N, H]` whose `mask` entry is 1
+/// (statistics over true positions only; all rows are normalised):
+/// `u_i = γ (z_i − μ)/σ + β`, `μ = Σ_i m_i z_i / N_t`, `σ² = Σ_i m_i (z_i − μ)² / N_t + ε`.
+/// Backward (Ioffe & Szegedy, 2015, Sec. 3, with the mask): `∂L/∂β = Σ_i g_i`,
+/// `∂L/∂γ = Σ_i g_i x̂_i`, `∂L/∂z_i = (γ/σ) [g_i − (m_i/N_t)(Σ_j g_j + x̂_i Σ_j g_j x̂_j)]`.
+///
+/// Returns `u` `[N, H]` and the (detached) batch mean and biased variance `[H]` (f64) for the
+/// running statistics.
+///
+/// # Errors
+/// Shape/dtype mismatches, no true row, a non-CPU tensor.
+pub fn masked_batch_norm(
+    z: &Tensor,
+    mask: &[bool],
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+    let (n, h) = z.dims2()?;
+    if mask.len() != n || !mask.iter().any(|&m| m) || weight.dims() != [h] || bias.dims() != [h] {
+        return Err(crate::Error::Config(format!(
+            "masked_batch_norm: z {:?}, mask {} (needs ≥ 1 true row), weight {:?}, bias {:?}",
+            z.dims(),
+            mask.len(),
+            weight.dims(),
+            bias.dims()
+        )));
+    }
+    let z = z.contiguous()?;
+    let zs: Vec<f64> = z
+        .to_dtype(candle_core::DType::F64)?
+        .flatten_all()?
+        .to_vec1()?;
+    let nt = mask.iter().filter(|&&m| m).count() as f64;
+    let mut mean = vec![0.0; h];
+    for (row, _) in zs.chunks(h).zip(mask).filter(|(_, m)| **m) {
+        for (a, &x) in mean.iter_mut().zip(row) {
+            *a += x;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= nt);
+    let mut var = vec![0.0; h];
+    for (row, _) in zs.chunks(h).zip(mask).filter(|(_, m)| **m) {
+        for ((a, &x), &m) in var.iter_mut().zip(row).zip(&mean) {
+            *a += (x - m) * (x - m);
+        }
+    }
+    var.iter_mut().for_each(|v| *v /= nt);
+    let op = MaskedBn {
+        mask: mask.to_vec(),
+        mean: mean.clone(),
+        inv_std: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
+    };
+    let u = z.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
+    Ok((u, mean, var))
+}
+
+struct MaskedBn {
+    mask: Vec<bool>,
+    mean: Vec<f64>,
+    inv_std: Vec<f64>,
+}
+
+impl CustomOp3 for MaskedBn {
+    fn name(&self) -> &'static str {
+        "s5-masked-batch-norm"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        dispatch!(s1, |T| {
+            let (z, g, b) = (
+                contiguous::<T>(s1, l1)?,
+                contiguous::<T>(s2, l2)?,
+                contiguous::<T>(s3, l3)?,
+            );
+            let h = g.len();
+            let scale: Vec<f64> = (0..h).map(|k| g[k].to_f64() * self.inv_std[k]).collect();
+            let shift: Vec<f64> = (0..h)
+                .map(|k| b[k].to_f64() - scale[k] * self.mean[k])
+                .collect();
+            let mut out = vec![T::from_f64(0.0); z.len()];
+            out.par_chunks_mut(h * 64)
+                .zip(z.par_chunks(h * 64))
+                .for_each(|(o, z)| {
+                    for (o, z) in o.chunks_mut(h).zip(z.chunks(h)) {
+                        for k in 0..h {
+                            o[k] = T::from_f64(z[k].to_f64() * scale[k] + shift[k]);
+                        }
+                    }
+                });
+            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+        })
+    }
+    fn bwd(
+        &self,
+        z: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, h) = z.dims2()?;
+        let dt = z.dtype();
+        let zs: Vec<f64> = z
+            .to_dtype(candle_core::DType::F64)?
+            .flatten_all()?
+            .to_vec1()?;
+        let gs: Vec<f64> = grad
+            .to_dtype(candle_core::DType::F64)?
+            .flatten_all()?
+            .to_vec1()?;
+        let gam: Vec<f64> = weight.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+        let nt = self.mask.iter().filter(|&&m| m).count() as f64;
+        let (mut s1, mut s2) = (vec![0.0; h], vec![0.0; h]);
+        for (zr, gr) in zs.chunks(h).zip(gs.chunks(h)) {
+            for k in 0..h {
+                let xh = (zr[k] - self.mean[k]) * self.inv_std[k];
+                s1[k] += gr[k];
+                s2[k] += gr[k] * xh;
+            }
+        }
+        let mut dz = vec![0.0; n * h];
+        dz.par_chunks_mut(h)
+            .zip(zs.par_chunks(h).zip(gs.par_chunks(h)))
+            .zip(self.mask.par_iter())
+            .for_each(|((d, (zr, gr)), &m)| {
+                let mf = if m { 1.0 / nt } else { 0.0 };
+                for k in 0..h {
+                    let xh = (zr[k] - self.mean[k]) * self.inv_std[k];
+                    d[k] = gam[k] * self.inv_std[k] * (gr[k] - mf * (s1[k] + xh * s2[k]));
+                }
+            });
+        let dev = z.device();
+        Ok((
+            Some(Tensor::from_vec(dz, (n, h), dev)?.to_dtype(dt)?),
+            Some(Tensor::from_vec(s2, h, dev)?.to_dtype(dt)?),
+            Some(Tensor::from_vec(s1, h, dev)?.to_dtype(dt)?),
+        ))
+    }
+}
