@@ -63,6 +63,19 @@ fn s5_layer(rng: &mut ChaCha8Rng, h: usize, n: usize) -> Layer {
     Layer { norm, ssm, gate }
 }
 
+/// Process CPU time (user + system) in seconds from `/proc/self/stat` (Linux; 0 elsewhere), so
+/// the figures can be read on a loaded machine.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat (utime, stime) are at 11, 12 after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn main() {
     let layers: usize = std::env::var("MOR_BENCH_LAYERS")
         .ok()
@@ -83,6 +96,7 @@ fn main() {
 
     // h2: per-layer gradient reduction, layers in parallel.
     let t0 = Instant::now();
+    let c0 = cpu_seconds();
     let opts = H2Options::default();
     let res: Vec<_> = model
         .layers
@@ -100,6 +114,7 @@ fn main() {
         })
         .collect();
     let h2_secs = t0.elapsed().as_secs_f64();
+    let h2_cpu = cpu_seconds() - c0;
     let errs: Vec<String> = res
         .iter()
         .map(|x| format!("{:.4e}", x.0.h2_error))
@@ -108,7 +123,7 @@ fn main() {
     let modals: Vec<String> = res.iter().map(|x| format!("{:.4e}", x.2)).collect();
     let per: Vec<String> = res.iter().map(|x| format!("{:.2}", x.3)).collect();
     println!(
-        "{{\"method\": \"h2\", \"seconds\": {h2_secs:.2}, \"per_layer_seconds_incl_bt_check\": [{}], \"h2_errors\": [{}], \"bt_errors\": [{}], \"modal_errors\": [{}]}}",
+        "{{\"method\": \"h2\", \"seconds\": {h2_secs:.2}, \"cpu_seconds\": {h2_cpu:.2}, \"per_layer_seconds_incl_bt_check\": [{}], \"h2_errors\": [{}], \"bt_errors\": [{}], \"modal_errors\": [{}]}}",
         per.join(", "),
         errs.join(", "),
         bts.join(", "),
@@ -117,10 +132,12 @@ fn main() {
 
     // lqo-h2: bound-weighted allocation of r·layers modes + per-layer LQO gradient reduction.
     let t0 = Instant::now();
+    let c0 = cpu_seconds();
     let lqo = reduce_model_lqo(&model, r * layers, &LqoOptions::default()).expect("lqo");
     let lqo_secs = t0.elapsed().as_secs_f64();
+    let lqo_cpu = cpu_seconds() - c0;
     println!(
-        "{{\"method\": \"lqo-h2\", \"seconds\": {lqo_secs:.2}, \"kept_modes\": {:?}, \"lqo_h2_errors\": {:?}, \"stable\": {}}}",
+        "{{\"method\": \"lqo-h2\", \"seconds\": {lqo_secs:.2}, \"cpu_seconds\": {lqo_cpu:.2}, \"kept_modes\": {:?}, \"lqo_h2_errors\": {:?}, \"stable\": {}}}",
         lqo.kept_modes,
         lqo.layer_h2_errors
             .iter()
@@ -131,13 +148,15 @@ fn main() {
 
     // The bound's weight-only preparation at the full length, then one evaluation.
     let t0 = Instant::now();
+    let c0 = cpu_seconds();
     let prep = prepare_bound(&model, Some(&lqo.model), len).expect("bound");
     let prep_secs = t0.elapsed().as_secs_f64();
+    let prep_cpu = cpu_seconds() - c0;
     let rep = prep
         .evaluate(&BoundInput::worst_case(len, h, 1.0))
         .expect("evaluate");
     println!(
-        "{{\"bound_prepare_seconds\": {prep_secs:.2}, \"bound_worst_case_unit_input\": {:.4e}, \"layer_weights\": {:?}}}",
+        "{{\"bound_prepare_seconds\": {prep_secs:.2}, \"bound_prepare_cpu_seconds\": {prep_cpu:.2}, \"bound_worst_case_unit_input\": {:.4e}, \"layer_weights\": {:?}}}",
         rep.bound,
         rep.layer_weights
             .iter()
