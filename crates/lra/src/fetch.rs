@@ -268,7 +268,7 @@ pub fn local_files(dir: &Path) -> [PathBuf; 2] {
 /// Splits the package's array into `(train, test)`; see [`NpmPackage::read_splits`].
 fn split_blocks(reviews: Vec<Review>) -> std::result::Result<(Split, Split), String> {
     let n = reviews.len();
-    if n == 0 || n % 4 != 0 {
+    if n == 0 || !n.is_multiple_of(4) {
         return Err(format!(
             "expected four equal blocks of reviews, found {n} reviews"
         ));

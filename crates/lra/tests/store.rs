@@ -19,7 +19,10 @@ fn sample() -> Split {
     }
 }
 
-fn write_batch(path: &Path, columns: Vec<(&str, ArrayRef)>) {
+/// Named columns of a test file.
+type Columns = Vec<(&'static str, ArrayRef)>;
+
+fn write_batch(path: &Path, columns: Columns) {
     let fields: Vec<Field> = columns
         .iter()
         .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
@@ -130,7 +133,7 @@ fn garbled_and_truncated_parquet_are_clear_errors() {
 #[test]
 fn wrong_columns_types_nulls_and_labels_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, Vec<(&str, ArrayRef)>, &str)> = vec![
+    let cases: Vec<(&str, Columns, &str)> = vec![
         (
             "no_label",
             vec![("text", Arc::new(StringArray::from(vec!["a"])) as ArrayRef)],
