@@ -2,7 +2,9 @@
 //! resumable), figures and the run manifest. The `bench` binary (`src/main.rs`) wires these to
 //! the `lra`, `s5` and `mor` crates.
 
+pub mod data;
 pub mod manifest;
+pub mod pipeline;
 pub mod plot;
 pub mod results;
 pub mod sections;

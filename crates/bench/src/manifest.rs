@@ -131,11 +131,16 @@ impl Manifest {
 /// The source tree's commit (`git rev-parse HEAD`, `-dirty` if `git status` shows changes to
 /// tracked files), or `unknown` when git or the repository is missing.
 pub fn git_commit() -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let built_in = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = if built_in.exists() {
+        built_in.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_else(|_| Path::new(".").to_path_buf())
+    };
     let run = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
-            .current_dir(dir)
+            .current_dir(&dir)
             .output()
             .ok()
             .filter(|o| o.status.success())

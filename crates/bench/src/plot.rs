@@ -137,13 +137,14 @@ pub fn accuracy_vs_params<DB: DrawingBackend>(
     root.fill(&WHITE).map_err(err)?;
     let full = rows.iter().find(|r| r.method == FULL);
     let finite: Vec<&Row> = rows.iter().filter(|r| r.accuracy.is_finite()).collect();
-    let x_max = rows
+    let x_data = rows
         .iter()
         .map(|r| r.total_params)
         .max()
         .unwrap_or(1)
-        .max(1) as f64
-        * 1.05;
+        .max(1) as f64;
+    // Empty room right of the data for the legend, so that it never hides a point.
+    let x_max = x_data * 1.75;
     let (mut y_lo, mut y_hi) = finite
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |a, r| {
@@ -184,7 +185,7 @@ pub fn accuracy_vs_params<DB: DrawingBackend>(
         let y = f.accuracy * 100.0;
         chart
             .draw_series(DashedLineSeries::new(
-                [(0.0, y), (x_max, y)],
+                [(0.0, y), (x_data * 1.05, y)],
                 10,
                 6,
                 BLACK.stroke_width(2),
@@ -235,7 +236,7 @@ pub fn accuracy_vs_params<DB: DrawingBackend>(
         .label_font((FONT, 15))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(err)?;
     root.present().map_err(err)?;
@@ -309,7 +310,7 @@ pub fn bound_vs_error<DB: DrawingBackend>(
         .label_font((FONT, 15))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .draw()
         .map_err(err)?;
     root.present().map_err(err)?;
@@ -349,7 +350,7 @@ pub fn modes_per_layer<DB: DrawingBackend>(
         .max()
         .unwrap_or(1)
         .max(1) as f64
-        * 1.1;
+        * 1.7; // room above the lines for the legend
     let ratios = pick_ratios(kept);
     let (title_area, body) = root.split_vertically(50);
     title_area
@@ -405,7 +406,10 @@ pub fn modes_per_layer<DB: DrawingBackend>(
                 .label("full")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
         }
-        for m in &methods {
+        let n_methods = methods.len().max(1) as f64;
+        for (mi, m) in methods.iter().enumerate() {
+            // a small horizontal offset per method so that equal counts stay visible
+            let dx = (mi as f64 - (n_methods - 1.0) / 2.0) * 0.025;
             let Some(p) = parsed
                 .iter()
                 .find(|p| p.0.method == *m && (p.0.ratio - ratio).abs() < 1e-9)
@@ -416,7 +420,7 @@ pub fn modes_per_layer<DB: DrawingBackend>(
             let pts: Vec<(f64, f64)> =
                 p.1.iter()
                     .enumerate()
-                    .map(|(i, &k)| (i as f64, k as f64))
+                    .map(|(i, &k)| (i as f64 + dx, k as f64))
                     .collect();
             chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
@@ -434,7 +438,7 @@ pub fn modes_per_layer<DB: DrawingBackend>(
             .label_font((FONT, 12))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerLeft)
+            .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(err)?;
     }

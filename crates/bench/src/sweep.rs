@@ -7,7 +7,7 @@
 
 use crate::results::{FULL, KeptModes, ResultsStore, Row};
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use std::time::Instant;
 
 /// Relative slack when checking `error ≤ bound` (floating-point noise of the two computations).
@@ -88,8 +88,8 @@ pub fn error_stats(full: &[Vec<f64>], reduced: &[Vec<f64>], bounds: &[f64]) -> (
 pub struct SweepOptions {
     /// Stop (with an error) after writing this many new rows — for testing kill/restart.
     pub stop_after_rows: Option<usize>,
-    /// Draw progress bars.
-    pub progress: bool,
+    /// Progress bar over points (its length is set here); `None` draws nothing.
+    pub bar: Option<ProgressBar>,
 }
 
 /// How a sweep ended.
@@ -162,22 +162,12 @@ pub fn run_sweep(
         written += 1;
     }
 
-    let pb = if opts.progress {
-        let pb = ProgressBar::new(n_points as u64);
-        pb.set_style(
-            ProgressStyle::with_template(
-                "sweep {elapsed_precise} [{bar:30}] {pos}/{len} points, ETA {eta_precise} {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        pb.set_position(skipped as u64);
-        pb.reset_eta();
-        pb
-    } else {
-        ProgressBar::hidden()
-    };
+    let pb = opts.bar.clone().unwrap_or_else(ProgressBar::hidden);
+    pb.set_length(n_points as u64);
+    pb.set_position(skipped as u64);
+    pb.reset_eta();
 
+    let mut failures: Vec<String> = Vec::new();
     for (method, ratio) in todo {
         if opts.stop_after_rows.is_some_and(|n| written >= n) {
             pb.abandon();
@@ -189,9 +179,18 @@ pub fn run_sweep(
         }
         pb.set_message(format!("{method} @ {ratio}"));
         let t0 = Instant::now();
-        let p = backend
-            .reduced(&method, ratio)
-            .with_context(|| format!("method {method}, ratio {ratio}"))?;
+        let p = match backend.reduced(&method, ratio) {
+            Ok(p) => p,
+            Err(e) => {
+                // Keep going: the other points are independent; report all failures at the end.
+                let msg = format!("{method} @ {ratio}: {e:#}");
+                pb.println(format!("failed: {msg}"));
+                tracing::warn!("{msg}");
+                failures.push(msg);
+                pb.inc(1);
+                continue;
+            }
+        };
         if p.logits.len() != full.logits.len() {
             bail!(
                 "method {method}, ratio {ratio}: {} reviews evaluated, the full model had {}",
@@ -200,7 +199,11 @@ pub fn run_sweep(
             );
         }
         let (mean, max, holds) = error_stats(&full.logits, &p.logits, &p.bounds);
-        let bound_max = p.bounds.iter().copied().fold(0.0, f64::max);
+        let bound_max = if p.bounds.iter().any(|b| b.is_nan()) {
+            f64::NAN
+        } else {
+            p.bounds.iter().copied().fold(0.0, f64::max)
+        };
         let row = Row {
             method: method.clone(),
             ratio,
@@ -224,6 +227,15 @@ pub fn run_sweep(
         tracing::debug!(%method, ratio, secs = t0.elapsed().as_secs_f64(), "point done");
     }
     pb.finish_and_clear();
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} points failed (the {} rows written are kept; rerun to retry the rest):\n  {}",
+            failures.len(),
+            n_points,
+            written,
+            failures.join("\n  ")
+        );
+    }
     Ok(SweepSummary {
         written,
         skipped,
@@ -311,6 +323,40 @@ mod tests {
         }
     }
 
+    /// Fails for one method; the others must still be written, and the error must name it.
+    struct Flaky(Fake);
+
+    impl SweepBackend for Flaky {
+        fn full(&mut self) -> Result<Point> {
+            self.0.full()
+        }
+        fn reduced(&mut self, method: &str, ratio: f64) -> Result<Point> {
+            if method == "bt" {
+                bail!("decomposition failed");
+            }
+            self.0.reduced(method, ratio)
+        }
+    }
+
+    #[test]
+    fn a_failing_point_does_not_lose_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ResultsStore::new(dir.path());
+        let methods: Vec<String> = ["modal", "bt", "h2"].map(String::from).to_vec();
+        let mut b = Flaky(Fake { calls: vec![] });
+        let err = run_sweep(&store, &mut b, &methods, &[0.5], &SweepOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bt @ 0.5") && err.contains("decomposition failed"),
+            "{err}"
+        );
+        let rows = store.rows().unwrap();
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().any(|r| r.has_key("h2", 0.5)));
+        assert!(!rows.iter().any(|r| r.method == "bt"));
+    }
+
     #[test]
     fn error_stats_closed_form() {
         let full = vec![vec![0.0, 0.0], vec![1.0, 1.0]];
@@ -333,7 +379,7 @@ mod tests {
         let mut fake = Fake { calls: vec![] };
         let stop = SweepOptions {
             stop_after_rows: Some(4),
-            progress: false,
+            bar: None,
         };
         let s1 = run_sweep(&store, &mut fake, &methods, &ratios, &stop).unwrap();
         assert!(s1.stopped_early);
