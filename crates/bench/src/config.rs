@@ -1,29 +1,122 @@
-//! Run configuration (`configs/*.toml`).
+//! Run configuration (`configs/*.toml`); every field is documented in `configs/imdb.toml`.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use bench::sections::{EvalConfig, SweepConfig};
 use serde::{Deserialize, Serialize};
 
-/// A run configuration file. Every section is optional and has defaults.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// A run configuration file. Every section is optional and has defaults, except that training
+/// needs `[model]` and `[train]`, and a sweep needs `[sweep]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
+    /// Run name: outputs go to `<out_dir>/<name>/`.
+    pub name: String,
+    /// Directory of all runs' outputs.
+    pub out_dir: PathBuf,
+    /// Worker threads (rayon and candle); 0 = one per core.
+    pub threads: usize,
+    /// Checkpoint directory; default `<out_dir>/<name>/model`. Trained there if missing.
+    pub checkpoint: Option<PathBuf>,
+    /// Training reviews used: 0 = the whole train split, else a seeded class-balanced subset.
+    pub train_samples: usize,
     /// `[data]`: where the IMDb reviews come from, tokenizer and truncation length.
     pub data: lra::DataConfig,
+    /// `[model]`: the architecture trained when no checkpoint exists.
+    pub model: Option<s5::ModelConfig>,
+    /// `[train]`: training hyperparameters.
+    pub train: Option<s5::train::TrainConfig>,
+    /// `[eval]`: the evaluation set.
+    pub eval: EvalConfig,
+    /// `[sweep]`: methods and ratios.
+    pub sweep: Option<SweepConfig>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            name: "imdb".into(),
+            out_dir: PathBuf::from("results"),
+            threads: 0,
+            checkpoint: None,
+            train_samples: 0,
+            data: lra::DataConfig::default(),
+            model: None,
+            train: None,
+            eval: EvalConfig::default(),
+            sweep: None,
+        }
+    }
 }
 
 impl RunConfig {
-    /// Reads and parses a TOML configuration file.
+    /// Reads, parses and validates a TOML configuration file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the configuration {}", path.display()))?;
-        toml::from_str(&text).with_context(|| {
+        let cfg: RunConfig = toml::from_str(&text).with_context(|| {
             format!(
                 "parsing the configuration {} (see configs/imdb.toml for the documented fields)",
                 path.display()
             )
-        })
+        })?;
+        cfg.validate()
+            .with_context(|| format!("invalid configuration {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks the fields that serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty()
+            || self.name.contains(['/', '\\'])
+            || self.name == "."
+            || self.name == ".."
+        {
+            bail!(
+                "name = {:?} must be a plain directory name (e.g. \"imdb\")",
+                self.name
+            );
+        }
+        if self.data.max_len == 0 {
+            bail!("data.max_len must be ≥ 1");
+        }
+        self.eval.validate()?;
+        if let Some(s) = &self.sweep {
+            s.validate()?;
+        }
+        if let Some(t) = &self.train {
+            t.validate()?;
+        }
+        Ok(())
+    }
+
+    /// `<out_dir>/<name>`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.out_dir.join(&self.name)
+    }
+
+    /// The checkpoint directory (`checkpoint`, default `<out_dir>/<name>/model`).
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.checkpoint
+            .clone()
+            .unwrap_or_else(|| self.run_dir().join("model"))
+    }
+
+    /// `[sweep]`, or a clear error.
+    pub fn sweep(&self) -> Result<&SweepConfig> {
+        self.sweep
+            .as_ref()
+            .context("the configuration has no [sweep] section (methods, ratios)")
+    }
+
+    /// Threads to use (`threads`, 0 = one per core).
+    pub fn n_threads(&self) -> usize {
+        if self.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.threads
+        }
     }
 }
 
@@ -42,4 +135,47 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         path.display(),
         in_configs.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RunConfig> {
+        let cfg: RunConfig = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        for name in ["imdb.toml", "smoke.toml", "imdb-s5.toml"] {
+            let p = dir.join(name);
+            if p.exists() {
+                RunConfig::load(&p).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = format!("{:#}", parse("name = \"x\"\nbogus = 1\n").unwrap_err());
+        assert!(e.contains("bogus"), "{e}");
+        let e = format!("{:#}", parse("[eval]\nmax_sample = 3\n").unwrap_err());
+        assert!(e.contains("max_sample"), "{e}");
+    }
+
+    #[test]
+    fn impossible_ratio_and_unknown_method_are_named() {
+        let e = format!("{:#}", parse("[sweep]\nratios = [0.5, 1.2]\n").unwrap_err());
+        assert!(e.contains("1.2") && e.contains("[0, 1)"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse("[sweep]\nmethods = [\"bt\", \"svd\"]\nratios = [0.5]\n").unwrap_err()
+        );
+        assert!(e.contains("svd") && e.contains("modal"), "{e}");
+        let e = format!("{:#}", parse("name = \"a/b\"\n").unwrap_err());
+        assert!(e.contains("plain directory name"), "{e}");
+    }
 }

@@ -1,11 +1,21 @@
-//! `bench`: the reproduction runner. Subcommands: `data` (fetch, verify and describe the IMDb reviews).
+//! `bench`: the reproduction runner. `bench --config imdb.toml` (= `bench run`) makes sure the
+//! data is there, loads or trains the checkpoint, evaluates the full model, then reduces it with
+//! every method at every ratio (no retraining), evaluates each reduction, computes the
+//! output-error bound and the measured error, and writes `results/<name>/results.csv` (one row
+//! at a time, resumable), the plots and `manifest.json`. Subcommands run the stages alone.
 
 mod config;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result, bail};
+use bench::manifest::{Manifest, sha256_file};
+use bench::pipeline::{self, EvalSet, Loaded, S5Backend};
+use bench::results::{ResultsStore, write_atomic};
+use bench::sweep::{SweepOptions, run_sweep, summary_table};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use config::RunConfig;
 
@@ -17,21 +27,102 @@ struct Cli {
     /// `configs/`.
     #[arg(long, global = true, default_value = "imdb.toml")]
     config: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+struct RunArgs {
+    /// Train the checkpoint again even if it exists.
+    #[arg(long)]
+    retrain: bool,
+    /// Stop after writing this many new result rows (for testing interruption and resume).
+    #[arg(long, hide = true)]
+    stop_after_rows: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole pipeline (the default): data, checkpoint, full model, sweep, plots, manifest.
+    Run(RunArgs),
     /// Fetch the IMDb reviews if missing, run the self-checks and print the dataset statistics.
     Data {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Train the checkpoint named by the config (resumes an interrupted run).
+    Train {
+        /// Start over even if a checkpoint exists.
+        #[arg(long)]
+        retrain: bool,
+    },
+    /// Evaluate a checkpoint (default: the config's) on the evaluation set.
+    Eval {
+        /// Checkpoint directory (plain or compressed).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a reduced checkpoint for one method and ratio.
+    Compress {
+        /// Reduction method (modal, bt, last, global-hinf, uniform-hinf, h2, tlh2, lqo-h2).
+        #[arg(long)]
+        method: String,
+        /// Fraction of SSM modes removed, in [0, 1).
+        #[arg(long)]
+        ratio: f64,
+        /// Output directory (default `<out_dir>/<name>/compressed/<method>-<ratio>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The sweep alone (the checkpoint must exist).
+    Sweep {
+        /// Stop after writing this many new result rows (for testing).
+        #[arg(long, hide = true)]
+        stop_after_rows: Option<usize>,
+    },
+    /// Re-draw the plots from a results CSV.
+    Plot {
+        /// The CSV (default `<out_dir>/<name>/results.csv`); plots go next to it.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+    },
+    /// Write a small synthetic dataset in the Hugging Face parquet layout (for CI and tests; read
+    /// it with `data.source = "dir"`, `data.dir = <dir>`).
+    Fixture {
+        /// Data directory to write `imdb/plain_text/*.parquet` into.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Training reviews.
+        #[arg(long, default_value_t = 400)]
+        train: usize,
+        /// Test reviews.
+        #[arg(long, default_value_t = 200)]
+        test: usize,
+    },
+    /// Measure inference and training speed of the config's model on synthetic input.
+    Perf {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Batch size.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Sequence length (default `data.max_len`).
+        #[arg(long)]
+        len: Option<usize>,
+        /// Timed repetitions (median).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
 }
 
-fn main() -> Result<()> {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -39,12 +130,88 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Fixture { dir, train, test }) = &cli.command {
+        let files = bench::data::write_fixture(dir, *train, *test, 8, 200, 0)?;
+        for f in files {
+            println!("{}", f.display());
+        }
+        return Ok(());
+    }
     let config_path = config::resolve(&cli.config)?;
     let cfg = RunConfig::load(&config_path)?;
+    set_threads(cfg.n_threads())?;
     match cli.command {
-        Command::Data { json } => data(&cfg, json),
+        None => run(&cfg, &config_path, &cli.run),
+        Some(Command::Run(args)) => run(&cfg, &config_path, &args),
+        Some(Command::Data { json }) => data(&cfg, json),
+        Some(Command::Train { retrain }) => {
+            let imdb = bench::data::load(&cfg.data)?;
+            let t = Instant::now();
+            let dir = ensure_checkpoint(&cfg, &imdb, retrain)?;
+            println!(
+                "checkpoint {} ready ({:.1} s)",
+                dir.display(),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Some(Command::Eval { checkpoint, json }) => eval_cmd(&cfg, checkpoint, json),
+        Some(Command::Compress { method, ratio, out }) => compress(&cfg, &method, ratio, out),
+        Some(Command::Sweep { stop_after_rows }) => {
+            let args = RunArgs {
+                retrain: false,
+                stop_after_rows,
+            };
+            sweep_stage(&cfg, &config_path, &args, false)
+        }
+        Some(Command::Plot { csv }) => {
+            let csv = csv.unwrap_or_else(|| cfg.run_dir().join("results.csv"));
+            let files = plot(&csv)?;
+            for f in files {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
+        Some(Command::Perf {
+            json,
+            batch,
+            len,
+            reps,
+        }) => perf(&cfg, json, batch, len, reps),
+        Some(Command::Fixture { .. }) => unreachable!("handled before the config is read"),
     }
+}
+
+/// Sizes rayon's global pool (and candle's CPU kernels, which read `RAYON_NUM_THREADS`).
+fn set_threads(n: usize) -> Result<()> {
+    // SAFETY: called once at start-up, before any other thread exists.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .stack_size(64 << 20)
+        .build_global()
+        .context("building the thread pool")?;
+    Ok(())
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} {{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ETA {{eta_precise}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb
 }
 
 /// `bench data`: load (fetching what is missing), verify, print the statistics.
@@ -99,5 +266,339 @@ fn data(cfg: &RunConfig, json: bool) -> Result<()> {
     }
     println!("{:<28} {:>12}", "texts in both splits", stats.overlap);
     println!("{:<28} {:>12}", "max_len", cfg.data.max_len);
+    Ok(())
+}
+
+/// Makes sure the checkpoint exists (training it if missing or if `retrain`); returns its dir.
+fn ensure_checkpoint(cfg: &RunConfig, imdb: &lra::Imdb, retrain: bool) -> Result<PathBuf> {
+    let dir = cfg.checkpoint_dir();
+    if retrain {
+        for f in [
+            s5::checkpoint::MODEL_FILE,
+            s5::checkpoint::CONFIG_FILE,
+            s5::checkpoint::TOKENIZER_FILE,
+        ] {
+            let p = dir.join(f);
+            if p.exists() {
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+        let ck = dir.join("checkpoints");
+        if ck.exists() {
+            std::fs::remove_dir_all(&ck).with_context(|| format!("removing {}", ck.display()))?;
+        }
+    }
+    if dir.join(s5::checkpoint::MODEL_FILE).exists() {
+        return Ok(dir);
+    }
+    let (Some(model), Some(train)) = (&cfg.model, &cfg.train) else {
+        bail!(
+            "no checkpoint at {} and the configuration has no [model] and [train] sections to \
+             train one; set `checkpoint` to a trained model directory or add those sections",
+            dir.display()
+        );
+    };
+    let slice = bench::data::slice(&imdb.train, cfg.train_samples, train.seed);
+    tracing::info!(
+        "training {} on {} reviews into {}",
+        cfg.name,
+        slice.len(),
+        dir.display()
+    );
+    let summary = pipeline::train(model, train, &cfg.data, &slice, Some(&imdb.test), &dir)
+        .with_context(|| format!("training the model into {}", dir.display()))?;
+    tracing::info!(
+        "trained {} steps, last loss {:?}, epoch accuracies {:?}",
+        summary.steps,
+        summary.last_loss,
+        summary.epoch_accuracy
+    );
+    Ok(dir)
+}
+
+/// The tokenizer of a checkpoint (its `tokenizer.json`), or the config's.
+fn tokenizer(
+    cfg: &RunConfig,
+    loaded: &Loaded,
+    train: &lra::Split,
+) -> Result<Box<dyn lra::Tokenize>> {
+    let p = loaded.dir.join(s5::checkpoint::TOKENIZER_FILE);
+    if p.exists() {
+        return lra::load_tokenizer(&p).with_context(|| format!("loading {}", p.display()));
+    }
+    let mut data = cfg.data.clone();
+    data.max_len = loaded.meta.max_len;
+    Ok(lra::build_tokenizer(&data, train)?)
+}
+
+/// Checks that `dir` can be written (creates it).
+fn ensure_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the output directory {} (choose a writable `out_dir`)",
+            dir.display()
+        )
+    })?;
+    write_atomic(&dir.join(".write-test"), b"ok")?;
+    let _ = std::fs::remove_file(dir.join(".write-test"));
+    Ok(())
+}
+
+/// The main command.
+fn run(cfg: &RunConfig, config_path: &Path, args: &RunArgs) -> Result<()> {
+    sweep_stage(cfg, config_path, args, true)
+}
+
+/// Data → checkpoint (trained if `train_if_missing`) → full model → sweep → plots → manifest.
+fn sweep_stage(
+    cfg: &RunConfig,
+    config_path: &Path,
+    args: &RunArgs,
+    train_if_missing: bool,
+) -> Result<()> {
+    let sweep = cfg.sweep()?.clone();
+    let out = cfg.run_dir();
+    ensure_writable(&out)?;
+    let mut man = Manifest::start(&cfg.name, config_path, cfg.n_threads())?;
+    man.write(&out)?;
+
+    let t = Instant::now();
+    let imdb = bench::data::load(&cfg.data)?;
+    for f in &imdb.files {
+        let name = f.file_name().map_or_else(
+            || f.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        man.data_sha256.insert(name, sha256_file(f)?);
+    }
+    man.add_stage("data", t);
+
+    let t = Instant::now();
+    let dir = if train_if_missing {
+        ensure_checkpoint(cfg, &imdb, args.retrain)?
+    } else {
+        cfg.checkpoint_dir()
+    };
+    man.add_stage("checkpoint", t);
+    let t = Instant::now();
+    let loaded = pipeline::load(&dir)?;
+    if loaded.reduction.is_some() {
+        bail!(
+            "{} is a compressed checkpoint; the sweep starts from a full model",
+            dir.display()
+        );
+    }
+    man.checkpoint = Some(loaded.dir.display().to_string());
+    man.checkpoint_sha256 = Some(loaded.sha256.clone());
+    let tok = tokenizer(cfg, &loaded, &imdb.train)?;
+    let set = EvalSet::new(&imdb.test, tok.as_ref(), &cfg.eval)?;
+    man.add_stage("eval_set", t);
+    man.write(&out)?;
+    tracing::info!(
+        "evaluating on {} test reviews (of {}), {} methods × {} ratios",
+        set.len(),
+        imdb.test.len(),
+        sweep.methods.len(),
+        sweep.ratios.len()
+    );
+
+    let t = Instant::now();
+    let mp = MultiProgress::new();
+    let sweep_bar = mp.add(bar(
+        (sweep.methods.len() * sweep.ratios.len()) as u64,
+        "sweep  ",
+    ));
+    let eval_bar = mp.add(bar(set.len() as u64, "reviews"));
+    let mut backend = S5Backend::new(
+        &loaded.model,
+        loaded.meta.max_len,
+        &set,
+        mor::reduce::ReduceOptions::default(),
+    )?;
+    backend.pb = Some(eval_bar.clone());
+    let store = ResultsStore::new(&out);
+    let summary = run_sweep(
+        &store,
+        &mut backend,
+        &sweep.methods,
+        &sweep.ratios,
+        &SweepOptions {
+            stop_after_rows: args.stop_after_rows,
+            bar: Some(sweep_bar.clone()),
+        },
+    )?;
+    eval_bar.finish_and_clear();
+    sweep_bar.finish_and_clear();
+    man.add_stage("sweep", t);
+    if summary.stopped_early {
+        man.write(&out)?;
+        eprintln!(
+            "stopped after {} new rows as asked; rerun to complete {}",
+            summary.written,
+            store.results.display()
+        );
+        return Ok(());
+    }
+
+    let t = Instant::now();
+    let files = plot(&store.results)?;
+    man.add_stage("plot", t);
+    man.finish(&out)?;
+    let rows = store.rows()?;
+    println!("{}", summary_table(&rows));
+    println!(
+        "{} new rows, {} already present; wrote {} and {}",
+        summary.written,
+        summary.skipped,
+        store.results.display(),
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+/// Re-draws the plots next to `csv` (reading `kept_modes.csv` beside it if present).
+fn plot(csv: &Path) -> Result<Vec<PathBuf>> {
+    let dir = csv
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let rows = bench::results::read_rows(csv)?;
+    if rows.is_empty() {
+        bail!(
+            "{} has no rows to plot (run the sweep first)",
+            csv.display()
+        );
+    }
+    let kept = bench::results::read_csv(&dir.join("kept_modes.csv"))?;
+    bench::plot::plot_all(&rows, &kept, &dir)
+}
+
+/// `bench eval`.
+fn eval_cmd(cfg: &RunConfig, checkpoint: Option<PathBuf>, json: bool) -> Result<()> {
+    let imdb = bench::data::load(&cfg.data)?;
+    let dir = checkpoint.unwrap_or_else(|| cfg.checkpoint_dir());
+    let loaded = pipeline::load(&dir)?;
+    let tok = tokenizer(cfg, &loaded, &imdb.train)?;
+    let set = EvalSet::new(&imdb.test, tok.as_ref(), &cfg.eval)?;
+    let pb = bar(set.len() as u64, "reviews");
+    let ev = pipeline::evaluate(&loaded.model, &set, Some(&pb))?;
+    pb.finish_and_clear();
+    let (ssm, total) = pipeline::param_counts(&loaded.model);
+    let se = bench::subset::accuracy_std_error(ev.accuracy, set.len());
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "checkpoint": loaded.dir.display().to_string(),
+                "accuracy": ev.accuracy,
+                "std_error": se,
+                "n_eval": set.len(),
+                "ssm_params": ssm,
+                "total_params": total,
+                "seconds": ev.seconds,
+                "reduction": loaded.reduction,
+            })
+        );
+    } else {
+        println!(
+            "{}: accuracy {:.4} ± {:.4} on {} test reviews, {} params ({} in SSMs), {:.1} s",
+            loaded.dir.display(),
+            ev.accuracy,
+            se,
+            set.len(),
+            total,
+            ssm,
+            ev.seconds
+        );
+    }
+    Ok(())
+}
+
+/// `bench compress`.
+fn compress(cfg: &RunConfig, method: &str, ratio: f64, out: Option<PathBuf>) -> Result<()> {
+    let m: mor::Method = method
+        .parse()
+        .map_err(|e: mor::Error| anyhow::anyhow!("--method: {e}"))?;
+    bench::sections::validate_ratio(ratio).context("--ratio")?;
+    let loaded = pipeline::load(&cfg.checkpoint_dir())?;
+    if loaded.reduction.is_some() {
+        bail!(
+            "{} is already compressed; compress the full checkpoint",
+            loaded.dir.display()
+        );
+    }
+    let deep = s5::to_mor(&loaded.model, loaded.meta.max_len)?;
+    let t = Instant::now();
+    let red = mor::reduce::reduce_model(&deep, m, ratio, &mor::reduce::ReduceOptions::default())
+        .with_context(|| format!("reducing with {method} at ratio {ratio}"))?;
+    let rebuilt = s5::with_reduced(&loaded.model, &red.model)?;
+    let (_, total) = pipeline::param_counts(&rebuilt);
+    let info = pipeline::ReductionInfo {
+        method: m.name().to_string(),
+        ratio,
+        kept_modes: red.kept_modes.clone(),
+        stable: red.stable,
+        total_params: total,
+        source_sha256: loaded.sha256.clone(),
+    };
+    let out = out.unwrap_or_else(|| {
+        cfg.run_dir()
+            .join("compressed")
+            .join(format!("{}-{ratio}", m.name()))
+    });
+    pipeline::write_compressed(&loaded.dir, &red.model, &info, &out)?;
+    println!(
+        "wrote {} ({} in {:.2} s: kept modes {:?}, {} params, stable {})",
+        out.display(),
+        m.name(),
+        t.elapsed().as_secs_f64(),
+        red.kept_modes,
+        total,
+        red.stable
+    );
+    Ok(())
+}
+
+/// `bench perf`.
+fn perf(cfg: &RunConfig, json: bool, batch: usize, len: Option<usize>, reps: usize) -> Result<()> {
+    let model = cfg
+        .model
+        .as_ref()
+        .context("the configuration has no [model] section to measure")?;
+    let len = len.unwrap_or(cfg.data.max_len);
+    let r = s5::perf::measure(model, batch, len, None, reps.max(1))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "infer_tokens_per_s": r.infer_tokens_per_s,
+                "train_tokens_per_s": r.train_tokens_per_s,
+                "matmul_peak_gflops": r.matmul_peak_gflops,
+                "infer_gflops": r.infer_gflops,
+                "train_gflops": r.train_gflops,
+                "flops_per_token": r.flops_per_token,
+            })
+        );
+    } else {
+        println!(
+            "model {:?}, batch {batch} × len {len}, {} threads",
+            model, r.threads
+        );
+        println!(
+            "inference  {:>12.0} tokens/s  {:>8.1} GFLOP/s",
+            r.infer_tokens_per_s, r.infer_gflops
+        );
+        println!(
+            "training   {:>12.0} tokens/s  {:>8.1} GFLOP/s",
+            r.train_tokens_per_s, r.train_gflops
+        );
+        println!("matmul peak {:>11.1} GFLOP/s", r.matmul_peak_gflops);
+        println!("flops/token {:>11.0}", r.flops_per_token);
+    }
     Ok(())
 }

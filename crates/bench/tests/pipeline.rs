@@ -1,0 +1,327 @@
+//! End-to-end tests of the `bench` binary on a synthetic fixture dataset (no network, no real
+//! data): train a tiny model, sweep all methods × 3 ratios with an interruption and a resume,
+//! plots, manifest, compress + eval of a compressed checkpoint, and the bad-input messages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const ALL_METHODS: [&str; 8] = [
+    "modal",
+    "bt",
+    "last",
+    "global-hinf",
+    "uniform-hinf",
+    "h2",
+    "tlh2",
+    "lqo-h2",
+];
+const RATIOS: [f64; 3] = [0.25, 0.5, 0.75];
+
+fn bench(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the bench binary")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A tiny config over a fixture written into `root/data`.
+fn setup(root: &Path) -> PathBuf {
+    bench::data::write_fixture(&root.join("data"), 96, 48, 8, 60, 7).unwrap();
+    let cfg = format!(
+        r#"
+name = "t"
+out_dir = "{out}"
+threads = 2
+train_samples = 0
+
+[data]
+source = "dir"
+dir = "{data}"
+max_len = 96
+
+[model]
+vocab_size = 257
+n_classes = 2
+d_model = 8
+n_layers = 2
+ssm_size = 8
+blocks = 2
+bidirectional = true
+norm = "batch"
+gate = "half_glu2"
+dropout = 0.0
+dt_min = 0.001
+dt_max = 0.1
+
+[train]
+epochs = 1
+batch_size = 16
+lr = 0.004
+ssm_lr = 0.001
+weight_decay = 0.01
+seed = 0
+max_steps = 6
+eval_each_epoch = false
+progress = false
+
+[eval]
+max_samples = 40
+batch_size = 16
+
+[sweep]
+methods = {methods:?}
+ratios = [0.25, 0.5, 0.75]
+"#,
+        out = root.join("results").display(),
+        data = root.join("data").display(),
+        methods = ALL_METHODS,
+    );
+    let p = root.join("tiny.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+fn read_rows(p: &Path) -> Vec<bench::results::Row> {
+    bench::results::read_rows(p).unwrap()
+}
+
+#[test]
+fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let cfg = setup(root);
+    let cfg_s = cfg.to_str().unwrap();
+    let out = root.join("results/t");
+    let csv = out.join("results.csv");
+
+    // First run: trains the checkpoint, then is interrupted after 5 rows (full + 4 points).
+    let o = bench(&["--config", cfg_s, "--stop-after-rows", "5"], root);
+    assert!(o.status.success(), "{}", text(&o));
+    let rows = read_rows(&csv);
+    assert_eq!(rows.len(), 5, "{}", text(&o));
+    assert_eq!(rows[0].method, "full");
+    assert!(out.join("model/model.safetensors").exists());
+
+    // Second run resumes: no duplicated or missing rows.
+    let o = bench(&["run", "--config", cfg_s], root);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("20 new rows, 4 already present"),
+        "{}",
+        text(&o)
+    );
+    let rows = read_rows(&csv);
+    assert_eq!(rows.len(), 1 + ALL_METHODS.len() * RATIOS.len());
+    assert_eq!(rows[0].method, "full");
+    assert_eq!(rows[0].ratio, 0.0);
+    for m in ALL_METHODS {
+        for r in RATIOS {
+            let n = rows.iter().filter(|x| x.has_key(m, r)).count();
+            assert_eq!(n, 1, "{m} @ {r} appears {n} times");
+        }
+    }
+    let header = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(
+        header.lines().next().unwrap(),
+        "method,ratio,kept_modes,ssm_params,total_params,param_reduction,accuracy,n_eval,\
+         logit_err_mean,logit_err_max,bound_max,bound_holds,stable,reduce_seconds,eval_seconds"
+    );
+    let full = &rows[0];
+    assert_eq!(full.n_eval, 40);
+    for r in &rows[1..] {
+        assert_eq!(r.n_eval, 40);
+        assert!(r.total_params < full.total_params, "{r:?}");
+        assert!(r.kept_modes < full.kept_modes, "{r:?}");
+        assert!(r.param_reduction > 0.0 && r.param_reduction < 1.0, "{r:?}");
+        assert!(r.logit_err_max >= r.logit_err_mean, "{r:?}");
+        if r.stable && r.bound_max.is_finite() {
+            assert!(r.bound_holds, "bound violated: {r:?}");
+        }
+    }
+    // uniform methods at the same ratio keep the same number of modes
+    let k = |m: &str, r: f64| rows.iter().find(|x| x.has_key(m, r)).unwrap().kept_modes;
+    assert_eq!(k("modal", 0.5), k("bt", 0.5));
+    assert_eq!(k("modal", 0.5), 4); // 2 layers × 4 modes, half removed
+
+    for f in [
+        "accuracy_vs_params.png",
+        "accuracy_vs_params.svg",
+        "bound_vs_error.png",
+        "modes_per_layer.png",
+        "kept_modes.csv",
+    ] {
+        let len = std::fs::metadata(out.join(f)).map(|m| m.len()).unwrap_or(0);
+        let min = if f.ends_with(".csv") { 200 } else { 5000 };
+        assert!(len > min, "{f}: {len} bytes");
+    }
+    let man: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    for key in [
+        "git_commit",
+        "config_sha256",
+        "data_sha256",
+        "checkpoint_sha256",
+        "machine",
+        "threads",
+        "start_time",
+        "end_time",
+        "stage_seconds",
+    ] {
+        assert!(!man[key].is_null(), "manifest lacks {key}: {man}");
+    }
+    assert_eq!(man["threads"], 2);
+    assert_eq!(man["data_sha256"].as_object().unwrap().len(), 2);
+
+    // A third run has nothing to compute.
+    let o = bench(&["--config", cfg_s], root);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 new rows, 24 already present"));
+    assert_eq!(read_rows(&csv).len(), 25);
+
+    // plot re-draws from the CSV.
+    std::fs::remove_file(out.join("bound_vs_error.png")).unwrap();
+    let o = bench(&["plot", "--config", cfg_s], root);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("bound_vs_error.png").exists());
+
+    // compress writes a checkpoint that evaluates to the sweep's accuracy for that point.
+    let comp = root.join("bt-half");
+    let o = bench(
+        &[
+            "compress",
+            "--config",
+            cfg_s,
+            "--method",
+            "bt",
+            "--ratio",
+            "0.5",
+            "--out",
+            comp.to_str().unwrap(),
+        ],
+        root,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = bench(
+        &[
+            "eval",
+            "--config",
+            cfg_s,
+            "--checkpoint",
+            comp.to_str().unwrap(),
+            "--json",
+        ],
+        root,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let ev: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bt = rows.iter().find(|x| x.has_key("bt", 0.5)).unwrap();
+    assert_eq!(ev["n_eval"], 40);
+    assert_eq!(
+        ev["total_params"].as_u64().unwrap() as usize,
+        bt.total_params
+    );
+    assert!(
+        (ev["accuracy"].as_f64().unwrap() - bt.accuracy).abs() < 1e-12,
+        "{ev} vs {bt:?}"
+    );
+    assert_eq!(ev["reduction"]["method"], "bt");
+}
+
+#[test]
+fn bad_configs_give_one_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let cases = [
+        ("bogus_key = 1\n", "bogus_key"),
+        ("[sweep]\nratios = [0.5, 1.0]\n", "[0, 1)"),
+        (
+            "[sweep]\nmethods = [\"bt\", \"pca\"]\nratios = [0.5]\n",
+            "unknown method `pca`",
+        ),
+        ("[eval]\nbatch_size = 0\n", "eval.batch_size"),
+    ];
+    for (i, (body, needle)) in cases.iter().enumerate() {
+        let p = root.join(format!("c{i}.toml"));
+        std::fs::write(&p, body).unwrap();
+        let o = bench(&["--config", p.to_str().unwrap()], root);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "case {i}: {err}");
+        assert!(!err.contains("panicked"), "case {i}: {err}");
+    }
+    let o = bench(&["--config", "does-not-exist.toml"], root);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
+}
+
+#[test]
+fn bad_checkpoint_and_unwritable_out_dir_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let cfg = setup(root);
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap();
+
+    // corrupt checkpoint: garbage weights next to a valid config.json
+    let ck = root.join("results/t/model");
+    std::fs::create_dir_all(&ck).unwrap();
+    let cfg_json = serde_json::json!({
+        "format": 1,
+        "model": {
+            "vocab_size": 257, "n_classes": 2, "d_model": 8, "n_layers": 2, "ssm_size": 8,
+            "blocks": 2, "bidirectional": true, "norm": "batch", "gate": "half_glu2",
+            "dropout": 0.0, "dt_min": 0.001, "dt_max": 0.1
+        },
+        "tokenizer": "byte",
+        "max_len": 96
+    });
+    std::fs::write(ck.join("config.json"), cfg_json.to_string()).unwrap();
+    std::fs::write(ck.join("model.safetensors"), b"not a safetensors file").unwrap();
+    let o = bench(&["sweep", "--config", cfg.to_str().unwrap()], root);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("model.safetensors"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // missing checkpoint and nothing to train it from
+    let no_model = root.join("nomodel.toml");
+    let body: String = text_cfg
+        .split("[model]")
+        .next()
+        .unwrap()
+        .replace("name = \"t\"", "name = \"u\"")
+        + "[sweep]\nratios = [0.5]\n";
+    std::fs::write(&no_model, body).unwrap();
+    let o = bench(&["--config", no_model.to_str().unwrap()], root);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no checkpoint") && err.contains("[model]"),
+        "{err}"
+    );
+
+    // unwritable output directory
+    let bad_out = root.join("badout.toml");
+    std::fs::write(
+        &bad_out,
+        text_cfg.replace(
+            &format!("out_dir = \"{}\"", root.join("results").display()),
+            "out_dir = \"/proc/bench-cannot-write-here\"",
+        ),
+    )
+    .unwrap();
+    let o = bench(&["--config", bad_out.to_str().unwrap()], root);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("out_dir"), "{err}");
+}
