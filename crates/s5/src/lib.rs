@@ -1,5 +1,6 @@
 //! S5 deep state-space model (Smith, Warrington, Linderman, ICLR 2023) in candle.
 
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod export;
@@ -8,12 +9,11 @@ pub mod hippo;
 pub mod model;
 pub mod norm;
 pub mod ops;
+pub mod optim;
 pub mod params;
+pub mod perf;
 pub mod scan;
 pub mod ssm;
-pub mod checkpoint;
-pub mod optim;
-pub mod perf;
 pub mod train;
 
 pub use config::{GateKind, ModelConfig, NormKind};
