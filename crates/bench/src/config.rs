@@ -123,16 +123,26 @@ impl RunConfig {
 /// Resolves `--config`: the path as given if it exists, else `configs/<path>` when the path is a bare
 /// file name (so `--config imdb.toml` finds `configs/imdb.toml`).
 pub fn resolve(path: &Path) -> Result<PathBuf> {
-    if path.exists() {
-        return Ok(path.to_path_buf());
+    resolve_in(Path::new(""), path)
+}
+
+/// [`resolve`] relative to the folder `base` instead of the working directory (`""` = working
+/// directory): `base/path` if it exists, else `base/configs/path` for a bare file name.
+///
+/// # Errors
+/// Neither file exists.
+pub fn resolve_in(base: &Path, path: &Path) -> Result<PathBuf> {
+    let direct = base.join(path);
+    if direct.exists() {
+        return Ok(direct);
     }
-    let in_configs = Path::new("configs").join(path);
+    let in_configs = base.join("configs").join(path);
     if path.components().count() == 1 && in_configs.exists() {
         return Ok(in_configs);
     }
     anyhow::bail!(
         "configuration {} not found (also looked for {}); pass an existing file, e.g. --config imdb.toml",
-        path.display(),
+        direct.display(),
         in_configs.display()
     )
 }
@@ -140,6 +150,35 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_name_resolves_to_configs_folder_unless_present_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        std::fs::create_dir(base.join("configs")).unwrap();
+        std::fs::write(base.join("configs/a.toml"), "").unwrap();
+        assert_eq!(
+            resolve_in(base, Path::new("a.toml")).unwrap(),
+            base.join("configs/a.toml")
+        );
+        // A file of that name in the folder itself wins.
+        std::fs::write(base.join("a.toml"), "").unwrap();
+        assert_eq!(
+            resolve_in(base, Path::new("a.toml")).unwrap(),
+            base.join("a.toml")
+        );
+        // Only bare names are looked up in configs/.
+        std::fs::create_dir(base.join("sub")).unwrap();
+        std::fs::write(base.join("configs/b.toml"), "").unwrap();
+        assert!(resolve_in(base, Path::new("sub/b.toml")).is_err());
+        let err = resolve_in(base, Path::new("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("missing.toml") && err.contains("configs"),
+            "{err}"
+        );
+    }
 
     fn parse(text: &str) -> Result<RunConfig> {
         let cfg: RunConfig = toml::from_str(text)?;
