@@ -136,14 +136,19 @@ pub fn resolve_in(base: &Path, path: &Path) -> Result<PathBuf> {
     if direct.exists() {
         return Ok(direct);
     }
+    let bare = path.components().count() == 1;
     let in_configs = base.join("configs").join(path);
-    if path.components().count() == 1 && in_configs.exists() {
+    if bare && in_configs.exists() {
         return Ok(in_configs);
     }
+    let also = if bare {
+        format!(" (nor {})", in_configs.display())
+    } else {
+        String::new()
+    };
     anyhow::bail!(
-        "configuration {} not found (also looked for {}); pass an existing file, e.g. --config imdb.toml",
-        direct.display(),
-        in_configs.display()
+        "configuration {} not found{also}; pass an existing file, e.g. --config imdb.toml",
+        direct.display()
     )
 }
 

@@ -131,7 +131,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = real_main() {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", mor::error::one_line(e.as_ref()));
         std::process::exit(1);
     }
 }
@@ -307,12 +307,13 @@ fn ensure_checkpoint(cfg: &RunConfig, imdb: &lra::Imdb, retrain: bool) -> Result
     );
     let summary = pipeline::train(model, train, &cfg.data, &slice, Some(&imdb.test), &dir)
         .with_context(|| format!("training the model into {}", dir.display()))?;
-    tracing::info!(
-        "trained {} steps, last loss {:?}, epoch accuracies {:?}",
-        summary.steps,
-        summary.last_loss,
-        summary.epoch_accuracy
-    );
+    let loss = summary
+        .last_loss
+        .map_or_else(|| "n/a".to_string(), |l| format!("{l:.4}"));
+    tracing::info!("trained {} steps, last loss {loss}", summary.steps);
+    if !summary.epoch_accuracy.is_empty() {
+        tracing::info!("test accuracy per epoch: {:?}", summary.epoch_accuracy);
+    }
     Ok(dir)
 }
 
@@ -582,6 +583,9 @@ fn perf(cfg: &RunConfig, json: bool, batch: usize, len: Option<usize>, reps: usi
                 "infer_gflops": r.infer_gflops,
                 "train_gflops": r.train_gflops,
                 "flops_per_token": r.flops_per_token,
+                "batch": batch,
+                "len": len,
+                "threads": r.threads,
             })
         );
     } else {

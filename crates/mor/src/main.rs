@@ -68,7 +68,8 @@ enum Cmd {
 }
 
 fn read(path: &PathBuf) -> Result<mor::DiagBlock> {
-    io::read_json(path).with_context(|| format!("reading {}", path.display()))
+    // The error names the file already.
+    Ok(io::read_json(path)?)
 }
 
 fn run(cli: Cli) -> Result<serde_json::Value> {
@@ -132,7 +133,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", mor::error::one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
