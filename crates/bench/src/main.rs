@@ -461,7 +461,7 @@ fn sweep_stage(
     Ok(())
 }
 
-/// Re-draws the plots next to `csv` (reading `kept_modes.csv` beside it if present).
+/// Re-draws the plots and `summary.md` next to `csv` (reading `kept_modes.csv` beside it).
 fn plot(csv: &Path) -> Result<Vec<PathBuf>> {
     let dir = csv
         .parent()
@@ -476,7 +476,11 @@ fn plot(csv: &Path) -> Result<Vec<PathBuf>> {
         );
     }
     let kept = bench::results::read_csv(&dir.join("kept_modes.csv"))?;
-    bench::plot::plot_all(&rows, &kept, &dir)
+    let mut files = bench::plot::plot_all(&rows, &kept, &dir)?;
+    let md = dir.join("summary.md");
+    write_atomic(&md, bench::sweep::markdown_summary(&rows).as_bytes())?;
+    files.push(md);
+    Ok(files)
 }
 
 /// `bench eval`.

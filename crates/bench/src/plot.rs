@@ -135,6 +135,8 @@ pub fn accuracy_vs_params<DB: DrawingBackend>(
     rows: &[Row],
 ) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
+    // The legend gets its own panel on the right, so that it never hides a point.
+    let (root, legend_area) = root.split_horizontally(root.dim_in_pixel().0 as i32 - 300);
     let full = rows.iter().find(|r| r.method == FULL);
     let finite: Vec<&Row> = rows.iter().filter(|r| r.accuracy.is_finite()).collect();
     let x_data = rows
@@ -143,8 +145,10 @@ pub fn accuracy_vs_params<DB: DrawingBackend>(
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    // Empty room right of the data for the legend, so that it never hides a point.
-    let x_max = x_data * 1.75;
+    let x_min_data = rows.iter().map(|r| r.total_params).min().unwrap_or(0) as f64;
+    let x_pad = ((x_data - x_min_data) * 0.05).max(x_data * 0.01);
+    let (x_min, x_max) = ((x_min_data - x_pad).max(0.0), x_data + x_pad);
+    let mut legend: Vec<LegendEntry> = Vec::new();
     let (mut y_lo, mut y_hi) = finite
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |a, r| {
@@ -164,12 +168,12 @@ pub fn accuracy_vs_params<DB: DrawingBackend>(
         }
         None => "Test accuracy vs. model size after reduction (no retraining)".to_string(),
     };
-    let mut chart = ChartBuilder::on(root)
+    let mut chart = ChartBuilder::on(&root)
         .caption(caption, (FONT, 24))
         .margin(20)
         .x_label_area_size(55)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max, y_lo..y_hi)
+        .build_cartesian_2d(x_min..x_max, y_lo..y_hi)
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -185,28 +189,28 @@ pub fn accuracy_vs_params<DB: DrawingBackend>(
         let y = f.accuracy * 100.0;
         chart
             .draw_series(DashedLineSeries::new(
-                [(0.0, y), (x_data * 1.05, y)],
+                [(x_min, y), (x_max, y)],
                 10,
                 6,
                 BLACK.stroke_width(2),
             ))
-            .map_err(err)?
-            .label(format!("full model ({:.2} %)", y))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLACK.stroke_width(2)));
+            .map_err(err)?;
+        legend.push((format!("full model ({y:.2} %)"), BLACK, true));
         let xr = f.total_params as f64 * (1.0 - PAPER_REDUCTION);
         let grey = RGBColor(120, 120, 120);
-        chart
-            .draw_series(DashedLineSeries::new(
-                [(xr, y_lo), (xr, y_hi)],
-                4,
-                4,
-                grey.stroke_width(2),
-            ))
-            .map_err(err)?
-            .label("paper: ~60 % fewer parameters at full accuracy")
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], grey.stroke_width(2))
-            });
+        // Only where some swept model reaches it: when the SSMs are a small share of the model,
+        // even removing every mode cannot cut 60 % of the parameters, and the line would mislead.
+        if xr >= x_min_data {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(xr, y_lo), (xr, y_hi)],
+                    4,
+                    4,
+                    grey.stroke_width(2),
+                ))
+                .map_err(err)?;
+            legend.push(("paper: ~60 % fewer params".into(), grey, true));
+        }
     }
 
     for m in methods_in(rows) {
@@ -222,24 +226,43 @@ pub fn accuracy_vs_params<DB: DrawingBackend>(
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(err)?
-            .label(m.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
-            });
+            .map_err(err)?;
         chart
             .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
             .map_err(err)?;
+        legend.push((m, color, false));
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(err)?;
+    draw_legend(&legend_area, &legend)?;
     root.present().map_err(err)?;
+    Ok(())
+}
+
+/// A legend entry: label, colour, dashed.
+type LegendEntry = (String, RGBColor, bool);
+
+/// Draws a legend (a short line and the label per entry) at the top of its own panel.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[LegendEntry],
+) -> Result<()> {
+    let style = TextStyle::from((FONT, 16).into_font()).color(&BLACK);
+    for (i, (label, color, dashed)) in entries.iter().enumerate() {
+        let y = 70 + 26 * i as i32;
+        let line = color.stroke_width(3);
+        if *dashed {
+            area.draw(&PathElement::new(vec![(10, y), (20, y)], line))
+                .map_err(err)?;
+            area.draw(&PathElement::new(vec![(26, y), (36, y)], line))
+                .map_err(err)?;
+        } else {
+            area.draw(&PathElement::new(vec![(10, y), (36, y)], line))
+                .map_err(err)?;
+            area.draw(&Circle::new((23, y), 4, color.filled()))
+                .map_err(err)?;
+        }
+        area.draw(&Text::new(label.clone(), (46, y - 9), style.clone()))
+            .map_err(err)?;
+    }
     Ok(())
 }
 
@@ -256,14 +279,22 @@ pub fn bound_vs_error<DB: DrawingBackend>(
         .filter(|r| r.logit_err_max > 0.0 && r.bound_max > 0.0)
         .map(|r| (r, r.logit_err_max, r.bound_max))
         .collect();
-    let (lo, hi) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
-        (a.0.min(p.1).min(p.2), a.1.max(p.1).max(p.2))
-    });
-    let (lo, hi) = if lo.is_finite() {
-        (lo / 2.0, hi * 2.0)
-    } else {
-        (1e-6, 1.0)
+    // Each axis spans its own data (the bound is often many decades above the error; a shared
+    // range would crowd every point into one corner).
+    let span = |v: &mut dyn Iterator<Item = f64>| {
+        let (lo, hi) = v.fold((f64::INFINITY, f64::NEG_INFINITY), |a, x| {
+            (a.0.min(x), a.1.max(x))
+        });
+        if lo.is_finite() {
+            (lo / 2.0, hi * 2.0)
+        } else {
+            (1e-6, 1.0)
+        }
     };
+    let (x_lo, x_hi) = span(&mut pts.iter().map(|p| p.1));
+    let (y_lo, y_hi) = span(&mut pts.iter().map(|p| p.2));
+    // The diagonal bound = error, where it crosses the frame.
+    let (d_lo, d_hi) = (x_lo.max(y_lo), x_hi.min(y_hi));
     let mut chart = ChartBuilder::on(root)
         .caption(
             "Output-error bound vs. measured logit error (max over evaluated reviews)",
@@ -272,24 +303,32 @@ pub fn bound_vs_error<DB: DrawingBackend>(
         .margin(20)
         .x_label_area_size(55)
         .y_label_area_size(80)
-        .build_cartesian_2d((lo..hi).log_scale(), (lo..hi).log_scale())
+        .build_cartesian_2d((x_lo..x_hi).log_scale(), (y_lo..y_hi).log_scale())
         .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("measured max logit error (2-norm, logit units)")
         .y_desc("a-priori bound (logit units)")
-        .x_label_formatter(&|x| format!("{x:.0e}"))
-        .y_label_formatter(&|y| format!("{y:.0e}"))
+        .x_label_formatter(&log_tick)
+        .y_label_formatter(&log_tick)
         .axis_desc_style((FONT, 17))
         .label_style((FONT, 14))
         .draw()
         .map_err(err)?;
-    chart
-        .draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.stroke_width(1)))
-        .map_err(err)?
-        .label("y = x (bound = error)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLACK));
-    for m in methods_in(rows) {
+    if d_lo < d_hi {
+        chart
+            .draw_series(LineSeries::new(
+                [(d_lo, d_lo), (d_hi, d_hi)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(err)?
+            .label("y = x (bound = error)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLACK));
+    }
+    // Hollow rings of growing radius per method: methods that give the same reduced model (and so
+    // the same point) show as concentric rings instead of hiding each other.
+    for (i, m) in methods_in(rows).into_iter().enumerate() {
+        let radius = 4 + 2 * i as i32;
         let color = method_color(&m);
         let mine: Vec<(f64, f64)> = pts
             .iter()
@@ -300,10 +339,13 @@ pub fn bound_vs_error<DB: DrawingBackend>(
             continue;
         }
         chart
-            .draw_series(mine.iter().map(|&p| Circle::new(p, 5, color.filled())))
+            .draw_series(
+                mine.iter()
+                    .map(|&p| Circle::new(p, radius, color.stroke_width(2))),
+            )
             .map_err(err)?
             .label(m.clone())
-            .legend(move |(x, y)| Circle::new((x + 12, y), 5, color.filled()));
+            .legend(move |(x, y)| Circle::new((x + 12, y), 5, color.stroke_width(2)));
     }
     chart
         .configure_series_labels()
@@ -315,6 +357,17 @@ pub fn bound_vs_error<DB: DrawingBackend>(
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// Label of a log-axis tick: only mantissas 1, 2 and 5 are written (`2e-1`), so that the dense
+/// ticks of a short decade do not overprint each other.
+fn log_tick(x: &f64) -> String {
+    let t = format!("{x:.0e}");
+    if t.starts_with(['1', '2', '5']) {
+        t
+    } else {
+        String::new()
+    }
 }
 
 /// Up to three ratios to show: the smallest, one in the middle and the largest.

@@ -5,7 +5,7 @@
 //! the measured output error against the full model, whether the bound held, the parameter
 //! reduction, and writing each row at once.
 
-use crate::results::{FULL, KeptModes, ResultsStore, Row};
+use crate::results::{FULL, KeptModes, ResultsStore, Row, same_ratio};
 use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
 use std::time::Instant;
@@ -276,6 +276,67 @@ pub fn summary_table(rows: &[Row]) -> String {
     s
 }
 
+/// `summary.md`: accuracy (%) per method (rows) and ratio (columns) as a Markdown table, with
+/// the parameter reduction of each ratio, the full model's accuracy and its standard error
+/// `sqrt(a (1 − a) / n)` (binomial, `n` evaluated reviews). Empty cells: rows not (yet) in the
+/// CSV; `NaN`: non-finite logits (an unstable reduction).
+pub fn markdown_summary(rows: &[Row]) -> String {
+    let mut ratios: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.method != FULL)
+        .map(|r| r.ratio)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios.dedup_by(|a, b| same_ratio(*a, *b));
+    let mut methods: Vec<&str> = Vec::new();
+    for r in rows.iter().filter(|r| r.method != FULL) {
+        if !methods.contains(&r.method.as_str()) {
+            methods.push(&r.method);
+        }
+    }
+    let mut s = String::new();
+    if let Some(f) = rows.iter().find(|r| r.method == FULL) {
+        let se = crate::subset::accuracy_std_error(f.accuracy, f.n_eval);
+        s.push_str(&format!(
+            "Full model: {:.2} % ± {:.2} (standard error) on {} test reviews, {} trainable \
+             parameters ({} in the SSMs).\n\n",
+            f.accuracy * 100.0,
+            se * 100.0,
+            f.n_eval,
+            f.total_params,
+            f.ssm_params
+        ));
+    }
+    s.push_str("| method |");
+    for r in &ratios {
+        s.push_str(&format!(" {:.0} % modes |", r * 100.0));
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---:|".repeat(ratios.len()));
+    s.push_str("\n| *parameters removed* |");
+    for &ratio in &ratios {
+        match rows
+            .iter()
+            .find(|r| r.method != FULL && same_ratio(r.ratio, ratio))
+        {
+            Some(r) => s.push_str(&format!(" *{:.1} %* |", r.param_reduction * 100.0)),
+            None => s.push_str(" |"),
+        }
+    }
+    s.push('\n');
+    for m in methods {
+        s.push_str(&format!("| {m} |"));
+        for &ratio in &ratios {
+            match rows.iter().find(|r| r.has_key(m, ratio)) {
+                Some(r) => s.push_str(&format!(" {:.2} |", r.accuracy * 100.0)),
+                None => s.push_str(" |"),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +416,44 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert!(rows.iter().any(|r| r.has_key("h2", 0.5)));
         assert!(!rows.iter().any(|r| r.method == "bt"));
+    }
+
+    #[test]
+    fn markdown_summary_has_every_cell() {
+        let row = |m: &str, ratio: f64, acc: f64, red: f64| Row {
+            method: m.into(),
+            ratio,
+            kept_modes: 1,
+            ssm_params: 10,
+            total_params: 100,
+            param_reduction: red,
+            accuracy: acc,
+            n_eval: 400,
+            logit_err_mean: 0.0,
+            logit_err_max: 0.0,
+            bound_max: 1.0,
+            bound_holds: true,
+            stable: true,
+            reduce_seconds: 0.0,
+            eval_seconds: 0.0,
+        };
+        let rows = vec![
+            row(FULL, 0.0, 0.5, 0.0),
+            row("bt", 0.5, 0.75, 0.25),
+            row("bt", 0.9, 0.625, 0.45),
+            row("modal", 0.9, f64::NAN, 0.45),
+        ];
+        let md = markdown_summary(&rows);
+        let lines: Vec<&str> = md.lines().collect();
+        assert!(lines[0].contains("50.00 % ± 2.50"), "{md}");
+        assert!(md.contains("| method | 50 % modes | 90 % modes |"), "{md}");
+        assert!(
+            md.contains("| *parameters removed* | *25.0 %* | *45.0 %* |"),
+            "{md}"
+        );
+        assert!(md.contains("| bt | 75.00 | 62.50 |"), "{md}");
+        // A missing row leaves an empty cell; NaN accuracy is shown, not hidden.
+        assert!(md.contains("| modal | | NaN |"), "{md}");
     }
 
     #[test]
