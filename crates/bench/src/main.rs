@@ -130,6 +130,8 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Reuse freed activation buffers instead of page-faulting fresh ones for every op.
+    s5::perf::keep_freed_buffers();
     if let Err(e) = real_main() {
         eprintln!("error: {}", mor::error::one_line(e.as_ref()));
         std::process::exit(1);

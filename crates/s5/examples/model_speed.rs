@@ -18,6 +18,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    s5::perf::keep_freed_buffers();
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse())
