@@ -416,7 +416,7 @@ fn sweep_stage(
         &loaded.model,
         loaded.meta.max_len,
         &set,
-        mor::reduce::ReduceOptions::default(),
+        sweep.reduce_options(),
     )?;
     backend.pb = Some(eval_bar.clone());
     let store = ResultsStore::new(&out);
@@ -541,7 +541,12 @@ fn compress(cfg: &RunConfig, method: &str, ratio: f64, out: Option<PathBuf>) -> 
     }
     let deep = s5::to_mor(&loaded.model, loaded.meta.max_len)?;
     let t = Instant::now();
-    let red = mor::reduce::reduce_model(&deep, m, ratio, &mor::reduce::ReduceOptions::default())
+    let opts = cfg
+        .sweep
+        .as_ref()
+        .map(|s| s.reduce_options())
+        .unwrap_or_default();
+    let red = mor::reduce::reduce_model(&deep, m, ratio, &opts)
         .with_context(|| format!("reducing with {method} at ratio {ratio}"))?;
     let rebuilt = s5::with_reduced(&loaded.model, &red.model)?;
     let (_, total) = pipeline::param_counts(&rebuilt);

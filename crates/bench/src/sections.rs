@@ -54,6 +54,11 @@ pub struct SweepConfig {
     pub methods: Vec<String>,
     /// Fractions of SSM modes removed, each in `[0, 1)`.
     pub ratios: Vec<f64>,
+    /// `lqo-h2` only: every layer keeps at least this fraction of the uniform share of modes
+    /// before the bound-weighted greedy allocates the rest, in `[0, 1]` (default
+    /// `mor::lqo::LqoOptions`'s 0.5; 1 = uniform allocation, 0 = pure greedy on the bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lqo_floor_fraction: Option<f64>,
 }
 
 fn default_methods() -> Vec<String> {
@@ -82,6 +87,14 @@ impl SweepConfig {
             }
             out.push(parsed);
         }
+        if let Some(f) = self.lqo_floor_fraction
+            && !(f.is_finite() && (0.0..=1.0).contains(&f))
+        {
+            bail!(
+                "sweep.lqo_floor_fraction = {f} must be in [0, 1] (the fraction of the uniform \
+                 share of modes every layer keeps; 1 = uniform)"
+            );
+        }
         for (i, &r) in self.ratios.iter().enumerate() {
             validate_ratio(r).map_err(|e| anyhow::anyhow!("sweep.ratios[{i}]: {e}"))?;
             if self.ratios[..i].iter().any(|&q| (q - r).abs() < 1e-9) {
@@ -89,6 +102,15 @@ impl SweepConfig {
             }
         }
         Ok(out)
+    }
+
+    /// The reduction options this section asks for (mor's defaults otherwise).
+    pub fn reduce_options(&self) -> mor::reduce::ReduceOptions {
+        let mut opts = mor::reduce::ReduceOptions::default();
+        if let Some(f) = self.lqo_floor_fraction {
+            opts.lqo.floor_fraction = f;
+        }
+        opts
     }
 }
 
@@ -112,21 +134,45 @@ mod tests {
         let s = SweepConfig {
             methods: vec!["bt".into()],
             ratios: vec![0.5, 1.0],
+            lqo_floor_fraction: None,
         };
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("sweep.ratios[1]") && e.contains("[0, 1)"), "{e}");
         let s = SweepConfig {
             methods: vec!["bt".into(), "pca".into()],
             ratios: vec![0.5],
+            lqo_floor_fraction: None,
         };
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("pca") && e.contains("lqo-h2"), "{e}");
         let s = SweepConfig {
             methods: default_methods(),
             ratios: vec![0.0, 0.5, 0.95],
+            lqo_floor_fraction: None,
         };
         assert_eq!(s.validate().unwrap().len(), 8);
+        assert_eq!(
+            s.reduce_options().lqo.floor_fraction,
+            mor::lqo::LqoOptions::default().floor_fraction
+        );
         assert!(validate_ratio(-0.1).is_err());
         assert!(validate_ratio(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn lqo_floor_fraction_is_checked_and_passed_on() {
+        let mut s = SweepConfig {
+            methods: vec!["lqo-h2".into()],
+            ratios: vec![0.5],
+            lqo_floor_fraction: Some(1.5),
+        };
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("lqo_floor_fraction") && e.contains("[0, 1]"),
+            "{e}"
+        );
+        s.lqo_floor_fraction = Some(1.0);
+        s.validate().unwrap();
+        assert_eq!(s.reduce_options().lqo.floor_fraction, 1.0);
     }
 }
