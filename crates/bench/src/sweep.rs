@@ -308,12 +308,16 @@ pub fn markdown_summary(rows: &[Row]) -> String {
             f.ssm_params
         ));
     }
-    s.push_str("| method |");
-    for r in &ratios {
-        s.push_str(&format!(" {:.0} % modes |", r * 100.0));
-    }
-    s.push_str("\n|---|");
-    s.push_str(&"---:|".repeat(ratios.len()));
+    // Column header and alignment row of both tables.
+    let header = |s: &mut String| {
+        s.push_str("| method |");
+        for r in &ratios {
+            s.push_str(&format!(" {:.0} % modes |", r * 100.0));
+        }
+        s.push_str("\n|---|");
+        s.push_str(&"---:|".repeat(ratios.len()));
+    };
+    header(&mut s);
     s.push_str("\n| *parameters removed* |");
     for &ratio in &ratios {
         match rows
@@ -340,12 +344,8 @@ pub fn markdown_summary(rows: &[Row]) -> String {
     table(&mut s, &|r| format!("{:.2}", r.accuracy * 100.0));
     // The logit error is measured on the same reviews for every method, so it ranks methods
     // without the sampling noise of the accuracy.
-    s.push_str("\nMean logit error against the full model (2-norm, logit units):\n\n| method |");
-    for r in &ratios {
-        s.push_str(&format!(" {:.0} % modes |", r * 100.0));
-    }
-    s.push_str("\n|---|");
-    s.push_str(&"---:|".repeat(ratios.len()));
+    s.push_str("\nMean logit error against the full model (2-norm, logit units):\n\n");
+    header(&mut s);
     s.push('\n');
     table(&mut s, &|r| format!("{:.3}", r.logit_err_mean));
     s
