@@ -9,6 +9,7 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use crate::fused::ChannelMask;
 use crate::params::{InitRng, param};
 use crate::{GateKind, Result};
 
@@ -47,22 +48,36 @@ impl Gate {
         })
     }
 
-    /// Applies the gate to `y` `[b, l, H]`; `drop` is an optional dropout mask `[b, 1, H]`
-    /// applied to the GELU output of `half_glu2` (as S5).
+    /// Applies the gate to `y` `[b, l, H]` with S5's two dropout sites: `drop_in` on the GELU
+    /// output of `half_glu2` (before the dense map) and `drop_out` on the gate's output (before
+    /// the residual add). `half_glu2` runs as two fused ops ([`crate::fused::gelu_dropout`],
+    /// dense map, [`crate::fused::sigmoid_gate`]); `quadratic` as candle ops.
     ///
     /// # Errors
     /// Shape mismatches.
-    pub fn forward(&self, y: &Tensor, drop: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        y: &Tensor,
+        drop_in: Option<&ChannelMask>,
+        drop_out: Option<&ChannelMask>,
+    ) -> Result<Tensor> {
         match self.kind {
             GateKind::HalfGlu2 => {
-                let mut g = crate::ops::gelu_tanh(y)?;
-                if let Some(m) = drop {
-                    g = g.broadcast_mul(m)?;
-                }
-                let a = linear(&g, &self.weight, &self.bias)?;
-                crate::ops::mul_sigmoid(y, &a)
+                let g = crate::fused::gelu_dropout(y, drop_in)?;
+                let (bb, l, h) = g.dims3()?;
+                let a = g
+                    .reshape((bb * l, h))?
+                    .matmul(&self.weight.t()?)?
+                    .reshape((bb, l, h))?;
+                crate::fused::sigmoid_gate(y, &a, &self.bias, drop_out)
             }
-            GateKind::Quadratic => Ok((y * linear(y, &self.weight, &self.bias)?)?),
+            GateKind::Quadratic => {
+                let mut out = (y * linear(y, &self.weight, &self.bias)?)?;
+                if let Some(m) = drop_out {
+                    out = out.broadcast_mul(&m.to_tensor(&out)?)?;
+                }
+                Ok(out)
+            }
         }
     }
 

@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::fused::ChannelMask;
 use crate::gate::Gate;
 use crate::norm::{Mask, Norm};
 use crate::params::{InitRng, param};
@@ -239,8 +240,7 @@ impl S5Model {
             Mode::Train { seed } => (true, seed),
         };
         let p = self.cfg.dropout;
-        let (dev, dtype) = (x.device().clone(), x.dtype());
-        let drop_mask = |site: u64| -> Result<Option<Tensor>> {
+        let drop_mask = |site: u64| -> Result<Option<ChannelMask>> {
             if !train || p == 0.0 {
                 return Ok(None);
             }
@@ -255,18 +255,14 @@ impl S5Model {
                     }
                 })
                 .collect();
-            Ok(Some(
-                Tensor::from_vec(vals, (b, 1, h), &dev)?.to_dtype(dtype)?,
-            ))
+            Ok(Some(ChannelMask::new(b, h, vals)?))
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let u = layer.norm.forward(&x, &mask, train)?;
             let y = layer.ssm.forward(&u, &lens)?;
             let d1 = drop_mask(2 * i as u64)?;
-            let mut g = layer.gate.forward(&y, d1.as_ref())?;
-            if let Some(d2) = drop_mask(2 * i as u64 + 1)? {
-                g = g.broadcast_mul(&d2)?;
-            }
+            let d2 = drop_mask(2 * i as u64 + 1)?;
+            let g = layer.gate.forward(&y, d1.as_ref(), d2.as_ref())?;
             x = (x + g)?;
         }
         let pooled = mask.pool.matmul(&x)?.squeeze(1)?;

@@ -141,7 +141,7 @@ impl Norm {
                     let shift = (bias - running_mean.mul(&scale)?)?;
                     return Ok(z.broadcast_mul(&scale)?.broadcast_add(&shift)?);
                 }
-                let (u, mean, var) = crate::ops::masked_batch_norm(
+                let (u, mean, var) = crate::fused::masked_batch_norm(
                     &z.reshape((b * l, h))?,
                     &mask.rows,
                     weight,

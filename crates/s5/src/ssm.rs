@@ -276,7 +276,7 @@ impl S5Ssm {
         let x = diag_scan(&disc.lambda_bar, &v, Some(lengths), dir, None)?;
         let x = x.reshape((b * l, dir.n_dirs() * 2 * n))?;
         let y = x.matmul(&self.readout()?)?.reshape((b, l, h))?;
-        Ok((y + u.broadcast_mul(&self.d)?)?)
+        crate::fused::add_scaled(&y, u, &self.d)
     }
 
     /// Builds a discrete SSM from a `mor` block (`lambda` `[r]`, `b` `[r, H]`, `c` `[H, r]`,

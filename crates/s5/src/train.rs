@@ -68,6 +68,14 @@ pub struct TrainConfig {
     /// Draw a progress bar with ETA on stderr. Default true.
     #[serde(default = "default_true")]
     pub progress: bool,
+    /// Warm start: a fresh run (no checkpoint in the run directory yet) begins from the weights
+    /// and BatchNorm running statistics of this checkpoint directory (`model.safetensors` +
+    /// `config.json` of the same model), with new optimiser moments and a new warmup + cosine
+    /// schedule — one more cycle of a cosine schedule with warm restarts (Loshchilov & Hutter,
+    /// "SGDR", ICLR 2017). Ignored when the run directory already holds a checkpoint (resume
+    /// wins). Default: random initialisation.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
 }
 
 fn default_keep() -> usize {
@@ -436,6 +444,19 @@ impl<'m, M: Classifier + ?Sized> Trainer<'m, M> {
             truncate_logs(&run_dir, state.step, state.epoch)?;
             resumed_from = Some(dir);
         } else {
+            if let Some(from) = &cfg.init_from {
+                let stored = checkpoint::read_meta(from)?;
+                if stored.model != meta.model {
+                    return Err(Error::Config(format!(
+                        "train.init_from = {} holds a different model ({:?}) than the one being \
+                         trained ({:?}); point init_from at a checkpoint of this [model]",
+                        from.display(),
+                        stored.model,
+                        meta.model
+                    )));
+                }
+                checkpoint::load_params(from, &varmap)?;
+            }
             truncate_logs(&run_dir, 0, 0)?;
         }
         let last_checkpoint = resumed_from.clone();

@@ -144,6 +144,73 @@ fn s5_resume_equals_uninterrupted_and_round_trips() {
 }
 
 #[test]
+fn s5_warm_start_begins_from_the_given_checkpoint() {
+    with_large_stack(|| {
+        // Stage 1: a short run; its final checkpoint is the warm start of stage 2.
+        let first = tempfile::tempdir().unwrap();
+        let (model, varmap) = build();
+        let mut train = VecSource::new(make_batches(1, 5, 8, 12), 3);
+        let mut c = train_config();
+        c.epochs = 1;
+        Trainer::new(
+            &model,
+            varmap.clone(),
+            c.clone(),
+            meta(),
+            None,
+            first.path(),
+        )
+        .unwrap()
+        .run(&mut train, None)
+        .unwrap();
+        let trained = snapshot(&varmap);
+        let ck = checkpoint::latest(&first.path().join("checkpoints"))
+            .unwrap()
+            .unwrap();
+
+        // Stage 2: a freshly initialised model starts from exactly those weights (running
+        // statistics included), with step 0 and a new schedule.
+        let second = tempfile::tempdir().unwrap();
+        let (model2, varmap2) = build();
+        assert_ne!(snapshot(&varmap2), trained);
+        let mut c2 = c.clone();
+        c2.init_from = Some(ck.clone());
+        let t = Trainer::new(
+            &model2,
+            varmap2.clone(),
+            c2.clone(),
+            meta(),
+            None,
+            second.path(),
+        )
+        .unwrap();
+        assert_eq!(snapshot(&varmap2), trained);
+        assert_eq!(t.state().step, 0);
+        assert!(t.resumed_from().is_none());
+
+        // A checkpoint of another model is refused with a message naming init_from.
+        let mut other = tiny();
+        other.d_model = 12;
+        let varmap3 = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap3, DType::F32, &Device::Cpu);
+        let model3 = S5Model::new(&other, vb).unwrap();
+        let third = tempfile::tempdir().unwrap();
+        let msg = Trainer::new(
+            &model3,
+            varmap3,
+            c2,
+            CheckpointMeta::new(other, "byte", 12),
+            None,
+            third.path(),
+        )
+        .err()
+        .expect("a different model must be refused")
+        .to_string();
+        assert!(msg.contains("init_from"), "{msg}");
+    });
+}
+
+#[test]
 fn s5_checkpoint_with_wrong_config_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let (_m, varmap) = build();

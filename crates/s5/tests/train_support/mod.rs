@@ -243,6 +243,7 @@ pub fn train_config() -> TrainConfig {
         log_every: 3,
         max_steps: None,
         progress: false,
+        init_from: None,
     }
 }
 
