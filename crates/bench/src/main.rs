@@ -362,8 +362,10 @@ fn sweep_stage(
     let sweep = cfg.sweep()?.clone();
     let out = cfg.run_dir();
     ensure_writable(&out)?;
+    // The previous run's manifest names the checkpoint the rows in results.csv came from; the new
+    // manifest is written only once the checkpoint is known to match.
+    let previous = Manifest::read(&out);
     let mut man = Manifest::start(&cfg.name, config_path, cfg.n_threads())?;
-    man.write(&out)?;
 
     let t = Instant::now();
     let imdb = bench::data::load(&cfg.data)?;
@@ -391,8 +393,16 @@ fn sweep_stage(
             dir.display()
         );
     }
+    let store = ResultsStore::new(&out);
+    bench::manifest::check_same_checkpoint(
+        &out,
+        previous.as_ref(),
+        !store.rows()?.is_empty(),
+        &loaded.sha256,
+    )?;
     man.checkpoint = Some(loaded.dir.display().to_string());
     man.checkpoint_sha256 = Some(loaded.sha256.clone());
+    man.write(&out)?;
     let tok = tokenizer(cfg, &loaded, &imdb.train)?;
     let set = EvalSet::new(&imdb.test, tok.as_ref(), &cfg.eval)?;
     man.add_stage("eval_set", t);
@@ -419,7 +429,6 @@ fn sweep_stage(
         sweep.reduce_options(),
     )?;
     backend.pb = Some(eval_bar.clone());
-    let store = ResultsStore::new(&out);
     let summary = run_sweep(
         &store,
         &mut backend,

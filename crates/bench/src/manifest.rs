@@ -121,11 +121,45 @@ impl Manifest {
         self.write(dir)
     }
 
+    /// The `manifest.json` in `dir`, if there is a readable one (a previous run's).
+    pub fn read(dir: &Path) -> Option<Self> {
+        let text = std::fs::read(dir.join("manifest.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
     /// Writes `manifest.json` into `dir` atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
         write_atomic(&dir.join("manifest.json"), text.as_bytes())
     }
+}
+
+/// Refuses to add rows to a run directory whose `results.csv` was computed from another
+/// checkpoint: `previous` is the directory's existing manifest, `has_rows` whether its
+/// `results.csv` holds rows, `sha256` the weights digest of the checkpoint about to be swept.
+/// Without a previous manifest (or one without a checkpoint digest) there is nothing to compare.
+///
+/// # Errors
+/// When the digests differ, with both digests and the fix.
+pub fn check_same_checkpoint(
+    dir: &Path,
+    previous: Option<&Manifest>,
+    has_rows: bool,
+    sha256: &str,
+) -> Result<()> {
+    let Some(prev) = previous.and_then(|m| m.checkpoint_sha256.as_deref()) else {
+        return Ok(());
+    };
+    if has_rows && prev != sha256 {
+        anyhow::bail!(
+            "{}/results.csv holds rows of another checkpoint (weights sha256 {prev}, per its \
+             manifest.json) than the one configured now (sha256 {sha256}); mixing them would \
+             compare different models. Move or delete results.csv and kept_modes.csv there, or set \
+             another `name` in the config",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// The source tree's commit (`git rev-parse HEAD`, `-dirty` if `git status` shows changes to
@@ -215,6 +249,30 @@ pub fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_of_another_checkpoint_are_refused() {
+        let dir = Path::new("results/x");
+        let mut prev = Manifest::start("x", Path::new("Cargo.toml"), 1).unwrap();
+        // No digest recorded, or no rows yet: nothing to protect.
+        assert!(check_same_checkpoint(dir, Some(&prev), true, "bb").is_ok());
+        assert!(check_same_checkpoint(dir, None, true, "bb").is_ok());
+        prev.checkpoint_sha256 = Some("aa".into());
+        assert!(check_same_checkpoint(dir, Some(&prev), false, "bb").is_ok());
+        assert!(check_same_checkpoint(dir, Some(&prev), true, "aa").is_ok());
+        let msg = check_same_checkpoint(dir, Some(&prev), true, "bb")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("aa") && msg.contains("bb") && msg.contains("results/x"),
+            "{msg}"
+        );
+        // Round trip through the file.
+        let tmp = tempfile::tempdir().unwrap();
+        prev.write(tmp.path()).unwrap();
+        assert_eq!(Manifest::read(tmp.path()), Some(prev));
+        assert_eq!(Manifest::read(&tmp.path().join("missing")), None);
+    }
 
     #[test]
     fn rfc3339_known_dates() {
