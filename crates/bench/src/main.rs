@@ -422,11 +422,13 @@ fn sweep_stage(
         "sweep  ",
     ));
     let eval_bar = mp.add(bar(set.len() as u64, "reviews"));
+    let calibration = calibration_set(cfg, &imdb, tok.as_ref())?;
     let mut backend = S5Backend::new(
         &loaded.model,
         loaded.meta.max_len,
         &set,
         sweep.reduce_options(),
+        Some(&calibration),
     )?;
     backend.pb = Some(eval_bar.clone());
     let summary = run_sweep(
@@ -494,6 +496,24 @@ fn plot(csv: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Training reviews whose measured activations set `lqo-h2`'s layer weights (seeded,
+/// class-balanced; never test reviews).
+const LQO_CALIBRATION_REVIEWS: usize = 64;
+
+/// The calibration set of `lqo-h2` ([`LQO_CALIBRATION_REVIEWS`] training reviews).
+fn calibration_set(cfg: &RunConfig, imdb: &lra::Imdb, tok: &dyn lra::Tokenize) -> Result<EvalSet> {
+    EvalSet::new(
+        &imdb.train,
+        tok,
+        &bench::sections::EvalConfig {
+            max_samples: LQO_CALIBRATION_REVIEWS,
+            batch_size: cfg.eval.batch_size,
+            seed: cfg.eval.seed,
+        },
+    )
+    .context("building the lqo-h2 calibration set from the training reviews")
+}
+
 /// `bench eval`.
 fn eval_cmd(cfg: &RunConfig, checkpoint: Option<PathBuf>, json: bool) -> Result<()> {
     let imdb = bench::data::load(&cfg.data)?;
@@ -502,7 +522,7 @@ fn eval_cmd(cfg: &RunConfig, checkpoint: Option<PathBuf>, json: bool) -> Result<
     let tok = tokenizer(cfg, &loaded, &imdb.train)?;
     let set = EvalSet::new(&imdb.test, tok.as_ref(), &cfg.eval)?;
     let pb = bar(set.len() as u64, "reviews");
-    let ev = pipeline::evaluate(&loaded.model, &set, Some(&pb))?;
+    let ev = pipeline::evaluate(&loaded.model, &set, Some(&pb), false)?;
     pb.finish_and_clear();
     let (ssm, total) = pipeline::param_counts(&loaded.model);
     let se = bench::subset::accuracy_std_error(ev.accuracy, set.len());
@@ -550,11 +570,21 @@ fn compress(cfg: &RunConfig, method: &str, ratio: f64, out: Option<PathBuf>) -> 
     }
     let deep = s5::to_mor(&loaded.model, loaded.meta.max_len)?;
     let t = Instant::now();
-    let opts = cfg
+    let mut opts = cfg
         .sweep
         .as_ref()
         .map(|s| s.reduce_options())
         .unwrap_or_default();
+    if m == mor::Method::LqoH2 {
+        let imdb = bench::data::load(&cfg.data)?;
+        let tok = tokenizer(cfg, &loaded, &imdb.train)?;
+        let cal = calibration_set(cfg, &imdb, tok.as_ref())?;
+        opts.lqo.layer_weights = Some(pipeline::calibrated_layer_weights(
+            &loaded.model,
+            &deep,
+            &cal,
+        )?);
+    }
     let red = mor::reduce::reduce_model(&deep, m, ratio, &opts)
         .with_context(|| format!("reducing with {method} at ratio {ratio}"))?;
     let rebuilt = s5::with_reduced(&loaded.model, &red.model)?;

@@ -8,7 +8,7 @@ use crate::sweep::{Point, SweepBackend};
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use lra::{Batch, Batcher, Encoded, Split, Tokenize};
-use mor::bound::{BoundInput, prepare_bound};
+use mor::bound::{BoundInput, MeasuredLayer, prepare_bound};
 use mor::reduce::{ReduceOptions, reduce_model};
 use s5::checkpoint::{self, CheckpointMeta};
 use s5::{Mode, S5Model};
@@ -328,26 +328,43 @@ pub struct Evaluation {
     pub accuracy: f64,
     /// Logits per review `[n][classes]`, in the set's order.
     pub logits: Vec<Vec<f64>>,
+    /// Per review and layer, the activations the a-posteriori bound needs (`[n][layers]`;
+    /// empty unless requested).
+    pub measured: Vec<Vec<MeasuredLayer>>,
     /// Wall seconds.
     pub seconds: f64,
 }
 
-/// Evaluates `model` (evaluation mode: no dropout, BatchNorm running statistics) on `set`.
+/// Evaluates `model` (evaluation mode: no dropout, BatchNorm running statistics) on `set`; with
+/// `measure`, also records per review the activations of the a-posteriori bound
+/// ([`S5Model::forward_measured`]).
 pub fn evaluate(
     model: &S5Model,
     set: &EvalSet,
     pb: Option<&indicatif::ProgressBar>,
+    measure: bool,
 ) -> Result<Evaluation> {
     let t0 = Instant::now();
     let dev = Device::Cpu;
     let mut logits = vec![Vec::new(); set.len()];
+    let mut measured = if measure {
+        vec![Vec::new(); set.len()]
+    } else {
+        Vec::new()
+    };
     for b in &set.batches {
         let tokens = Tensor::from_slice(&b.tokens, (b.batch, b.len), &dev)?;
         let lengths = Tensor::from_slice(&b.lengths, b.batch, &dev)?;
-        let out = model
-            .forward(&tokens, &lengths, Mode::Eval)?
-            .to_dtype(candle_core::DType::F64)?
-            .to_vec2::<f64>()?;
+        let out = if measure {
+            let (out, m) = model.forward_measured(&tokens, &lengths)?;
+            for (mi, &i) in m.into_iter().zip(&b.indices) {
+                measured[i] = mi;
+            }
+            out
+        } else {
+            model.forward(&tokens, &lengths, Mode::Eval)?
+        };
+        let out = out.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
         for (row, &i) in out.into_iter().zip(&b.indices) {
             logits[i] = row;
         }
@@ -369,6 +386,7 @@ pub fn evaluate(
     Ok(Evaluation {
         accuracy,
         logits,
+        measured,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
@@ -406,6 +424,34 @@ pub fn bound_inputs(model: &S5Model, set: &EvalSet) -> Result<Vec<BoundInput>> {
         .collect())
 }
 
+/// `lqo-h2`'s layer weights from data: the first-order factors `∂bound/∂ε_ℓ` of the
+/// a-posteriori output-error bound (`mor::bound::BoundPrep::evaluate_measured`) on each review of
+/// `calibration`, from the full model's measured activations, averaged over the reviews.
+///
+/// # Errors
+/// Evaluation or bound errors; an empty calibration set.
+pub fn calibrated_layer_weights(
+    model: &S5Model,
+    deep: &mor::DeepSsm,
+    calibration: &EvalSet,
+) -> Result<Vec<f64>> {
+    if calibration.is_empty() {
+        bail!("the lqo-h2 calibration set is empty");
+    }
+    let ev = evaluate(model, calibration, None, true)?;
+    let inputs = bound_inputs(model, calibration)?;
+    let prep = prepare_bound(deep, None, calibration.max_len().max(1))?;
+    let mut sum = vec![0.0; deep.layers.len()];
+    for (inp, m) in inputs.iter().zip(&ev.measured) {
+        let rep = prep.evaluate_measured(inp, m)?;
+        for (s, w) in sum.iter_mut().zip(&rep.layer_weights) {
+            *s += w;
+        }
+    }
+    let n = inputs.len() as f64;
+    Ok(sum.into_iter().map(|s| s / n).collect())
+}
+
 /// Trainable parameters of the SSM blocks (`layers.*.seq.*`) and of the whole model.
 pub fn param_counts(model: &S5Model) -> (usize, usize) {
     let all = model.named_trainable();
@@ -431,23 +477,45 @@ pub struct S5Backend<'a> {
     pub opts: ReduceOptions,
     /// Progress bar of the current evaluation (reviews), if drawn.
     pub pb: Option<indicatif::ProgressBar>,
+    /// The full model's measured activations per evaluated review (set by `full`), for the
+    /// a-posteriori bound.
+    pub measured: Vec<Vec<MeasuredLayer>>,
 }
 
 impl<'a> S5Backend<'a> {
-    /// Exports `model` and prepares the bound inputs.
+    /// Exports `model`, prepares the bound inputs and, with a calibration set (reviews of the
+    /// training split), sets `lqo-h2`'s layer weights to the mean first-order factors of the
+    /// a-posteriori bound on those reviews ([`calibrated_layer_weights`]).
     pub fn new(
         model: &'a S5Model,
         max_len: usize,
         set: &'a EvalSet,
-        opts: ReduceOptions,
+        mut opts: ReduceOptions,
+        calibration: Option<&EvalSet>,
     ) -> Result<Self> {
+        let deep = s5::to_mor(model, max_len)?;
+        if let Some(cal) = calibration
+            && opts.lqo.layer_weights.is_none()
+        {
+            let w = calibrated_layer_weights(model, &deep, cal)?;
+            tracing::info!(
+                "lqo-h2 layer weights from {} calibration reviews: {}",
+                cal.len(),
+                w.iter()
+                    .map(|x| format!("{x:.3e}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            opts.lqo.layer_weights = Some(w);
+        }
         Ok(S5Backend {
             model,
-            deep: s5::to_mor(model, max_len)?,
+            deep,
             set,
             inputs: bound_inputs(model, set)?,
             opts,
             pb: None,
+            measured: Vec::new(),
         })
     }
 
@@ -457,13 +525,19 @@ impl<'a> S5Backend<'a> {
             pb.set_position(0);
             pb.reset_eta();
         }
-        evaluate(model, self.set, self.pb.as_ref())
+        evaluate(model, self.set, self.pb.as_ref(), false)
     }
 }
 
 impl SweepBackend for S5Backend<'_> {
     fn full(&mut self) -> Result<Point> {
-        let ev = self.eval(self.model)?;
+        if let Some(pb) = &self.pb {
+            pb.set_length(self.set.len() as u64);
+            pb.set_position(0);
+            pb.reset_eta();
+        }
+        let mut ev = evaluate(self.model, self.set, self.pb.as_ref(), true)?;
+        self.measured = std::mem::take(&mut ev.measured);
         let (ssm, total) = param_counts(self.model);
         Ok(Point {
             kept_per_layer: self.deep.layers.iter().map(|l| l.ssm.n_modes()).collect(),
@@ -497,7 +571,14 @@ impl SweepBackend for S5Backend<'_> {
             Ok(prep) => self
                 .inputs
                 .iter()
-                .map(|inp| prep.evaluate(inp).map(|r| r.bound).unwrap_or(f64::NAN))
+                .enumerate()
+                .map(|(i, inp)| {
+                    let r = match self.measured.get(i) {
+                        Some(m) => prep.evaluate_measured(inp, m),
+                        None => prep.evaluate(inp),
+                    };
+                    r.map(|r| r.bound).unwrap_or(f64::NAN)
+                })
                 .collect(),
             Err(e) => {
                 tracing::warn!("{method} @ {ratio}: bound not available: {e}");

@@ -70,6 +70,8 @@ pub struct BoundReport {
     pub gate_lipschitz: Vec<f64>,
     /// `Y_ℓ`: bound on every SSM output entry of both models.
     pub peak_bounds: Vec<f64>,
+    /// `U_ℓ`: bound on `‖û_ℓ‖_2`, the ℓ2 norm of the SSM input of the reduced model.
+    pub input_bounds: Vec<f64>,
     /// `‖W_dec‖_2`.
     pub decoder_norm: f64,
 }
@@ -129,6 +131,39 @@ enum GateFactors {
         row_l1: Vec<f64>,
         b_abs: Vec<f64>,
     },
+}
+
+/// `q = max_c (‖w_c‖_1 Y + |b_c|)`: on the box `‖y‖_∞ ≤ Y`, `|(W y + b)_c| ≤ q`.
+fn quadratic_gain(row_l1: &[f64], b_abs: &[f64], y: f64) -> f64 {
+    row_l1
+        .iter()
+        .zip(b_abs)
+        .fold(0.0f64, |a, (w1, b)| a.max(w1 * y + b))
+}
+
+impl GateFactors {
+    /// Lipschitz constant of the gate on the box `‖y‖_∞ ≤ Y` (per position; `BOUND.md`).
+    fn lipschitz(&self, y: f64) -> f64 {
+        match self {
+            GateFactors::Identity => 1.0,
+            GateFactors::HalfGlu2 { wnorm } => 1.0 + y * wnorm * GELU_TANH_DERIV_MAX / 4.0,
+            GateFactors::Quadratic {
+                wnorm,
+                row_l1,
+                b_abs,
+            } => quadratic_gain(row_l1, b_abs, y) + y * wnorm,
+        }
+    }
+}
+
+impl NormFactors {
+    /// Lipschitz constant of the norm layer.
+    fn lipschitz(&self) -> f64 {
+        match self {
+            NormFactors::Affine { smax, .. } => *smax,
+            NormFactors::Layer { lip, .. } => *lip,
+        }
+    }
 }
 
 fn spectral_norm(w: &Mat<f64>) -> Result<f64> {
@@ -495,21 +530,12 @@ impl BoundPrep {
             };
             let y = peak(f).max(peak(r));
             let y2 = f.gain.max(r.gain) * u2;
-            let (lg, out2, outinf) = match &st.gate {
-                GateFactors::Identity => (1.0, y2, y),
-                GateFactors::HalfGlu2 { wnorm } => {
-                    (1.0 + y * wnorm * GELU_TANH_DERIV_MAX / 4.0, y2, y)
-                }
-                GateFactors::Quadratic {
-                    wnorm,
-                    row_l1,
-                    b_abs,
-                } => {
-                    let q = row_l1
-                        .iter()
-                        .zip(b_abs)
-                        .fold(0.0f64, |a, (w1, b)| a.max(w1 * y + b));
-                    (q + y * wnorm, q * y2, q * y)
+            let lg = st.gate.lipschitz(y);
+            let (out2, outinf) = match &st.gate {
+                GateFactors::Identity | GateFactors::HalfGlu2 { .. } => (y2, y),
+                GateFactors::Quadratic { row_l1, b_abs, .. } => {
+                    let q = quadratic_gain(row_l1, b_abs, y);
+                    (q * y2, q * y)
                 }
             };
             u2s.push(u2);
@@ -540,6 +566,112 @@ impl BoundPrep {
             norm_lipschitz: lns,
             gate_lipschitz: lgs,
             peak_bounds: ys,
+            input_bounds: u2s,
+            decoder_norm: self.decoder_norm,
+        })
+    }
+}
+
+/// Relative margin added to measured activations ([`MeasuredLayer`]): they come from the f32
+/// model, the bound assumes exact arithmetic; f32 rounding of a length-4096 forward is orders of
+/// magnitude below this margin.
+pub const MEASURE_MARGIN: f64 = 1e-3;
+
+/// What the full model's own forward pass measured on one input, for one layer (true positions
+/// only, padding excluded).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MeasuredLayer {
+    /// `‖u_ℓ‖_2`: Frobenius norm of the layer's SSM input (the norm's output), `[L, h]`.
+    pub u_l2: f64,
+    /// `‖y_ℓ‖_∞`: largest absolute entry of the layer's SSM output (before the gate), `[L, h]`.
+    pub y_peak: f64,
+}
+
+impl BoundPrep {
+    /// The output-error bound for one input from the full model's measured activations on it
+    /// (a posteriori; derivation in `BOUND.md`, "Measured activations"). Instead of propagating
+    /// worst-case norms through every layer, it uses the measured `‖u_ℓ‖_2` and `‖y_ℓ‖_∞` of the
+    /// full trajectory (each enlarged by [`MEASURE_MARGIN`]) and covers the reduced trajectory by
+    /// the error recursion itself: with `δ_{ℓ−1} ≥ ‖z_{ℓ−1} − ẑ_{ℓ−1}‖_2`, `Δu = Ln δ_{ℓ−1}`,
+    /// `Û = min(‖u_ℓ‖_2 + Δu, U_ℓ)`, every SSM output either model produces in layer ℓ lies in
+    /// the box `Y_ℓ = min(‖y_ℓ‖_∞ + p_ℓ Δu + ε_ℓ Û, Y_ℓ^a-priori)` (`p_ℓ` the ℓ2→peak gain of the
+    /// full SSM; `U_ℓ`, `Y_ℓ^a-priori` those of [`BoundPrep::evaluate`] for `input`), and
+    /// `δ_ℓ = δ_{ℓ−1} + Lg_ℓ(Y_ℓ) (γ_ℓ Δu + ε_ℓ Û)`, `‖Δlogits‖_2 ≤ ‖W_dec‖_2 δ_N / √L`.
+    /// By induction over the layers it is never above the a-priori bound.
+    /// `layer_weights` are the first-order factors `∂bound/∂ε_ℓ` at `ε = 0` (boxes `Y_ℓ` =
+    /// measured peaks); `peak_bounds` are the `Y_ℓ`.
+    ///
+    /// # Errors
+    /// As [`BoundPrep::evaluate`]; [`Error::Argument`] if `measured` does not have one entry per
+    /// layer or a measured value is negative or not finite.
+    pub fn evaluate_measured(
+        &self,
+        input: &BoundInput,
+        measured: &[MeasuredLayer],
+    ) -> Result<BoundReport> {
+        let nl = self.layers.len();
+        let len = input.len;
+        let apriori = self.evaluate(input)?;
+        if measured.len() != nl {
+            return Err(Error::Argument(format!(
+                "bound: {} measured layers for a model of {nl} layers",
+                measured.len()
+            )));
+        }
+        if let Some((i, m)) = measured.iter().enumerate().find(|(_, m)| {
+            !(m.u_l2 >= 0.0 && m.y_peak >= 0.0 && m.u_l2.is_finite() && m.y_peak.is_finite())
+        }) {
+            return Err(Error::Argument(format!(
+                "bound: measured activations of layer {i} must be finite and ≥ 0 (got {m:?})"
+            )));
+        }
+        let sl = (len as f64).sqrt();
+        let grow = 1.0 + MEASURE_MARGIN;
+        let mut delta = 0.0f64;
+        let (mut lgs, mut lg0s, mut lns, mut ys, mut gains, mut u2s) = (
+            Vec::with_capacity(nl),
+            Vec::with_capacity(nl),
+            Vec::with_capacity(nl),
+            Vec::with_capacity(nl),
+            Vec::with_capacity(nl),
+            Vec::with_capacity(nl),
+        );
+        for (li, meas) in measured.iter().enumerate() {
+            let st = &self.layers[li];
+            let f = &self.full[li];
+            let eps = self.err[li];
+            let ln = st.norm.lipschitz();
+            let p = (0..f.peak_l2.len())
+                .map(|c| f.peak_l2[c] + f.d_abs[c])
+                .fold(0.0f64, f64::max);
+            let (u2, py) = (meas.u_l2 * grow, meas.y_peak * grow);
+            let du = ln * delta;
+            let uh = (u2 + du).min(apriori.input_bounds[li]);
+            let y = (py + p * du + eps * uh).min(apriori.peak_bounds[li]);
+            let lg = st.gate.lipschitz(y);
+            delta += lg * (f.gain * du + eps * uh);
+            lgs.push(lg);
+            lg0s.push(st.gate.lipschitz(py));
+            lns.push(ln);
+            ys.push(y);
+            gains.push(f.gain);
+            u2s.push(u2);
+        }
+        let mut weights = vec![0.0; nl];
+        let mut tail = self.decoder_norm / sl;
+        for li in (0..nl).rev() {
+            weights[li] = tail * lg0s[li] * u2s[li];
+            tail *= 1.0 + lg0s[li] * gains[li] * lns[li];
+        }
+        Ok(BoundReport {
+            bound: self.decoder_norm * delta / sl,
+            layer_weights: weights,
+            layer_errors: self.err.clone(),
+            ssm_gains: gains,
+            norm_lipschitz: lns,
+            gate_lipschitz: lgs,
+            peak_bounds: ys,
+            input_bounds: u2s,
             decoder_norm: self.decoder_norm,
         })
     }

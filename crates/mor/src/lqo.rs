@@ -25,8 +25,9 @@
 //! # Objective and allocation
 //!
 //! `min Σ_ℓ w_ℓ ‖Σ_ℓ − Σ_ℓ,r‖_h2(LQO)` subject to `Σ_ℓ r_ℓ = budget`, where `w_ℓ` are the layer
-//! factors of the output-error bound (`bound::layer_weights`, `BOUND.md`) for a worst-case input
-//! of length `weight_len` with embedded entries bounded by `weight_linf`. For a fixed allocation
+//! factors of the output-error bound (`BOUND.md`): given (`LqoOptions::layer_weights`, e.g. from
+//! the bound on measured activations of calibration inputs), or those of `bound::layer_weights`
+//! for a worst-case input of length `weight_len` with embedded entries bounded by `weight_linf`. For a fixed allocation
 //! the terms are independent, so each layer minimises its own LQO h2 error by the gradient method
 //! of `h2opt` (stable parameterisation, closed-form gradients, L-BFGS; in parallel over layers).
 //! The allocation is greedy on the bound: start from a floor of modes per layer
@@ -55,6 +56,10 @@ pub struct LqoOptions {
     pub weight_len: Option<usize>,
     /// Bound on the embedded input entries for the layer weights.
     pub weight_linf: f64,
+    /// Layer weights `w_ℓ` to use instead of the worst-case ones (`None`): e.g. the first-order
+    /// factors of the a-posteriori bound (`bound::BoundPrep::evaluate_measured`) averaged over
+    /// calibration inputs. One positive finite entry per layer.
+    pub layer_weights: Option<Vec<f64>>,
     /// Modes every layer keeps at least (≥ 1).
     pub min_per_layer: usize,
     /// Every layer also keeps at least `floor_fraction · budget / layers` modes (rounded down).
@@ -76,6 +81,7 @@ impl Default for LqoOptions {
             },
             weight_len: None,
             weight_linf: 1.0,
+            layer_weights: None,
             min_per_layer: 1,
             floor_fraction: 0.5,
             refine: true,
@@ -277,8 +283,20 @@ pub fn reduce_model_lqo(
     for (i, l) in model.layers.iter().enumerate() {
         gram::check_stable(&l.ssm, &format!("lqo-h2: layer {i}"))?;
     }
-    let len = opts.weight_len.unwrap_or(model.max_len).max(1);
-    let weights = bound::layer_weights(model, len, opts.weight_linf)?;
+    let weights = match &opts.layer_weights {
+        Some(w) => {
+            if w.len() != nl || w.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                return Err(Error::Argument(format!(
+                    "lqo-h2: layer_weights {w:?} must hold {nl} positive finite values"
+                )));
+            }
+            w.clone()
+        }
+        None => {
+            let len = opts.weight_len.unwrap_or(model.max_len).max(1);
+            bound::layer_weights(model, len, opts.weight_linf)?
+        }
+    };
     let structs: Vec<(Option<Mat<f64>>, Option<Quad>)> =
         model.layers.iter().map(lqo_structured).collect();
     let curves: Vec<Vec<f64>> = (0..nl)

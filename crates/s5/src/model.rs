@@ -200,6 +200,38 @@ impl S5Model {
     /// # Errors
     /// Wrong shapes or dtypes, a length of 0 or above `l`, a token id ≥ `vocab_size`.
     pub fn forward(&self, tokens: &Tensor, lengths: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward_impl(tokens, lengths, mode, None)
+    }
+
+    /// Evaluation-mode logits `[b, classes]` as [`S5Model::forward`], plus what the a-posteriori
+    /// output-error bound (`mor::bound::BoundPrep::evaluate_measured`) needs from this forward
+    /// pass: per sequence and layer (`[b][n_layers]`), `‖u_ℓ‖_2` of the SSM input over the true
+    /// positions (`[len, H]`) and `‖y_ℓ‖_∞` of the SSM output (before the gate).
+    ///
+    /// # Errors
+    /// As [`S5Model::forward`].
+    pub fn forward_measured(
+        &self,
+        tokens: &Tensor,
+        lengths: &Tensor,
+    ) -> Result<(Tensor, Vec<Vec<mor::bound::MeasuredLayer>>)> {
+        let mut per_layer = Vec::with_capacity(self.layers.len());
+        let logits = self.forward_impl(tokens, lengths, Mode::Eval, Some(&mut per_layer))?;
+        let b = tokens.dims2()?.0;
+        let per_seq = (0..b)
+            .map(|i| per_layer.iter().map(|layer: &Vec<_>| layer[i]).collect())
+            .collect();
+        Ok((logits, per_seq))
+    }
+
+    /// The forward pass; with `measure`, pushes per layer the `[b]` measured activations.
+    fn forward_impl(
+        &self,
+        tokens: &Tensor,
+        lengths: &Tensor,
+        mode: Mode,
+        mut measure: Option<&mut Vec<Vec<mor::bound::MeasuredLayer>>>,
+    ) -> Result<Tensor> {
         let (b, l) = tokens.dims2()?;
         let h = self.cfg.d_model;
         if tokens.dtype() != DType::U32 || lengths.dtype() != DType::U32 {
@@ -260,6 +292,20 @@ impl S5Model {
         for (i, layer) in self.layers.iter().enumerate() {
             let u = layer.norm.forward(&x, &mask, train)?;
             let y = layer.ssm.forward(&u, &lens)?;
+            if let Some(out) = measure.as_deref_mut() {
+                // Padded positions are zeroed by the mask before the sum and the max (|y| ≥ 0).
+                let m = mask.row.reshape((b, l))?;
+                let f64s =
+                    |t: Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.to_vec1()?) };
+                let u_l2 = f64s(u.sqr()?.sum(2)?.mul(&m)?.sum(1)?.sqrt()?)?;
+                let y_peak = f64s(y.abs()?.max(2)?.mul(&m)?.max(1)?)?;
+                out.push(
+                    u_l2.iter()
+                        .zip(&y_peak)
+                        .map(|(&u_l2, &y_peak)| mor::bound::MeasuredLayer { u_l2, y_peak })
+                        .collect(),
+                );
+            }
             let d1 = drop_mask(2 * i as u64)?;
             let d2 = drop_mask(2 * i as u64 + 1)?;
             let g = layer.gate.forward(&y, d1.as_ref(), d2.as_ref())?;

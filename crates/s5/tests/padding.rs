@@ -125,3 +125,67 @@ fn batch_members_match_single_runs_in_eval() {
         assert!(d < 1e-5, "sequence {b}: {d}");
     }
 }
+
+/// `forward_measured` reports, per sequence and layer, `‖u‖_2` of the SSM input and `‖y‖_∞` of
+/// the SSM output over the true positions: equal to a direct computation for the first layer,
+/// independent of padding and of the other sequences in the batch, with the plain logits.
+#[test]
+fn measured_activations_are_exact_and_ignore_padding() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let short: Vec<u32> = (0..120).map(|_| rng.random_range(1..257)).collect();
+    let long: Vec<u32> = (0..300).map(|_| rng.random_range(1..257)).collect();
+    let vm = VarMap::new();
+    let m = S5Model::new_with_seed(
+        &cfg(NormKind::Batch),
+        VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+        3,
+    )
+    .unwrap();
+    // Alone, unpadded.
+    let (t1, l1) = padded(&short, short.len());
+    let (logits1, meas1) = m.forward_measured(&t1, &l1).unwrap();
+    assert_eq!(meas1.len(), 1);
+    assert_eq!(meas1[0].len(), 2);
+    assert_eq!(
+        vec_of(&logits1),
+        vec_of(&m.forward(&t1, &l1, Mode::Eval).unwrap())
+    );
+    // Layer 0 by hand: embedding → norm → SSM.
+    let x0 = m
+        .encoder
+        .index_select(&t1.flatten_all().unwrap(), 0)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let lens = [short.len() as u32];
+    let mask = s5::norm::Mask::new(&lens, short.len(), &x0).unwrap();
+    let u = m.layers[0].norm.forward(&x0, &mask, false).unwrap();
+    let y = m.layers[0].ssm.forward(&u, &lens).unwrap();
+    let u_l2 = vec_of(&u)
+        .iter()
+        .map(|v| (v * v) as f64)
+        .sum::<f64>()
+        .sqrt();
+    let y_peak = vec_of(&y).iter().fold(0.0f64, |a, v| a.max(v.abs() as f64));
+    assert!(
+        (meas1[0][0].u_l2 - u_l2).abs() <= 1e-5 * u_l2,
+        "{:?} vs {u_l2}",
+        meas1[0][0]
+    );
+    assert!((meas1[0][0].y_peak - y_peak).abs() <= 1e-6 * y_peak.max(1.0));
+    // In a batch with a longer review, padded to 512: the same values for the short one.
+    let mut toks = vec![0u32; 2 * 512];
+    toks[..short.len()].copy_from_slice(&short);
+    toks[512..512 + long.len()].copy_from_slice(&long);
+    let t2 = Tensor::from_vec(toks, (2, 512), &Device::Cpu).unwrap();
+    let l2 = Tensor::new(&[short.len() as u32, long.len() as u32], &Device::Cpu).unwrap();
+    let (_, meas2) = m.forward_measured(&t2, &l2).unwrap();
+    for (a, b) in meas1[0].iter().zip(&meas2[0]) {
+        assert!((a.u_l2 - b.u_l2).abs() <= 1e-4 * a.u_l2, "{a:?} vs {b:?}");
+        assert!(
+            (a.y_peak - b.y_peak).abs() <= 1e-4 * a.y_peak,
+            "{a:?} vs {b:?}"
+        );
+    }
+    assert_ne!(meas2[0], meas2[1]);
+}
