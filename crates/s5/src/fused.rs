@@ -161,6 +161,47 @@ fn add_partials(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
     a
 }
 
+/// `out[r, k] = f(x[r, k], y[r, k], m[seq(r), k], k)` over a `[b, len, H]` activation (rows
+/// `r`, sequence `seq(r) = r / len`), in parallel work units of [`ROWS`] rows, vectorised by
+/// [`crate::vmath::with_simd`]; `m = 1` without a mask.
+fn map_rows<T: Real>(
+    x: &[T],
+    y: &[T],
+    len: usize,
+    h: usize,
+    mask: Option<&ChannelMask>,
+    f: impl Fn(T, T, T, usize) -> T + Sync,
+) -> Vec<T> {
+    let ones = vec![T::from_f64(1.0); h];
+    let mask: Option<Vec<T>> = mask.map(|m| m.as_vec());
+    let mut out = vec![T::from_f64(0.0); x.len()];
+    out.par_chunks_mut(ROWS * h)
+        .zip(x.par_chunks(ROWS * h).zip(y.par_chunks(ROWS * h)))
+        .enumerate()
+        .for_each(|(c, (o, (x, y)))| {
+            crate::vmath::with_simd(
+                #[inline(always)]
+                || {
+                    for (i, ((o, x), y)) in o
+                        .chunks_mut(h)
+                        .zip(x.chunks(h))
+                        .zip(y.chunks(h))
+                        .enumerate()
+                    {
+                        let m = match &mask {
+                            Some(m) => mask_row(m, c * ROWS + i, len, h),
+                            None => &ones,
+                        };
+                        for k in 0..h {
+                            o[k] = f(x[k], y[k], m[k], k);
+                        }
+                    }
+                },
+            )
+        });
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // y + u ⊙ D
 
@@ -188,21 +229,7 @@ impl CustomOp3 for AddScaled {
                 slice::<T>(s2, l2)?,
                 slice::<T>(s3, l3)?,
             );
-            let mut out = vec![T::from_f64(0.0); y.len()];
-            out.par_chunks_mut(ROWS * h)
-                .zip(y.par_chunks(ROWS * h).zip(u.par_chunks(ROWS * h)))
-                .for_each(|(o, (y, u))| {
-                    crate::vmath::with_simd(
-                        #[inline(always)]
-                        || {
-                            for ((o, y), u) in o.chunks_mut(h).zip(y.chunks(h)).zip(u.chunks(h)) {
-                                for k in 0..h {
-                                    o[k] = y[k] + u[k] * d[k];
-                                }
-                            }
-                        },
-                    )
-                });
+            let out = map_rows(y, u, 1, h, None, |y, u, _, k| y + u * d[k]);
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
     }
@@ -322,33 +349,9 @@ impl CustomOp1 for GeluDropout {
         }
         by_dtype!(s, |T| {
             let y = slice::<T>(s, l)?;
-            let mask: Option<Vec<T>> = self.mask.as_ref().map(|m| m.as_vec());
-            let mut out = vec![T::from_f64(0.0); y.len()];
-            out.par_chunks_mut(ROWS * h)
-                .zip(y.par_chunks(ROWS * h))
-                .enumerate()
-                .for_each(|(c, (o, y))| {
-                    crate::vmath::with_simd(
-                        #[inline(always)]
-                        || {
-                            for (i, (o, y)) in o.chunks_mut(h).zip(y.chunks(h)).enumerate() {
-                                match &mask {
-                                    Some(m) => {
-                                        let m = mask_row(m, c * ROWS + i, len, h);
-                                        for k in 0..h {
-                                            o[k] = y[k].gelu().0 * m[k];
-                                        }
-                                    }
-                                    None => {
-                                        for k in 0..h {
-                                            o[k] = y[k].gelu().0;
-                                        }
-                                    }
-                                }
-                            }
-                        },
-                    )
-                });
+            let out = map_rows(y, y, len, h, self.mask.as_ref(), |y, _, m, _| {
+                y.gelu().0 * m
+            });
             Ok((T::to_cpu_storage_owned(out), l.shape().clone()))
         })
     }
@@ -377,38 +380,9 @@ impl CustomOp2 for GeluDropoutGrad {
         let (_, len, h) = dims(l1)?;
         by_dtype!(s1, |T| {
             let (y, g) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?);
-            let mask: Option<Vec<T>> = self.mask.as_ref().map(|m| m.as_vec());
-            let mut out = vec![T::from_f64(0.0); y.len()];
-            out.par_chunks_mut(ROWS * h)
-                .zip(y.par_chunks(ROWS * h).zip(g.par_chunks(ROWS * h)))
-                .enumerate()
-                .for_each(|(c, (o, (y, g)))| {
-                    crate::vmath::with_simd(
-                        #[inline(always)]
-                        || {
-                            for (i, ((o, y), g)) in o
-                                .chunks_mut(h)
-                                .zip(y.chunks(h))
-                                .zip(g.chunks(h))
-                                .enumerate()
-                            {
-                                match &mask {
-                                    Some(m) => {
-                                        let m = mask_row(m, c * ROWS + i, len, h);
-                                        for k in 0..h {
-                                            o[k] = g[k] * m[k] * y[k].gelu().1;
-                                        }
-                                    }
-                                    None => {
-                                        for k in 0..h {
-                                            o[k] = g[k] * y[k].gelu().1;
-                                        }
-                                    }
-                                }
-                            }
-                        },
-                    )
-                });
+            let out = map_rows(y, g, len, h, self.mask.as_ref(), |y, g, m, _| {
+                g * m * y.gelu().1
+            });
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
     }
@@ -460,38 +434,9 @@ impl CustomOp3 for SigmoidGate {
                 slice::<T>(s2, l2)?,
                 slice::<T>(s3, l3)?,
             );
-            let mask: Option<Vec<T>> = self.mask.as_ref().map(|m| m.as_vec());
-            let mut out = vec![T::from_f64(0.0); y.len()];
-            out.par_chunks_mut(ROWS * h)
-                .zip(y.par_chunks(ROWS * h).zip(a.par_chunks(ROWS * h)))
-                .enumerate()
-                .for_each(|(c, (o, (y, a)))| {
-                    crate::vmath::with_simd(
-                        #[inline(always)]
-                        || {
-                            for (i, ((o, y), a)) in o
-                                .chunks_mut(h)
-                                .zip(y.chunks(h))
-                                .zip(a.chunks(h))
-                                .enumerate()
-                            {
-                                match &mask {
-                                    Some(m) => {
-                                        let m = mask_row(m, c * ROWS + i, len, h);
-                                        for k in 0..h {
-                                            o[k] = y[k] * (a[k] + bias[k]).sigmoid() * m[k];
-                                        }
-                                    }
-                                    None => {
-                                        for k in 0..h {
-                                            o[k] = y[k] * (a[k] + bias[k]).sigmoid();
-                                        }
-                                    }
-                                }
-                            }
-                        },
-                    )
-                });
+            let out = map_rows(y, a, len, h, self.mask.as_ref(), |y, a, m, k| {
+                y * (a + bias[k]).sigmoid() * m
+            });
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
     }
