@@ -519,24 +519,19 @@ impl<'a> S5Backend<'a> {
         })
     }
 
-    fn eval(&self, model: &S5Model) -> Result<Evaluation> {
+    fn eval(&self, model: &S5Model, measure: bool) -> Result<Evaluation> {
         if let Some(pb) = &self.pb {
             pb.set_length(self.set.len() as u64);
             pb.set_position(0);
             pb.reset_eta();
         }
-        evaluate(model, self.set, self.pb.as_ref(), false)
+        evaluate(model, self.set, self.pb.as_ref(), measure)
     }
 }
 
 impl SweepBackend for S5Backend<'_> {
     fn full(&mut self) -> Result<Point> {
-        if let Some(pb) = &self.pb {
-            pb.set_length(self.set.len() as u64);
-            pb.set_position(0);
-            pb.reset_eta();
-        }
-        let mut ev = evaluate(self.model, self.set, self.pb.as_ref(), true)?;
+        let mut ev = self.eval(self.model, true)?;
         self.measured = std::mem::take(&mut ev.measured);
         let (ssm, total) = param_counts(self.model);
         Ok(Point {
@@ -564,7 +559,7 @@ impl SweepBackend for S5Backend<'_> {
         let red = reduce_model(&self.deep, m, ratio, &self.opts)?;
         let rebuilt = s5::with_reduced(self.model, &red.model)?;
         let reduce_seconds = t0.elapsed().as_secs_f64();
-        let ev = self.eval(&rebuilt)?;
+        let ev = self.eval(&rebuilt, false)?;
         let (ssm, total) = param_counts(&rebuilt);
         let horizon = self.set.max_len().max(1);
         let bounds = match prepare_bound(&self.deep, Some(&red.model), horizon) {
