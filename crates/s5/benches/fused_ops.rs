@@ -1,12 +1,16 @@
 //! Speed of the fused ops of an S5 layer on a training-size activation `[8, 2048, 128]`: forward
-//! and backward of `gelu_dropout`, `sigmoid_gate` and `add_scaled`, f32 (vectorised kernels of
-//! `s5::vmath`) against f64 (libm), and candle's own `gelu` for reference. Median of 7 runs, printed as JSON lines with
-//! nanoseconds per element and GB/s of memory traffic (inputs + outputs).
+//! and backward of `gelu_dropout` and `sigmoid_gate`, f32 (vectorised kernels of `s5::vmath`)
+//! against f64 (libm), and candle's own `gelu` for reference; and the one-node SSM op
+//! (`s5::ssm_op::ssm_apply`, 64 complex modes, both directions) against the same map built from
+//! candle ops and the scan op. Median of 7 runs, printed as JSON lines with nanoseconds per
+//! element and GB/s of memory traffic (inputs + outputs; for the SSM, of `u` and `y` only).
 //!
 //! Run: `cargo bench -p s5 --bench fused_ops`.
 
 use candle_core::{DType, Device, Tensor, Var};
-use s5::fused::{ChannelMask, add_scaled, gelu_dropout, sigmoid_gate};
+use s5::fused::{ChannelMask, gelu_dropout, sigmoid_gate};
+use s5::scan::{Direction, diag_scan};
+use s5::ssm_op::ssm_apply;
 use std::time::Instant;
 
 fn median_ms(mut f: impl FnMut()) -> f64 {
@@ -66,15 +70,47 @@ fn main() -> anyhow::Result<()> {
             y.sum_all().unwrap().backward().unwrap();
         });
         report("sigmoid_gate forward+backward", dtype, n, 8, ms);
-        let ms = median_ms(|| {
-            add_scaled(&x, &a, &d).unwrap();
-        });
-        report("add_scaled forward", dtype, n, 3, ms);
-        let ms = median_ms(|| {
-            let y = add_scaled(&x, &a, &d).unwrap();
-            y.sum_all().unwrap().backward().unwrap();
-        });
-        report("add_scaled forward+backward", dtype, n, 7, ms);
+        // The SSM u -> y: one node against reshape / matmul / scan / matmul / feed-through.
+        let (b, l, h, m) = (8, 2048, 128, 64);
+        let small = |shape: &[usize], std: f32| -> anyhow::Result<Var> {
+            Ok(Var::from_tensor(
+                &Tensor::randn(0f32, std, shape, &Device::Cpu)?.to_dtype(dtype)?,
+            )?)
+        };
+        let lam = Var::from_tensor(
+            &(Tensor::ones((m, 2), DType::F32, &Device::Cpu)? * 0.7)?.to_dtype(dtype)?,
+        )?;
+        let (wb, wc) = (small(&[h, 2 * m], 0.1)?, small(&[4 * m, h], 0.1)?);
+        let lens = vec![l as u32; b];
+        let ssm_fused = || ssm_apply(&x, &lam, &wb, &wc, &d, &lens, Direction::Both).unwrap();
+        let ssm_unfused = || {
+            let v = x
+                .reshape((b * l, h))
+                .unwrap()
+                .matmul(&wb)
+                .unwrap()
+                .reshape((b, l, m, 2))
+                .unwrap();
+            let s = diag_scan(&lam, &v, Some(&lens), Direction::Both, None)
+                .unwrap()
+                .reshape((b * l, 4 * m))
+                .unwrap();
+            let y = s.matmul(&wc).unwrap().reshape((b, l, h)).unwrap();
+            (y + x.broadcast_mul(&d).unwrap()).unwrap()
+        };
+        for (name, f) in [
+            ("ssm one node", &ssm_fused as &dyn Fn() -> Tensor),
+            ("ssm candle ops", &ssm_unfused),
+        ] {
+            let ms = median_ms(|| {
+                f();
+            });
+            report(&format!("{name} forward"), dtype, n, 2, ms);
+            let ms = median_ms(|| {
+                f().sum_all().unwrap().backward().unwrap();
+            });
+            report(&format!("{name} forward+backward"), dtype, n, 4, ms);
+        }
         let ms = median_ms(|| {
             x.as_tensor().gelu().unwrap();
         });

@@ -2,7 +2,6 @@
 //! candle ops and their autograd edges (every edge costs a zero-fill and an add of a full
 //! activation in the backward; FACTS.md):
 //!
-//! - [`add_scaled`]: `y + u ⊙ D` — the SSM's feed-through (`D ∈ R^H`), one pass instead of two;
 //! - [`gelu_dropout`]: `GELU_tanh(y) ⊙ m₁` — the gate's first half with S5's dropout on the GELU
 //!   output;
 //! - [`sigmoid_gate`]: `y ⊙ σ(a + b) ⊙ m₂` — the `half_glu2` gate with its bias and the dropout on
@@ -200,125 +199,6 @@ fn map_rows<T: Real>(
             )
         });
     out
-}
-
-// ---------------------------------------------------------------------------------------------
-// y + u ⊙ D
-
-struct AddScaled;
-struct AddScaledGrad;
-
-impl CustomOp3 for AddScaled {
-    fn name(&self) -> &'static str {
-        "s5-add-scaled"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_, _, h) = dims(l1)?;
-        check_vec("D", l3, h)?;
-        by_dtype!(s1, |T| {
-            let (y, u, d) = (
-                slice::<T>(s1, l1)?,
-                slice::<T>(s2, l2)?,
-                slice::<T>(s3, l3)?,
-            );
-            let out = map_rows(y, u, 1, h, None, |y, u, _, k| y + u * d[k]);
-            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
-        })
-    }
-    fn bwd(
-        &self,
-        _y: &Tensor,
-        u: &Tensor,
-        d: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let n = u.elem_count();
-        let h = d.elem_count();
-        let both = u.apply_op3_no_bwd(&grad.contiguous()?, d, &AddScaledGrad)?;
-        let gu = both.narrow(0, 0, n)?.reshape(u.shape())?;
-        let gd = both.narrow(0, n, h)?;
-        Ok((Some(grad.clone()), Some(gu), Some(gd)))
-    }
-}
-
-impl CustomOp3 for AddScaledGrad {
-    fn name(&self) -> &'static str {
-        "s5-add-scaled-grad"
-    }
-    /// Inputs `u`, `g` `[b, l, H]`, `D` `[H]`; output flat `[b·l·H + H]`: `g ⊙ D`, then
-    /// `Σ_rows g ⊙ u`.
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_, _, h) = dims(l1)?;
-        by_dtype!(s1, |T| {
-            let (u, g, d) = (
-                slice::<T>(s1, l1)?,
-                slice::<T>(s2, l2)?,
-                slice::<T>(s3, l3)?,
-            );
-            let n = u.len();
-            let mut out = vec![T::from_f64(0.0); n + h];
-            let (gu, gd) = out.split_at_mut(n);
-            let sum = gu
-                .par_chunks_mut(ROWS * h)
-                .zip(u.par_chunks(ROWS * h).zip(g.par_chunks(ROWS * h)))
-                .map(|(o, (u, g))| {
-                    // Per-unit partial sums in the storage dtype (≤ ROWS terms), merged in f64.
-                    let mut part = vec![T::from_f64(0.0); h];
-                    crate::vmath::with_simd(
-                        #[inline(always)]
-                        || {
-                            for ((o, u), g) in o.chunks_mut(h).zip(u.chunks(h)).zip(g.chunks(h)) {
-                                for k in 0..h {
-                                    o[k] = g[k] * d[k];
-                                    part[k] += g[k] * u[k];
-                                }
-                            }
-                        },
-                    );
-                    part.iter().map(|p| p.to_f64()).collect::<Vec<f64>>()
-                })
-                .reduce(|| vec![0.0; h], add_partials);
-            for (o, s) in gd.iter_mut().zip(sum) {
-                *o = T::from_f64(s);
-            }
-            Ok((T::to_cpu_storage_owned(out), Shape::from(n + h)))
-        })
-    }
-}
-
-/// `y + u ⊙ D` for `y`, `u` `[batch, len, H]` and `D` `[H]`, with a fused backward
-/// (`∂/∂y = g`, `∂/∂u = g ⊙ D`, `∂/∂D = Σ_{b,l} g ⊙ u`; partial sums over ≤ 128 rows in the storage dtype, merged in f64).
-///
-/// # Errors
-/// Shapes or dtypes that do not match, a dtype other than f32/f64, a non-CPU tensor.
-pub fn add_scaled(y: &Tensor, u: &Tensor, d: &Tensor) -> Result<Tensor> {
-    if y.shape() != u.shape() || y.rank() != 3 || d.dims() != [y.dims()[2]] {
-        return Err(Error::Config(format!(
-            "add_scaled: y {:?}, u {:?} must be the same [b, l, H] and D {:?} must be [H]",
-            y.dims(),
-            u.dims(),
-            d.dims()
-        )));
-    }
-    Ok(y.contiguous()?
-        .apply_op3(&u.contiguous()?, &d.contiguous()?, AddScaled)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -525,7 +405,10 @@ impl CustomOp3 for SigmoidGateGrad {
                     );
                     part.iter().map(|p| p.to_f64()).collect::<Vec<f64>>()
                 })
-                .reduce(|| vec![0.0; h], add_partials);
+                .collect::<Vec<_>>()
+                // Merged in order: the same sum whatever the thread schedule.
+                .into_iter()
+                .fold(vec![0.0; h], add_partials);
             for (o, s) in gb.iter_mut().zip(sum) {
                 *o = T::from_f64(s);
             }

@@ -14,6 +14,7 @@ pub mod params;
 pub mod perf;
 pub mod scan;
 pub mod ssm;
+pub mod ssm_op;
 pub mod train;
 pub mod vmath;
 

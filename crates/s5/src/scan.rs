@@ -134,9 +134,9 @@ pub fn diag_scan(
 /// The scan op (see the module docs); lengths are stored in the op as they are not
 /// differentiable.
 #[derive(Clone, Debug)]
-struct ScanOp {
-    direction: Direction,
-    lengths: Vec<u32>,
+pub(crate) struct ScanOp {
+    pub(crate) direction: Direction,
+    pub(crate) lengths: Vec<u32>,
 }
 
 fn slice_of<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
@@ -190,7 +190,7 @@ fn scan_seq<T: WithDType>(
 }
 
 impl ScanOp {
-    fn fwd<T: WithDType>(
+    pub(crate) fn fwd<T: WithDType>(
         &self,
         lam: &[T],
         v: &[T],
@@ -230,7 +230,7 @@ impl ScanOp {
     }
 
     /// Adjoint scans; returns (grad λ̄ `[n,2]`, grad v `[b,l,n,2]`, grad init `[b,d,n,2]`).
-    fn bwd_impl<T: WithDType>(
+    pub(crate) fn bwd_impl<T: WithDType>(
         &self,
         lam: &[T],
         x: &[T],

@@ -20,7 +20,7 @@ use faer::{Mat, c64};
 
 use crate::hippo::block_hippo;
 use crate::params::{InitRng, param};
-use crate::scan::{Direction, diag_scan};
+use crate::scan::Direction;
 use crate::{Error, ModelConfig, Result};
 
 /// How Λ̄ and B̄ are parameterised.
@@ -257,7 +257,7 @@ impl S5Ssm {
     /// # Errors
     /// Shape mismatches.
     pub fn forward(&self, u: &Tensor, lengths: &[u32]) -> Result<Tensor> {
-        let (b, l, h) = u.dims3()?;
+        let h = u.dim(2)?;
         let n = self.n_modes();
         let disc = self.discretise()?;
         // W_B [H, 2n]: column (j, re/im) = B̄[j, :, re/im].
@@ -266,17 +266,20 @@ impl S5Ssm {
             .transpose(0, 1)?
             .contiguous()?
             .reshape((h, 2 * n))?;
-        let u2 = u.reshape((b * l, h))?;
-        let v = u2.matmul(&wb)?.reshape((b, l, n, 2))?;
         let dir = if self.c2.is_some() {
             Direction::Both
         } else {
             Direction::Forward
         };
-        let x = diag_scan(&disc.lambda_bar, &v, Some(lengths), dir, None)?;
-        let x = x.reshape((b * l, dir.n_dirs() * 2 * n))?;
-        let y = x.matmul(&self.readout()?)?.reshape((b, l, h))?;
-        crate::fused::add_scaled(&y, u, &self.d)
+        crate::ssm_op::ssm_apply(
+            u,
+            &disc.lambda_bar,
+            &wb,
+            &self.readout()?,
+            &self.d,
+            lengths,
+            dir,
+        )
     }
 
     /// Builds a discrete SSM from a `mor` block (`lambda` `[r]`, `b` `[r, H]`, `c` `[H, r]`,

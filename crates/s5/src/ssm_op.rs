@@ -1,0 +1,431 @@
+//! The whole discrete diagonal SSM `u ↦ y` of an S5 layer as ONE candle autograd node (CPU).
+//!
+//! With `v = u W_B` (projection by `B̄`), `x = scan(λ̄, v)` (the recurrence of [`crate::scan`], one
+//! or two directions) and the real read-out `W_C` (`x W_C = 2 Re(C̃ x) (+ 2 Re(C̃₂ x'))`,
+//! Smith et al., ICLR 2023, Eq. 2–3):
+//!
+//! ```text
+//! y = x W_C + u ⊙ D                       [b·l, H]
+//! ```
+//!
+//! Backward for an upstream gradient `g = ∂L/∂y` (all products are real matmuls on row-major
+//! `[rows, features]` buffers):
+//!
+//! ```text
+//! ∂L/∂W_C = xᵀ g        ∂L/∂x = g W_Cᵀ        ∂L/∂D = Σ_rows g ⊙ u
+//! (∂L/∂λ̄, ∂L/∂v) = adjoint scan of ∂L/∂x (crate::scan)
+//! ∂L/∂W_B = uᵀ ∂L/∂v    ∂L/∂u = g ⊙ D + ∂L/∂v W_Bᵀ
+//! ```
+//!
+//! Why one node: built from candle ops the same map is a reshape, a matmul, a reshape, the scan,
+//! a reshape, a matmul, a reshape and the feed-through — eight edges whose backward each
+//! zero-fills and adds a full activation (FACTS.md). Here the only large edge is `u`; the
+//! scan states `x` are kept from the forward pass for the backward (the same memory the
+//! unfused graph kept), the matmuls call `gemm` (the kernel candle uses) directly.
+//!
+//! The small parameters travel as one flat vector `θ = [λ̄ (n·2), W_B (H·2n), W_C (d·2n·H), D (H)]`
+//! built with `Tensor::cat`, whose own backward splits `∂L/∂θ` again.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor, WithDType};
+use rayon::prelude::*;
+
+use crate::scan::{Direction, ScanOp};
+use crate::{Error, Result};
+
+/// Applies the discrete diagonal SSM to `u` `[b, l, H]` (true `lengths` `[b]`, each `≤ l`):
+/// `lambda_bar` `[n, 2]` (Λ̄ as re/im), `w_b` `[H, 2n]` (column `(j, re/im)` = `B̄[j, :, re/im]`),
+/// `w_c` `[d·2n, H]` (rows `(direction, mode, re/im)` = `(2 Re C̃, −2 Im C̃)`), `d` `[H]`.
+/// Returns `y` `[b, l, H]`; at padded positions `y = D ⊙ u` (the states are zero there, so they
+/// never reach a true position). Differentiable in every tensor argument; one autograd node.
+///
+/// # Errors
+/// Shapes that do not fit together, mixed dtypes or a dtype other than f32/f64, a length
+/// larger than `l`, a non-CPU tensor.
+pub fn ssm_apply(
+    u: &Tensor,
+    lambda_bar: &Tensor,
+    w_b: &Tensor,
+    w_c: &Tensor,
+    d: &Tensor,
+    lengths: &[u32],
+    direction: Direction,
+) -> Result<Tensor> {
+    let (b, l, h) = u.dims3()?;
+    let n = lambda_bar.dim(0)?;
+    let dirs = direction.n_dirs();
+    let ok = lambda_bar.dims() == [n, 2]
+        && w_b.dims() == [h, 2 * n]
+        && w_c.dims() == [dirs * 2 * n, h]
+        && d.dims() == [h]
+        && lengths.len() == b;
+    if !ok {
+        return Err(Error::Config(format!(
+            "ssm_apply: u {:?}, lambda_bar {:?}, w_b {:?}, w_c {:?}, d {:?}, {} lengths; expected \
+             u [b, l, H], lambda_bar [n, 2], w_b [H, 2n], w_c [{dirs}·2n, H], d [H], b lengths",
+            u.dims(),
+            lambda_bar.dims(),
+            w_b.dims(),
+            w_c.dims(),
+            d.dims(),
+            lengths.len()
+        )));
+    }
+    if let Some(bad) = lengths.iter().find(|&&x| x as usize > l) {
+        return Err(Error::Config(format!(
+            "ssm_apply: length {bad} exceeds the padded length {l}"
+        )));
+    }
+    let dt = u.dtype();
+    if !matches!(dt, DType::F32 | DType::F64)
+        || [lambda_bar, w_b, w_c, d].iter().any(|t| t.dtype() != dt)
+    {
+        return Err(Error::Config(format!(
+            "ssm_apply: all tensors must share one dtype, f32 or f64 (u is {dt:?})"
+        )));
+    }
+    let theta = Tensor::cat(
+        &[
+            lambda_bar.flatten_all()?,
+            w_b.flatten_all()?,
+            w_c.flatten_all()?,
+            d.flatten_all()?,
+        ],
+        0,
+    )?;
+    let op = SsmOp {
+        scan: ScanOp {
+            direction,
+            lengths: lengths.to_vec(),
+        },
+        n,
+        states: Arc::new(Mutex::new(None)),
+    };
+    Ok(u.contiguous()?.apply_op2(&theta, op)?)
+}
+
+/// The op: `scan` carries the direction and true lengths; `states` keeps the forward pass's
+/// scan states `x` `[b·l, d·2n]` for the backward.
+struct SsmOp {
+    scan: ScanOp,
+    n: usize,
+    states: Arc<Mutex<Option<CpuStorage>>>,
+}
+
+/// Views of the flat parameter vector θ.
+struct Theta<'a, T> {
+    lam: &'a [T],
+    w_b: &'a [T],
+    w_c: &'a [T],
+    d: &'a [T],
+}
+
+fn split_theta<T>(
+    theta: &[T],
+    n: usize,
+    h: usize,
+    dirs: usize,
+) -> candle_core::Result<Theta<'_, T>> {
+    let sizes = [2 * n, 2 * n * h, dirs * 2 * n * h, h];
+    if theta.len() != sizes.iter().sum::<usize>() {
+        candle_core::bail!(
+            "ssm op: parameter vector has {} entries, expected {}",
+            theta.len(),
+            sizes.iter().sum::<usize>()
+        );
+    }
+    let (lam, rest) = theta.split_at(sizes[0]);
+    let (w_b, rest) = rest.split_at(sizes[1]);
+    let (w_c, d) = rest.split_at(sizes[2]);
+    Ok(Theta { lam, w_b, w_c, d })
+}
+
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
+        None => candle_core::bail!("ssm op: inputs must be contiguous"),
+    }
+}
+
+/// Row-major matrix operand: `data[r·rs + c·cs]` is entry `(r, c)`.
+#[derive(Clone, Copy)]
+struct Mat<'a, T> {
+    data: &'a [T],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    /// A contiguous row-major `[rows, cols]` matrix.
+    fn rows(data: &'a [T], cols: usize) -> Self {
+        Mat {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose of a contiguous row-major matrix with `cols` columns.
+    fn t(data: &'a [T], cols: usize) -> Self {
+        Mat {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+}
+
+/// `dst [m, n] (row-major) = acc·dst + a [m, k] · b [k, n]`, with `gemm` (candle's CPU matmul
+/// kernel) on the rayon pool for large products.
+fn matmul<T: WithDType>(
+    dst: &mut [T],
+    (m, n, k): (usize, usize, usize),
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    accumulate: bool,
+) {
+    assert_eq!(dst.len(), m * n, "matmul: destination size");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(T::zero());
+        }
+        return;
+    }
+    // The largest offsets read must be in bounds (gemm takes raw pointers).
+    assert!(
+        (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
+        "matmul: lhs bounds"
+    );
+    assert!(
+        (k - 1) * b.rs + (n - 1) * b.cs < b.data.len(),
+        "matmul: rhs bounds"
+    );
+    let par = if m * n * k >= 1 << 16 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the bounds of all three operands were checked above; `dst` is exclusively
+    // borrowed and does not alias `a` or `b` (shared borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Rows per parallel work unit of the elementwise parts.
+const ROWS: usize = 256;
+
+impl SsmOp {
+    fn fwd<T: WithDType>(
+        &self,
+        u: &[T],
+        theta: &[T],
+        (b, l, h): (usize, usize, usize),
+    ) -> candle_core::Result<(Vec<T>, Vec<T>)> {
+        let n = self.n;
+        let dirs = self.scan.direction.n_dirs();
+        let th = split_theta(theta, n, h, dirs)?;
+        let rows = b * l;
+        let mut v = vec![T::zero(); rows * 2 * n];
+        matmul(
+            &mut v,
+            (rows, 2 * n, h),
+            Mat::rows(u, h),
+            Mat::rows(th.w_b, 2 * n),
+            false,
+        );
+        let (x, _) = self.scan.fwd(th.lam, &v, None, (b, l, n));
+        drop(v);
+        let mut y = vec![T::zero(); rows * h];
+        y.par_chunks_mut(ROWS * h)
+            .zip(u.par_chunks(ROWS * h))
+            .for_each(|(y, u)| {
+                for (y, u) in y.chunks_mut(h).zip(u.chunks(h)) {
+                    for c in 0..h {
+                        y[c] = u[c] * th.d[c];
+                    }
+                }
+            });
+        matmul(
+            &mut y,
+            (rows, h, dirs * 2 * n),
+            Mat::rows(&x, dirs * 2 * n),
+            Mat::rows(th.w_c, h),
+            true,
+        );
+        Ok((y, x))
+    }
+
+    /// Returns `(∂L/∂u [b·l·H], ∂L/∂θ)`.
+    fn bwd_impl<T: WithDType>(
+        &self,
+        u: &[T],
+        theta: &[T],
+        x: &[T],
+        g: &[T],
+        (b, l, h): (usize, usize, usize),
+    ) -> candle_core::Result<(Vec<T>, Vec<T>)> {
+        let n = self.n;
+        let dirs = self.scan.direction.n_dirs();
+        let th = split_theta(theta, n, h, dirs)?;
+        let rows = b * l;
+        let dn = dirs * 2 * n;
+        // ∂L/∂W_C = xᵀ g
+        let mut g_wc = vec![T::zero(); dn * h];
+        matmul(
+            &mut g_wc,
+            (dn, h, rows),
+            Mat::t(x, dn),
+            Mat::rows(g, h),
+            false,
+        );
+        // ∂L/∂x = g W_Cᵀ
+        let mut gx = vec![T::zero(); rows * dn];
+        matmul(
+            &mut gx,
+            (rows, dn, h),
+            Mat::rows(g, h),
+            Mat::t(th.w_c, h),
+            false,
+        );
+        let (g_lam, gv, _) = self.scan.bwd_impl(th.lam, x, &gx, None, (b, l, n));
+        drop(gx);
+        // ∂L/∂W_B = uᵀ ∂L/∂v
+        let mut g_wb = vec![T::zero(); h * 2 * n];
+        matmul(
+            &mut g_wb,
+            (h, 2 * n, rows),
+            Mat::t(u, h),
+            Mat::rows(&gv, 2 * n),
+            false,
+        );
+        // ∂L/∂u = g ⊙ D + ∂L/∂v W_Bᵀ, and ∂L/∂D = Σ_rows g ⊙ u (partials merged in f64)
+        let mut gu = vec![T::zero(); rows * h];
+        let g_d = gu
+            .par_chunks_mut(ROWS * h)
+            .zip(u.par_chunks(ROWS * h).zip(g.par_chunks(ROWS * h)))
+            .map(|(o, (u, g))| {
+                let mut part = vec![0.0f64; h];
+                for ((o, u), g) in o.chunks_mut(h).zip(u.chunks(h)).zip(g.chunks(h)) {
+                    for c in 0..h {
+                        o[c] = g[c] * th.d[c];
+                        part[c] += (g[c] * u[c]).to_f64();
+                    }
+                }
+                part
+            })
+            .collect::<Vec<_>>()
+            // Merged in order: the same sum whatever the thread schedule.
+            .into_iter()
+            .fold(vec![0.0f64; h], |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            });
+        matmul(
+            &mut gu,
+            (rows, h, 2 * n),
+            Mat::rows(&gv, 2 * n),
+            Mat::t(th.w_b, 2 * n),
+            true,
+        );
+        let mut g_theta = g_lam;
+        g_theta.extend_from_slice(&g_wb);
+        g_theta.extend_from_slice(&g_wc);
+        g_theta.extend(g_d.into_iter().map(T::from_f64));
+        Ok((gu, g_theta))
+    }
+}
+
+impl CustomOp2 for SsmOp {
+    fn name(&self) -> &'static str {
+        "s5-ssm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = l1.shape().dims3()?;
+        let (y, x) = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (y, x) = self.fwd(slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, dims)?;
+                (CpuStorage::F32(y), CpuStorage::F32(x))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (y, x) = self.fwd(slice::<f64>(s1, l1)?, slice::<f64>(s2, l2)?, dims)?;
+                (CpuStorage::F64(y), CpuStorage::F64(x))
+            }
+            _ => candle_core::bail!("ssm op: u and θ must both be f32 or both f64"),
+        };
+        *self.states.lock().expect("ssm op: state cache poisoned") = Some(x);
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        u: &Tensor,
+        theta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dims = u.dims3()?;
+        let grad = grad.contiguous()?;
+        let (su, lu) = u.storage_and_layout();
+        let (st, lt) = theta.storage_and_layout();
+        let (sg, lg) = grad.storage_and_layout();
+        let (Storage::Cpu(su), Storage::Cpu(st), Storage::Cpu(sg)) = (&*su, &*st, &*sg) else {
+            candle_core::bail!("ssm op: CPU only");
+        };
+        let mut cache = self.states.lock().expect("ssm op: state cache poisoned");
+        macro_rules! run {
+            ($t:ty, $variant:ident) => {{
+                let (u_s, th_s) = (slice::<$t>(su, lu)?, slice::<$t>(st, lt)?);
+                // A second backward through the same graph finds the states still cached; a
+                // cache of the wrong dtype (impossible by construction) is recomputed.
+                if !matches!(&*cache, Some(CpuStorage::$variant(_))) {
+                    *cache = Some(CpuStorage::$variant(self.fwd(u_s, th_s, dims)?.1));
+                }
+                let Some(CpuStorage::$variant(x)) = &*cache else {
+                    unreachable!()
+                };
+                let (gu, gt) = self.bwd_impl(u_s, th_s, x, slice::<$t>(sg, lg)?, dims)?;
+                (
+                    Tensor::from_vec(gu, u.shape(), u.device())?,
+                    Tensor::from_vec(gt, theta.shape(), theta.device())?,
+                )
+            }};
+        }
+        let (gu, gt) = match su {
+            CpuStorage::F32(_) => run!(f32, F32),
+            CpuStorage::F64(_) => run!(f64, F64),
+            _ => candle_core::bail!("ssm op: only f32 and f64 are supported"),
+        };
+        Ok((Some(gu), Some(gt)))
+    }
+}
