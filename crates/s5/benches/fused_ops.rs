@@ -1,14 +1,14 @@
-//! Speed of the fused ops of an S5 layer on a training-size activation `[8, 2048, 128]`: forward
-//! and backward of `gelu_dropout` and `sigmoid_gate`, f32 (vectorised kernels of `s5::vmath`)
-//! against f64 (libm), and candle's own `gelu` for reference; and the one-node SSM op
-//! (`s5::ssm_op::ssm_apply`, 64 complex modes, both directions) against the same map built from
-//! candle ops and the scan op. Median of 7 runs, printed as JSON lines with nanoseconds per
+//! Speed of the one-node ops of an S5 layer on a training-size activation `[8, 2048, 128]`,
+//! forward and forward+backward, each against the same map built from candle ops: the
+//! `half_glu2` gate with dropout and residual (`s5::fused::glu_residual`) and the SSM
+//! (`s5::ssm_op::ssm_apply`, 64 complex modes, both directions); f32 (vectorised kernels of
+//! `s5::vmath`) and f64 (libm), and candle's own `gelu` for reference. Median of 7 runs, printed as JSON lines with nanoseconds per
 //! element and GB/s of memory traffic (inputs + outputs; for the SSM, of `u` and `y` only).
 //!
 //! Run: `cargo bench -p s5 --bench fused_ops`.
 
 use candle_core::{DType, Device, Tensor, Var};
-use s5::fused::{ChannelMask, gelu_dropout, sigmoid_gate};
+use s5::fused::{ChannelMask, glu_residual};
 use s5::scan::{Direction, diag_scan};
 use s5::ssm_op::ssm_apply;
 use std::time::Instant;
@@ -52,24 +52,39 @@ fn main() -> anyhow::Result<()> {
         };
         let (x, a) = (randn(2.0)?, randn(2.0)?);
         let d = Var::from_tensor(&Tensor::ones(128, dtype, &Device::Cpu)?)?;
-        let ms = median_ms(|| {
-            gelu_dropout(&x, Some(&mask)).unwrap();
-        });
-        report("gelu_dropout forward", dtype, n, 2, ms);
-        let ms = median_ms(|| {
-            let y = gelu_dropout(&x, Some(&mask)).unwrap();
-            y.sum_all().unwrap().backward().unwrap();
-        });
-        report("gelu_dropout forward+backward", dtype, n, 5, ms);
-        let ms = median_ms(|| {
-            sigmoid_gate(&x, &a, &d, Some(&mask)).unwrap();
-        });
-        report("sigmoid_gate forward", dtype, n, 3, ms);
-        let ms = median_ms(|| {
-            let y = sigmoid_gate(&x, &a, &d, Some(&mask)).unwrap();
-            y.sum_all().unwrap().backward().unwrap();
-        });
-        report("sigmoid_gate forward+backward", dtype, n, 8, ms);
+        // The half_glu2 gate with dropout and residual: one node against candle ops.
+        let w = Var::from_tensor(
+            &Tensor::randn(0f32, 0.09, (128, 128), &Device::Cpu)?.to_dtype(dtype)?,
+        )?;
+        let glu_fused = || glu_residual(&x, &a, &w, &d, Some(&mask), Some(&mask)).unwrap();
+        let glu_unfused = || {
+            let m = mask.to_tensor(&x).unwrap();
+            let g = a.gelu().unwrap().broadcast_mul(&m).unwrap();
+            let z = g
+                .reshape((8 * 2048, 128))
+                .unwrap()
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .reshape(shape)
+                .unwrap()
+                .broadcast_add(&d)
+                .unwrap();
+            let out = (a.as_tensor() * candle_nn::ops::sigmoid(&z).unwrap()).unwrap();
+            (x.as_tensor() + out.broadcast_mul(&m).unwrap()).unwrap()
+        };
+        for (name, f) in [
+            ("glu_residual one node", &glu_fused as &dyn Fn() -> Tensor),
+            ("glu_residual candle ops", &glu_unfused),
+        ] {
+            let ms = median_ms(|| {
+                f();
+            });
+            report(&format!("{name} forward"), dtype, n, 3, ms);
+            let ms = median_ms(|| {
+                f().sum_all().unwrap().backward().unwrap();
+            });
+            report(&format!("{name} forward+backward"), dtype, n, 6, ms);
+        }
         // The SSM u -> y: one node against reshape / matmul / scan / matmul / feed-through.
         let (b, l, h, m) = (8, 2048, 128, 64);
         let small = |shape: &[usize], std: f32| -> anyhow::Result<Var> {

@@ -2,10 +2,8 @@
 //! candle ops and their autograd edges (every edge costs a zero-fill and an add of a full
 //! activation in the backward; FACTS.md):
 //!
-//! - [`gelu_dropout`]: `GELU_tanh(y) ⊙ m₁` — the gate's first half with S5's dropout on the GELU
-//!   output;
-//! - [`sigmoid_gate`]: `y ⊙ σ(a + b) ⊙ m₂` — the `half_glu2` gate with its bias and the dropout on
-//!   the layer output (S5: `x + drop(y ⊙ σ(W drop(GELU(y)) + b))`);
+//! - [`glu_residual`]: `x + y ⊙ σ(W (GELU_tanh(y) ⊙ m₁) + b) ⊙ m₂` — the `half_glu2` gate with
+//!   both of S5's dropout sites and the residual add (S5: `x + drop(y ⊙ σ(W drop(GELU(y)) + b))`);
 //! - [`masked_batch_norm`]: training-mode BatchNorm whose statistics exclude padded positions.
 //!
 //! GELU is the tanh approximation `GELU_tanh(x) = ½ x (1 + tanh(√(2/π)(x + 0.044715 x³)))`
@@ -16,9 +14,9 @@
 //! channel). f32 uses the vectorised kernels of [`crate::vmath`]; f64 uses libm (the reference of
 //! the finite-difference tests in `tests/model_ops.rs`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::{Error, Result};
@@ -202,13 +200,97 @@ fn map_rows<T: Real>(
 }
 
 // ---------------------------------------------------------------------------------------------
-// GELU_tanh(y) ⊙ m
+// x + y ⊙ σ(W (GELU_tanh(y) ⊙ m₁) + b) ⊙ m₂
 
-struct GeluDropout {
-    mask: Option<ChannelMask>,
+/// Row-major matrix operand of [`matmul`]: entry `(r, c)` is `data[r·rs + c·cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a, T> {
+    data: &'a [T],
+    rs: usize,
+    cs: usize,
 }
-struct GeluDropoutGrad {
-    mask: Option<ChannelMask>,
+
+impl<'a, T> Mat<'a, T> {
+    /// A contiguous row-major matrix with `cols` columns.
+    pub(crate) fn rows(data: &'a [T], cols: usize) -> Self {
+        Mat {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose of a contiguous row-major matrix with `cols` columns.
+    pub(crate) fn t(data: &'a [T], cols: usize) -> Self {
+        Mat {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+}
+
+/// `dst [m, n]` (row-major) `= a [m, k] · b [k, n]`, or `dst += a · b` with `accumulate`; by
+/// `gemm` (the kernel of candle's CPU matmul), on the rayon pool for products of ≥ 2¹⁶
+/// multiply-adds.
+///
+/// # Panics
+/// If `dst` is not `m·n` long or an operand is too short for its strides.
+pub(crate) fn matmul<T: WithDType>(
+    dst: &mut [T],
+    (m, n, k): (usize, usize, usize),
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    accumulate: bool,
+) {
+    assert_eq!(dst.len(), m * n, "matmul: destination size");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(T::zero());
+        }
+        return;
+    }
+    // gemm takes raw pointers: the largest offsets it reads must be in bounds.
+    assert!(
+        (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
+        "matmul: lhs bounds"
+    );
+    assert!(
+        (k - 1) * b.rs + (n - 1) * b.cs < b.data.len(),
+        "matmul: rhs bounds"
+    );
+    let par = if m * n * k >= 1 << 16 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: all reads are in bounds (checked above); `dst` is exclusively borrowed and cannot
+    // alias the shared borrows `a`, `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
 }
 
 /// Row `r` of a `[b, l, H]` activation belongs to sequence `r / l`.
@@ -218,81 +300,166 @@ fn mask_row<T>(m: &[T], row: usize, len: usize, h: usize) -> &[T] {
     &m[b * h..(b + 1) * h]
 }
 
-impl CustomOp1 for GeluDropout {
-    fn name(&self) -> &'static str {
-        "s5-gelu-dropout"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (b, len, h) = dims(l)?;
-        if let Some(m) = &self.mask {
-            m.check(b, h)?;
-        }
-        by_dtype!(s, |T| {
-            let y = slice::<T>(s, l)?;
-            let out = map_rows(y, y, len, h, self.mask.as_ref(), |y, _, m, _| {
-                y.gelu().0 * m
-            });
-            Ok((T::to_cpu_storage_owned(out), l.shape().clone()))
-        })
-    }
-    fn bwd(&self, y: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2_no_bwd(
-            &grad.contiguous()?,
-            &GeluDropoutGrad {
-                mask: self.mask.clone(),
-            },
-        )?))
-    }
+/// The op; `saved` keeps `(s, g)` of the forward pass for the backward: `s = σ(a + b)` and
+/// `g = GELU_tanh(y) ⊙ m₁`, both `[rows, H]`.
+struct GluResidual {
+    drop_in: Option<ChannelMask>,
+    drop_out: Option<ChannelMask>,
+    saved: Mutex<Option<(CpuStorage, CpuStorage)>>,
 }
 
-impl CustomOp2 for GeluDropoutGrad {
-    fn name(&self) -> &'static str {
-        "s5-gelu-dropout-grad"
-    }
-    /// `g ⊙ m ⊙ GELU_tanh'(y)`.
-    fn cpu_fwd(
+/// Parallel work units of [`ROWS`] rows: `f(unit index, chunk of out_a, chunk of out_b)`.
+fn for_units2<T: Send>(
+    a: &mut [T],
+    b: &mut [T],
+    h: usize,
+    f: impl Fn(usize, &mut [T], &mut [T]) + Sync,
+) {
+    a.par_chunks_mut(ROWS * h)
+        .zip(b.par_chunks_mut(ROWS * h))
+        .enumerate()
+        .for_each(|(c, (a, b))| f(c, a, b));
+}
+
+impl GluResidual {
+    /// Returns `(out, s, g)`.
+    fn fwd<T: Real>(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_, len, h) = dims(l1)?;
-        by_dtype!(s1, |T| {
-            let (y, g) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?);
-            let out = map_rows(y, g, len, h, self.mask.as_ref(), |y, g, m, _| {
-                g * m * y.gelu().1
+        x: &[T],
+        y: &[T],
+        theta: &[T],
+        (len, h): (usize, usize),
+    ) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let (w, bias) = theta.split_at(h * h);
+        let rows = y.len() / h;
+        let g = map_rows(y, y, len, h, self.drop_in.as_ref(), |y, _, m, _| {
+            y.gelu().0 * m
+        });
+        // a = g Wᵀ (W stored [out, in]); overwritten by s = σ(a + b) below.
+        let mut s = vec![T::zero(); rows * h];
+        matmul(&mut s, (rows, h, h), Mat::rows(&g, h), Mat::t(w, h), false);
+        let mut out = vec![T::zero(); rows * h];
+        let m2 = self.drop_out.as_ref().map(|m| m.as_vec::<T>());
+        let ones = vec![T::one(); h];
+        for_units2(&mut out, &mut s, h, |c, out, s| {
+            let off = c * ROWS * h;
+            crate::vmath::with_simd(
+                #[inline(always)]
+                || {
+                    for (i, (o, s)) in out.chunks_mut(h).zip(s.chunks_mut(h)).enumerate() {
+                        let row = off + i * h;
+                        let (x, y) = (&x[row..row + h], &y[row..row + h]);
+                        let m = m2
+                            .as_ref()
+                            .map_or(&ones[..], |m| mask_row(m, c * ROWS + i, len, h));
+                        for k in 0..h {
+                            let sk = (s[k] + bias[k]).sigmoid();
+                            s[k] = sk;
+                            o[k] = x[k] + y[k] * sk * m[k];
+                        }
+                    }
+                },
+            )
+        });
+        (out, s, g)
+    }
+
+    /// Returns `(∂L/∂y, ∂L/∂θ)` for the upstream gradient `gout` (`∂L/∂x = gout`).
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_impl<T: Real>(
+        &self,
+        y: &[T],
+        theta: &[T],
+        s: &[T],
+        g: &[T],
+        gout: &[T],
+        (len, h): (usize, usize),
+    ) -> (Vec<T>, Vec<T>) {
+        let w = &theta[..h * h];
+        let rows = y.len() / h;
+        let m1 = self.drop_in.as_ref().map(|m| m.as_vec::<T>());
+        let m2 = self.drop_out.as_ref().map(|m| m.as_vec::<T>());
+        let ones = vec![T::one(); h];
+        // With gm = gout ⊙ m₂: ∂/∂y (direct) = gm s, ∂/∂a = gm y s (1 − s), ∂/∂b = Σ_rows ∂/∂a.
+        let mut gy = vec![T::zero(); rows * h];
+        let mut ga = vec![T::zero(); rows * h];
+        let mut parts: Vec<Vec<f64>> = vec![Vec::new(); rows.div_ceil(ROWS)];
+        gy.par_chunks_mut(ROWS * h)
+            .zip(ga.par_chunks_mut(ROWS * h))
+            .zip(parts.par_iter_mut())
+            .enumerate()
+            .for_each(|(c, ((gy, ga), part))| {
+                let off = c * ROWS * h;
+                let mut acc = vec![T::zero(); h];
+                crate::vmath::with_simd(
+                    #[inline(always)]
+                    || {
+                        for (i, (gy, ga)) in gy.chunks_mut(h).zip(ga.chunks_mut(h)).enumerate() {
+                            let row = off + i * h;
+                            let (y, s, go) =
+                                (&y[row..row + h], &s[row..row + h], &gout[row..row + h]);
+                            let m = m2
+                                .as_ref()
+                                .map_or(&ones[..], |m| mask_row(m, c * ROWS + i, len, h));
+                            for k in 0..h {
+                                let gm = go[k] * m[k];
+                                gy[k] = gm * s[k];
+                                let d = gm * y[k] * s[k] * (T::one() - s[k]);
+                                ga[k] = d;
+                                acc[k] += d;
+                            }
+                        }
+                    },
+                );
+                *part = acc.iter().map(|v| v.to_f64()).collect();
             });
-            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
-        })
+        // Merged in order: the same sum whatever the thread schedule.
+        let gb = parts.into_iter().fold(vec![0.0; h], add_partials);
+        // ∂/∂W = ∂/∂aᵀ g ([out, in]); ∂/∂g = ∂/∂a W.
+        let mut g_theta = vec![T::zero(); h * h];
+        matmul(
+            &mut g_theta,
+            (h, h, rows),
+            Mat::t(&ga, h),
+            Mat::rows(g, h),
+            false,
+        );
+        g_theta.extend(gb.into_iter().map(T::from_f64));
+        let mut gg = vec![T::zero(); rows * h];
+        matmul(
+            &mut gg,
+            (rows, h, h),
+            Mat::rows(&ga, h),
+            Mat::rows(w, h),
+            false,
+        );
+        drop(ga);
+        // ∂/∂y += ∂/∂g ⊙ m₁ ⊙ GELU_tanh'(y).
+        for_units2(&mut gy, &mut gg, h, |c, gy, gg| {
+            let off = c * ROWS * h;
+            crate::vmath::with_simd(
+                #[inline(always)]
+                || {
+                    for (i, (gy, gg)) in gy.chunks_mut(h).zip(gg.chunks(h)).enumerate() {
+                        let row = off + i * h;
+                        let y = &y[row..row + h];
+                        let m = m1
+                            .as_ref()
+                            .map_or(&ones[..], |m| mask_row(m, c * ROWS + i, len, h));
+                        for k in 0..h {
+                            gy[k] += gg[k] * m[k] * y[k].gelu().1;
+                        }
+                    }
+                },
+            )
+        });
+        (gy, g_theta)
     }
 }
 
-/// `GELU_tanh(y) ⊙ m` for `y` `[batch, len, H]` and an optional dropout mask, with a fused
-/// backward (`∂/∂y = g ⊙ m ⊙ GELU_tanh'(y)`). GELU_tanh as in [`crate::fused::gelu_tanh`].
-///
-/// # Errors
-/// A mask of another batch or width, a rank other than 3, a dtype other than f32/f64.
-pub fn gelu_dropout(y: &Tensor, mask: Option<&ChannelMask>) -> Result<Tensor> {
-    Ok(y.contiguous()?.apply_op1(GeluDropout {
-        mask: mask.cloned(),
-    })?)
-}
-
-// ---------------------------------------------------------------------------------------------
-// y ⊙ σ(a + b) ⊙ m
-
-struct SigmoidGate {
-    mask: Option<ChannelMask>,
-}
-struct SigmoidGateGrad {
-    mask: Option<ChannelMask>,
-    bias: Vec<f64>,
-}
-
-impl CustomOp3 for SigmoidGate {
+impl CustomOp3 for GluResidual {
     fn name(&self) -> &'static str {
-        "s5-sigmoid-gate"
+        "s5-glu-residual"
     }
     fn cpu_fwd(
         &self,
@@ -304,145 +471,121 @@ impl CustomOp3 for SigmoidGate {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, len, h) = dims(l1)?;
-        check_vec("gate bias", l3, h)?;
-        if let Some(m) = &self.mask {
+        check_vec("gate parameters [W, b]", l3, h * h + h)?;
+        for m in [&self.drop_in, &self.drop_out].into_iter().flatten() {
             m.check(b, h)?;
         }
         by_dtype!(s1, |T| {
-            let (y, a, bias) = (
+            let (out, s, g) = self.fwd(
                 slice::<T>(s1, l1)?,
                 slice::<T>(s2, l2)?,
                 slice::<T>(s3, l3)?,
+                (len, h),
             );
-            let out = map_rows(y, a, len, h, self.mask.as_ref(), |y, a, m, k| {
-                y * (a + bias[k]).sigmoid() * m
-            });
+            *self.saved.lock().expect("glu op: cache poisoned") =
+                Some((T::to_cpu_storage_owned(s), T::to_cpu_storage_owned(g)));
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
     }
     fn bwd(
         &self,
+        x: &Tensor,
         y: &Tensor,
-        a: &Tensor,
-        bias: &Tensor,
+        theta: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let n = y.elem_count();
-        let h = bias.elem_count();
-        let op = SigmoidGateGrad {
-            mask: self.mask.clone(),
-            bias: bias.to_dtype(candle_core::DType::F64)?.to_vec1()?,
+        let (_, len, h) = y.dims3()?;
+        let grad = grad.contiguous()?;
+        let (gy, gt) = {
+            let (sx, lx) = x.storage_and_layout();
+            let (sy, ly) = y.storage_and_layout();
+            let (st, lt) = theta.storage_and_layout();
+            let (sg, lg) = grad.storage_and_layout();
+            let (Storage::Cpu(sx), Storage::Cpu(sy), Storage::Cpu(st), Storage::Cpu(sg)) =
+                (&*sx, &*sy, &*st, &*sg)
+            else {
+                candle_core::bail!("glu op: CPU only");
+            };
+            let mut saved = self.saved.lock().expect("glu op: cache poisoned");
+            by_dtype!(sy, |T| {
+                let (yv, tv) = (slice::<T>(sy, ly)?, slice::<T>(st, lt)?);
+                let fresh = match &*saved {
+                    Some((s, _)) => T::cpu_storage_as_slice(s).is_err(),
+                    None => true,
+                };
+                if fresh {
+                    // Not cached (or another dtype): recompute the forward pass.
+                    let (_, s, g) = self.fwd(slice::<T>(sx, lx)?, yv, tv, (len, h));
+                    *saved = Some((T::to_cpu_storage_owned(s), T::to_cpu_storage_owned(g)));
+                }
+                let Some((s, g)) = &*saved else {
+                    unreachable!()
+                };
+                let (gy, gt) = self.bwd_impl(
+                    yv,
+                    tv,
+                    T::cpu_storage_as_slice(s)?,
+                    T::cpu_storage_as_slice(g)?,
+                    slice::<T>(sg, lg)?,
+                    (len, h),
+                );
+                (
+                    Tensor::from_vec(gy, y.shape(), y.device())?,
+                    Tensor::from_vec(gt, theta.shape(), theta.device())?,
+                )
+            })
         };
-        let all = y.apply_op3_no_bwd(a, &grad.contiguous()?, &op)?;
-        let gy = all.narrow(0, 0, n)?.reshape(y.shape())?;
-        let ga = all.narrow(0, n, n)?.reshape(y.shape())?;
-        let gb = all.narrow(0, 2 * n, h)?;
-        Ok((Some(gy), Some(ga), Some(gb)))
+        Ok((Some(grad), Some(gy), Some(gt)))
     }
 }
 
-impl CustomOp3 for SigmoidGateGrad {
-    fn name(&self) -> &'static str {
-        "s5-sigmoid-gate-grad"
-    }
-    /// Inputs `y`, `a`, `g` `[b, l, H]`; output flat `[2·b·l·H + H]`: with `s = σ(a + bias)`,
-    /// `∂/∂y = g m s`, `∂/∂a = g m y s (1 − s)`, `∂/∂bias = Σ_rows ∂/∂a`.
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_, len, h) = dims(l1)?;
-        by_dtype!(s1, |T| {
-            let (y, a, g) = (
-                slice::<T>(s1, l1)?,
-                slice::<T>(s2, l2)?,
-                slice::<T>(s3, l3)?,
-            );
-            let bias: Vec<T> = self.bias.iter().map(|&b| T::from_f64(b)).collect();
-            let mask: Option<Vec<T>> = self.mask.as_ref().map(|m| m.as_vec());
-            let n = y.len();
-            let mut out = vec![T::from_f64(0.0); 2 * n + h];
-            let (gy, rest) = out.split_at_mut(n);
-            let (ga, gb) = rest.split_at_mut(n);
-            let chunk = ROWS * h;
-            let sum = gy
-                .par_chunks_mut(chunk)
-                .zip(ga.par_chunks_mut(chunk))
-                .enumerate()
-                .map(|(c, (gy, ga))| {
-                    // Per-unit partial sums in the storage dtype (≤ ROWS terms), merged in f64.
-                    let mut part = vec![T::from_f64(0.0); h];
-                    let off = c * chunk;
-                    let ones = vec![T::from_f64(1.0); h];
-                    crate::vmath::with_simd(
-                        #[inline(always)]
-                        || {
-                            for (i, (gy, ga)) in gy.chunks_mut(h).zip(ga.chunks_mut(h)).enumerate()
-                            {
-                                let row = off + i * h;
-                                let (y, a, g) =
-                                    (&y[row..row + h], &a[row..row + h], &g[row..row + h]);
-                                let m = match &mask {
-                                    Some(m) => mask_row(m, c * ROWS + i, len, h),
-                                    None => &ones,
-                                };
-                                for k in 0..h {
-                                    let gm = g[k] * m[k];
-                                    let s = (a[k] + bias[k]).sigmoid();
-                                    gy[k] = gm * s;
-                                    let d = gm * y[k] * s * (T::from_f64(1.0) - s);
-                                    ga[k] = d;
-                                    part[k] += d;
-                                }
-                            }
-                        },
-                    );
-                    part.iter().map(|p| p.to_f64()).collect::<Vec<f64>>()
-                })
-                .collect::<Vec<_>>()
-                // Merged in order: the same sum whatever the thread schedule.
-                .into_iter()
-                .fold(vec![0.0; h], add_partials);
-            for (o, s) in gb.iter_mut().zip(sum) {
-                *o = T::from_f64(s);
-            }
-            Ok((T::to_cpu_storage_owned(out), Shape::from(2 * n + h)))
-        })
-    }
-}
-
-/// `y ⊙ σ(a + bias) ⊙ m` for `y`, `a` `[batch, len, H]`, `bias` `[H]` and an optional dropout
-/// mask, with a fused backward (`s = σ(a + bias)`: `∂/∂y = g m s`, `∂/∂a = g m y s (1 − s)`,
-/// `∂/∂bias = Σ_{b,l} ∂/∂a`; partial sums over ≤ 128 rows in the storage dtype, merged in f64). The `half_glu2` gate of S5 with its bias.
+/// One S5 layer's `half_glu2` gate with both dropout sites and the residual add, as one autograd
+/// node: `x + y ⊙ σ(W (GELU_tanh(y) ⊙ m₁) + b) ⊙ m₂` (S5 code, `SequenceLayer`:
+/// `x + drop(y ⊙ σ(W drop(GELU(y)) + b))`) for the residual stream `x` and SSM output `y`
+/// `[batch, len, H]`, `W` `[H, H]` stored `[out, in]`, `b` `[H]`, optional dropout masks `m₁`, `m₂`.
+///
+/// Backward (`G = ∂L/∂out`, `s = σ(a + b)`, `a = W g`, `g = GELU_tanh(y) ⊙ m₁`):
+/// `∂L/∂x = G`; with `gm = G ⊙ m₂`, `∂L/∂a = gm ⊙ y ⊙ s (1 − s)`, `∂L/∂b = Σ_rows ∂L/∂a`,
+/// `∂L/∂W = ∂L/∂aᵀ g`, `∂L/∂y = gm ⊙ s + (∂L/∂a W) ⊙ m₁ ⊙ GELU_tanh'(y)`. `s` and `g` are kept
+/// from the forward pass. Built from candle ops the same map has seven edges on `[batch, len, H]`
+/// activations, each a zero-fill and an add in the backward (FACTS.md); this has two.
 ///
 /// # Errors
 /// Shapes or dtypes that do not match, a mask of another batch or width, a dtype other than
-/// f32/f64.
-pub fn sigmoid_gate(
+/// f32/f64, a non-CPU tensor.
+pub fn glu_residual(
+    x: &Tensor,
     y: &Tensor,
-    a: &Tensor,
+    w: &Tensor,
     bias: &Tensor,
-    mask: Option<&ChannelMask>,
+    drop_in: Option<&ChannelMask>,
+    drop_out: Option<&ChannelMask>,
 ) -> Result<Tensor> {
-    if y.shape() != a.shape() || y.rank() != 3 || bias.dims() != [y.dims()[2]] {
+    let h = y.dims().last().copied().unwrap_or(0);
+    if x.shape() != y.shape() || y.rank() != 3 || w.dims() != [h, h] || bias.dims() != [h] {
         return Err(Error::Config(format!(
-            "sigmoid_gate: y {:?}, a {:?} must be the same [b, l, H] and bias {:?} must be [H]",
+            "glu_residual: x {:?}, y {:?} must be the same [b, l, H], W {:?} [H, H], bias {:?} [H]",
+            x.dims(),
             y.dims(),
-            a.dims(),
+            w.dims(),
             bias.dims()
         )));
     }
-    Ok(y.contiguous()?.apply_op3(
-        &a.contiguous()?,
-        &bias.contiguous()?,
-        SigmoidGate {
-            mask: mask.cloned(),
+    if [y, w, bias].iter().any(|t| t.dtype() != x.dtype()) {
+        return Err(Error::Config(format!(
+            "glu_residual: x, y, W and bias must share one dtype (x is {:?})",
+            x.dtype()
+        )));
+    }
+    let theta = Tensor::cat(&[w.flatten_all()?, bias.flatten_all()?], 0)?;
+    Ok(x.contiguous()?.apply_op3(
+        &y.contiguous()?,
+        &theta,
+        GluResidual {
+            drop_in: drop_in.cloned(),
+            drop_out: drop_out.cloned(),
+            saved: Mutex::new(None),
         },
     )?)
 }

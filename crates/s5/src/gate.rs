@@ -48,35 +48,31 @@ impl Gate {
         })
     }
 
-    /// Applies the gate to `y` `[b, l, H]` with S5's two dropout sites: `drop_in` on the GELU
-    /// output of `half_glu2` (before the dense map) and `drop_out` on the gate's output (before
-    /// the residual add). `half_glu2` runs as two fused ops ([`crate::fused::gelu_dropout`],
-    /// dense map, [`crate::fused::sigmoid_gate`]); `quadratic` as candle ops.
+    /// The residual stream after this layer, `x + gate(y)`, for the residual stream `x` and the
+    /// SSM output `y` `[b, l, H]`, with S5's two dropout sites: `drop_in` on the GELU output of
+    /// `half_glu2` (before the dense map) and `drop_out` on the gate's output (before the
+    /// residual add). `half_glu2` runs as one fused op ([`crate::fused::glu_residual`]);
+    /// `quadratic` as candle ops.
     ///
     /// # Errors
     /// Shape mismatches.
-    pub fn forward(
+    pub fn residual(
         &self,
+        x: &Tensor,
         y: &Tensor,
         drop_in: Option<&ChannelMask>,
         drop_out: Option<&ChannelMask>,
     ) -> Result<Tensor> {
         match self.kind {
             GateKind::HalfGlu2 => {
-                let g = crate::fused::gelu_dropout(y, drop_in)?;
-                let (bb, l, h) = g.dims3()?;
-                let a = g
-                    .reshape((bb * l, h))?
-                    .matmul(&self.weight.t()?)?
-                    .reshape((bb, l, h))?;
-                crate::fused::sigmoid_gate(y, &a, &self.bias, drop_out)
+                crate::fused::glu_residual(x, y, &self.weight, &self.bias, drop_in, drop_out)
             }
             GateKind::Quadratic => {
                 let mut out = (y * linear(y, &self.weight, &self.bias)?)?;
                 if let Some(m) = drop_out {
                     out = out.broadcast_mul(&m.to_tensor(&out)?)?;
                 }
-                Ok(out)
+                Ok((x + out)?)
             }
         }
     }

@@ -308,8 +308,7 @@ impl S5Model {
             }
             let d1 = drop_mask(2 * i as u64)?;
             let d2 = drop_mask(2 * i as u64 + 1)?;
-            let g = layer.gate.forward(&y, d1.as_ref(), d2.as_ref())?;
-            x = (x + g)?;
+            x = layer.gate.residual(&x, &y, d1.as_ref(), d2.as_ref())?;
         }
         let pooled = mask.pool.matmul(&x)?.squeeze(1)?;
         Ok(pooled

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
+use crate::fused::{Mat, matmul};
 use crate::scan::{Direction, ScanOp};
 use crate::{Error, Result};
 
@@ -145,93 +146,6 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
         None => candle_core::bail!("ssm op: inputs must be contiguous"),
-    }
-}
-
-/// Row-major matrix operand: `data[r·rs + c·cs]` is entry `(r, c)`.
-#[derive(Clone, Copy)]
-struct Mat<'a, T> {
-    data: &'a [T],
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a, T> Mat<'a, T> {
-    /// A contiguous row-major `[rows, cols]` matrix.
-    fn rows(data: &'a [T], cols: usize) -> Self {
-        Mat {
-            data,
-            rs: cols,
-            cs: 1,
-        }
-    }
-    /// The transpose of a contiguous row-major matrix with `cols` columns.
-    fn t(data: &'a [T], cols: usize) -> Self {
-        Mat {
-            data,
-            rs: 1,
-            cs: cols,
-        }
-    }
-}
-
-/// `dst [m, n] (row-major) = acc·dst + a [m, k] · b [k, n]`, with `gemm` (candle's CPU matmul
-/// kernel) on the rayon pool for large products.
-fn matmul<T: WithDType>(
-    dst: &mut [T],
-    (m, n, k): (usize, usize, usize),
-    a: Mat<'_, T>,
-    b: Mat<'_, T>,
-    accumulate: bool,
-) {
-    assert_eq!(dst.len(), m * n, "matmul: destination size");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.fill(T::zero());
-        }
-        return;
-    }
-    // The largest offsets read must be in bounds (gemm takes raw pointers).
-    assert!(
-        (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
-        "matmul: lhs bounds"
-    );
-    assert!(
-        (k - 1) * b.rs + (n - 1) * b.cs < b.data.len(),
-        "matmul: rhs bounds"
-    );
-    let par = if m * n * k >= 1 << 16 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the bounds of all three operands were checked above; `dst` is exclusively
-    // borrowed and does not alias `a` or `b` (shared borrows).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        )
     }
 }
 
