@@ -593,9 +593,32 @@ pub fn glu_residual(
 // ---------------------------------------------------------------------------------------------
 // BatchNorm with a mask
 
+/// Per-channel sums `Σ_i f(i, row_i)` over the rows of `[N, H]` data, in parallel units of
+/// [`ROWS`] rows: each unit accumulates in f64, the units are merged in order (the same sum
+/// whatever the thread schedule).
+fn row_sums<T: WithDType>(
+    z: &[T],
+    h: usize,
+    f: impl Fn(usize, &[T], &mut [f64]) + Sync,
+) -> Vec<f64> {
+    z.par_chunks(ROWS * h)
+        .enumerate()
+        .map(|(c, zc)| {
+            let mut acc = vec![0.0f64; h];
+            for (i, row) in zc.chunks(h).enumerate() {
+                f(c * ROWS + i, row, &mut acc);
+            }
+            acc
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![0.0; h], add_partials)
+}
+
 /// Fused training-mode BatchNorm over the rows of `z` `[N, H]` whose `mask` entry is 1
 /// (statistics over true positions only; all rows are normalised):
-/// `u_i = γ (z_i − μ)/σ + β`, `μ = Σ_i m_i z_i / N_t`, `σ² = Σ_i m_i (z_i − μ)² / N_t + ε`.
+/// `u_i = γ (z_i − μ)/σ + β`, `μ = Σ_i m_i z_i / N_t`, `σ² = Σ_i m_i (z_i − μ)² / N_t + ε`
+/// (two passes, f64 accumulation, in the storage dtype otherwise).
 /// Backward (Ioffe & Szegedy, 2015, Sec. 3, with the mask): `∂L/∂β = Σ_i g_i`,
 /// `∂L/∂γ = Σ_i g_i x̂_i`, `∂L/∂z_i = (γ/σ) [g_i − (m_i/N_t)(Σ_j g_j + x̂_i Σ_j g_j x̂_j)]`.
 ///
@@ -603,7 +626,7 @@ pub fn glu_residual(
 /// running statistics.
 ///
 /// # Errors
-/// Shape/dtype mismatches, no true row, a non-CPU tensor.
+/// Shape/dtype mismatches, no true row, a dtype other than f32/f64, a non-CPU tensor.
 pub fn masked_batch_norm(
     z: &Tensor,
     mask: &[bool],
@@ -622,25 +645,37 @@ pub fn masked_batch_norm(
         )));
     }
     let z = z.contiguous()?;
-    let zs: Vec<f64> = z
-        .to_dtype(candle_core::DType::F64)?
-        .flatten_all()?
-        .to_vec1()?;
     let nt = mask.iter().filter(|&&m| m).count() as f64;
-    let mut mean = vec![0.0; h];
-    for (row, _) in zs.chunks(h).zip(mask).filter(|(_, m)| **m) {
-        for (a, &x) in mean.iter_mut().zip(row) {
-            *a += x;
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= nt);
-    let mut var = vec![0.0; h];
-    for (row, _) in zs.chunks(h).zip(mask).filter(|(_, m)| **m) {
-        for ((a, &x), &m) in var.iter_mut().zip(row).zip(&mean) {
-            *a += (x - m) * (x - m);
-        }
-    }
-    var.iter_mut().for_each(|v| *v /= nt);
+    let (mean, var) = {
+        let (s, l) = z.storage_and_layout();
+        let candle_core::Storage::Cpu(s) = &*s else {
+            return Err(Error::Config("masked_batch_norm: CPU tensors only".into()));
+        };
+        let stats = |s: &CpuStorage| -> candle_core::Result<(Vec<f64>, Vec<f64>)> {
+            by_dtype!(s, |T| {
+                let zs = slice::<T>(s, l)?;
+                let mut mean = row_sums(zs, h, |i, row, acc| {
+                    if mask[i] {
+                        for (a, x) in acc.iter_mut().zip(row) {
+                            *a += x.to_f64();
+                        }
+                    }
+                });
+                mean.iter_mut().for_each(|m| *m /= nt);
+                let mut var = row_sums(zs, h, |i, row, acc| {
+                    if mask[i] {
+                        for ((a, x), m) in acc.iter_mut().zip(row).zip(&mean) {
+                            let d = x.to_f64() - m;
+                            *a += d * d;
+                        }
+                    }
+                });
+                var.iter_mut().for_each(|v| *v /= nt);
+                Ok((mean, var))
+            })
+        };
+        stats(s)?
+    };
     let op = MaskedBn {
         mask: mask.to_vec(),
         mean: mean.clone(),
@@ -650,6 +685,42 @@ pub fn masked_batch_norm(
     Ok((u, mean, var))
 }
 
+/// Evaluation-mode BatchNorm of `z` `[N, H]` with given statistics (`mean`, biased `var`,
+/// `[H]`): `u_i = γ (z_i − μ)/sqrt(var + ε) + β` in one pass; differentiable in `z`, `γ`, `β`
+/// (the statistics are constants).
+///
+/// # Errors
+/// Shape/dtype mismatches, a dtype other than f32/f64, a non-CPU tensor.
+pub fn batch_norm_eval(
+    z: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    mean: &[f64],
+    var: &[f64],
+    eps: f64,
+) -> Result<Tensor> {
+    let (n, h) = z.dims2()?;
+    if weight.dims() != [h] || bias.dims() != [h] || mean.len() != h || var.len() != h {
+        return Err(Error::Config(format!(
+            "batch_norm_eval: z {:?}, weight {:?}, bias {:?}, {} means, {} variances",
+            z.dims(),
+            weight.dims(),
+            bias.dims(),
+            mean.len(),
+            var.len()
+        )));
+    }
+    let op = MaskedBn {
+        mask: vec![false; n],
+        mean: mean.to_vec(),
+        inv_std: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
+    };
+    Ok(z.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?)
+}
+
+/// BatchNorm as one op: statistics `mean`, `inv_std` fixed at construction; rows with a true
+/// `mask` entry contributed to them (none in evaluation mode).
 struct MaskedBn {
     mask: Vec<bool>,
     mean: Vec<f64>,
@@ -677,19 +748,11 @@ impl CustomOp3 for MaskedBn {
             );
             let h = g.len();
             let scale: Vec<f64> = (0..h).map(|k| g[k].to_f64() * self.inv_std[k]).collect();
-            let shift: Vec<f64> = (0..h)
-                .map(|k| b[k].to_f64() - scale[k] * self.mean[k])
+            let shift: Vec<T> = (0..h)
+                .map(|k| T::from_f64(b[k].to_f64() - scale[k] * self.mean[k]))
                 .collect();
-            let mut out = vec![T::from_f64(0.0); z.len()];
-            out.par_chunks_mut(h * 64)
-                .zip(z.par_chunks(h * 64))
-                .for_each(|(o, z)| {
-                    for (o, z) in o.chunks_mut(h).zip(z.chunks(h)) {
-                        for k in 0..h {
-                            o[k] = T::from_f64(z[k].to_f64() * scale[k] + shift[k]);
-                        }
-                    }
-                });
+            let scale: Vec<T> = scale.into_iter().map(T::from_f64).collect();
+            let out = map_rows(z, z, 1, h, None, |z, _, _, k| z * scale[k] + shift[k]);
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
     }
@@ -702,41 +765,66 @@ impl CustomOp3 for MaskedBn {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, h) = z.dims2()?;
-        let dt = z.dtype();
-        let zs: Vec<f64> = z
-            .to_dtype(candle_core::DType::F64)?
-            .flatten_all()?
-            .to_vec1()?;
-        let gs: Vec<f64> = grad
-            .to_dtype(candle_core::DType::F64)?
-            .flatten_all()?
-            .to_vec1()?;
+        let grad = grad.contiguous()?;
         let gam: Vec<f64> = weight.to_dtype(candle_core::DType::F64)?.to_vec1()?;
-        let nt = self.mask.iter().filter(|&&m| m).count() as f64;
-        let (mut s1, mut s2) = (vec![0.0; h], vec![0.0; h]);
-        for (zr, gr) in zs.chunks(h).zip(gs.chunks(h)) {
-            for k in 0..h {
-                let xh = (zr[k] - self.mean[k]) * self.inv_std[k];
-                s1[k] += gr[k];
-                s2[k] += gr[k] * xh;
-            }
-        }
-        let mut dz = vec![0.0; n * h];
-        dz.par_chunks_mut(h)
-            .zip(zs.par_chunks(h).zip(gs.par_chunks(h)))
-            .zip(self.mask.par_iter())
-            .for_each(|((d, (zr, gr)), &m)| {
-                let mf = if m { 1.0 / nt } else { 0.0 };
-                for k in 0..h {
-                    let xh = (zr[k] - self.mean[k]) * self.inv_std[k];
-                    d[k] = gam[k] * self.inv_std[k] * (gr[k] - mf * (s1[k] + xh * s2[k]));
+        // (No true row: evaluation mode, the statistics are constants.)
+        let nt = (self.mask.iter().filter(|&&m| m).count() as f64).max(1.0);
+        let (sz, lz) = z.storage_and_layout();
+        let (sg, lg) = grad.storage_and_layout();
+        let (Storage::Cpu(sz), Storage::Cpu(sg)) = (&*sz, &*sg) else {
+            candle_core::bail!("masked_batch_norm: CPU only");
+        };
+        let dev = z.device();
+        by_dtype!(sz, |T| {
+            let (zs, gs) = (slice::<T>(sz, lz)?, slice::<T>(sg, lg)?);
+            // x̂ = z·inv_std − mean·inv_std, in the storage dtype.
+            let a: Vec<T> = self.inv_std.iter().map(|&s| T::from_f64(s)).collect();
+            let c: Vec<T> = (0..h)
+                .map(|k| T::from_f64(-self.mean[k] * self.inv_std[k]))
+                .collect();
+            // s1 = Σ_i g_i, s2 = Σ_i g_i x̂_i over all rows.
+            let s1 = row_sums(gs, h, |_, g, acc| {
+                for (a, g) in acc.iter_mut().zip(g) {
+                    *a += g.to_f64();
                 }
             });
-        let dev = z.device();
-        Ok((
-            Some(Tensor::from_vec(dz, (n, h), dev)?.to_dtype(dt)?),
-            Some(Tensor::from_vec(s2, h, dev)?.to_dtype(dt)?),
-            Some(Tensor::from_vec(s1, h, dev)?.to_dtype(dt)?),
-        ))
+            let s2 = row_sums(zs, h, |row, zr, acc| {
+                let gr = &gs[row * h..(row + 1) * h];
+                for k in 0..h {
+                    acc[k] += (gr[k] * (zr[k] * a[k] + c[k])).to_f64();
+                }
+            });
+            // ∂L/∂z_i = γ inv_std (g_i − (m_i/N_t)(s1 + x̂_i s2)).
+            let ga: Vec<T> = (0..h)
+                .map(|k| T::from_f64(gam[k] * self.inv_std[k]))
+                .collect();
+            let t1: Vec<T> = (0..h).map(|k| T::from_f64(s1[k] / nt)).collect();
+            let t2: Vec<T> = (0..h).map(|k| T::from_f64(s2[k] / nt)).collect();
+            let mut dz = vec![T::from_f64(0.0); n * h];
+            dz.par_chunks_mut(ROWS * h)
+                .enumerate()
+                .for_each(|(cidx, dc)| {
+                    for (i, d) in dc.chunks_mut(h).enumerate() {
+                        let row = cidx * ROWS + i;
+                        let (zr, gr) = (&zs[row * h..(row + 1) * h], &gs[row * h..(row + 1) * h]);
+                        if self.mask[row] {
+                            for k in 0..h {
+                                let xh = zr[k] * a[k] + c[k];
+                                d[k] = ga[k] * (gr[k] - (t1[k] + xh * t2[k]));
+                            }
+                        } else {
+                            for k in 0..h {
+                                d[k] = ga[k] * gr[k];
+                            }
+                        }
+                    }
+                });
+            let to_t = |v: Vec<f64>| -> Vec<T> { v.into_iter().map(T::from_f64).collect() };
+            Ok((
+                Some(Tensor::from_vec(dz, (n, h), dev)?),
+                Some(Tensor::from_vec(to_t(s2), h, dev)?),
+                Some(Tensor::from_vec(to_t(s1), h, dev)?),
+            ))
+        })
     }
 }

@@ -137,9 +137,18 @@ impl Norm {
                 running_var,
             } => {
                 if !train {
-                    let scale = (running_var + BN_EPS)?.sqrt()?.recip()?.mul(weight)?;
-                    let shift = (bias - running_mean.mul(&scale)?)?;
-                    return Ok(z.broadcast_mul(&scale)?.broadcast_add(&shift)?);
+                    let f64s = |t: &Tensor| -> Result<Vec<f64>> {
+                        Ok(t.to_dtype(candle_core::DType::F64)?.to_vec1()?)
+                    };
+                    let u = crate::fused::batch_norm_eval(
+                        &z.reshape((b * l, h))?,
+                        weight,
+                        bias,
+                        &f64s(running_mean)?,
+                        &f64s(running_var)?,
+                        BN_EPS,
+                    )?;
+                    return Ok(u.reshape((b, l, h))?);
                 }
                 let (u, mean, var) = crate::fused::masked_batch_norm(
                     &z.reshape((b * l, h))?,

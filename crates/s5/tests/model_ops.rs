@@ -222,8 +222,9 @@ fn glu_residual_rejects_bad_shapes_masks_and_dtypes() {
 #[test]
 fn masked_batch_norm_matches_unfused_autograd() {
     let dev = Device::Cpu;
-    let (n, h) = (40, 6);
-    let mask: Vec<bool> = (0..n).map(|i| i % 5 != 3 && i < 33).collect();
+    // 700 rows: several parallel work units; the last rows are padding.
+    let (n, h) = (700, 6);
+    let mask: Vec<bool> = (0..n).map(|i| i % 5 != 3 && i < 650).collect();
     let z = Var::from_tensor(&Tensor::randn(0.5f64, 2.0, (n, h), &dev).unwrap()).unwrap();
     let g = Var::from_tensor(&Tensor::randn(1f64, 0.3, h, &dev).unwrap()).unwrap();
     let b = Var::from_tensor(&Tensor::randn(0f64, 0.3, h, &dev).unwrap()).unwrap();
@@ -264,4 +265,68 @@ fn masked_batch_norm_matches_unfused_autograd() {
         let d = max_diff(&v(g1.get(var).unwrap()), &v(g2.get(var).unwrap()));
         assert!(d < 1e-10, "{name}: {d}");
     }
+    // f32 storage (f64 accumulation) agrees with f64, forward and gradients.
+    let f = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
+    let (z32, g32, b32) = (f(&z), f(&g), f(&b));
+    let (o32, mean32, var32) = s5::fused::masked_batch_norm(&z32, &mask, &g32, &b32, 1e-5).unwrap();
+    assert!(max_diff(&v(&o32), &v(&ours)) < 1e-5);
+    assert!(max_diff(&mean32, &mean) < 1e-6 && max_diff(&var32, &var) < 1e-5);
+    let gs32 = o32
+        .mul(&w.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, a, b) in [("z", &z32, &z), ("gamma", &g32, &g), ("beta", &b32, &b)] {
+        let (x32, x64) = (v(gs32.get(a).unwrap()), v(g1.get(b).unwrap()));
+        let scale = x64.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+        let d = max_diff(&x32, &x64) / scale;
+        assert!(d < 1e-5, "f32 {name}: relative {d}");
+    }
+}
+
+/// Evaluation-mode BatchNorm (given statistics) equals the affine map from candle ops, forward
+/// and gradients (z, γ, β), in f64 and f32.
+#[test]
+fn batch_norm_eval_matches_candle_ops() {
+    let dev = Device::Cpu;
+    let (n, h) = (500, 5);
+    let z = Var::from_tensor(&Tensor::randn(0.5f64, 2.0, (n, h), &dev).unwrap()).unwrap();
+    let g = Var::from_tensor(&Tensor::randn(1f64, 0.3, h, &dev).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::randn(0f64, 0.3, h, &dev).unwrap()).unwrap();
+    let (mean, var) = (
+        vec![0.1, -0.2, 0.3, 0.0, 1.0],
+        vec![0.5, 2.0, 1.0, 0.01, 3.0],
+    );
+    let w = Tensor::randn(0f64, 1.0, (n, h), &dev).unwrap();
+    let ours = s5::fused::batch_norm_eval(&z, &g, &b, &mean, &var, 1e-5).unwrap();
+    let t = |x: &[f64]| Tensor::from_slice(x, h, &dev).unwrap();
+    let inv = (t(&var) + 1e-5).unwrap().sqrt().unwrap().recip().unwrap();
+    let theirs = z
+        .broadcast_sub(&t(&mean))
+        .unwrap()
+        .broadcast_mul(&inv)
+        .unwrap()
+        .broadcast_mul(&g)
+        .unwrap()
+        .broadcast_add(&b)
+        .unwrap();
+    assert!(max_diff(&v(&ours), &v(&theirs)) < 1e-12);
+    let g1 = ours.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = theirs
+        .mul(&w)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, var) in [("z", &z), ("gamma", &g), ("beta", &b)] {
+        let d = max_diff(&v(g1.get(var).unwrap()), &v(g2.get(var).unwrap()));
+        assert!(d < 1e-10, "{name}: {d}");
+    }
+    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let o32 = s5::fused::batch_norm_eval(&f(&z), &f(&g), &f(&b), &mean, &var, 1e-5).unwrap();
+    assert!(max_diff(&v(&o32), &v(&ours)) < 1e-4);
+    assert!(s5::fused::batch_norm_eval(&z, &g, &b, &mean[..4], &var, 1e-5).is_err());
 }
