@@ -26,7 +26,7 @@
 //! The small parameters travel as one flat vector `θ = [λ̄ (n·2), W_B (H·2n), W_C (d·2n·H), D (H)]`
 //! built with `Tensor::cat`, whose own backward splits `∂L/∂θ` again.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
@@ -101,7 +101,7 @@ pub fn ssm_apply(
             lengths: lengths.to_vec(),
         },
         n,
-        states: Arc::new(Mutex::new(None)),
+        states: Mutex::new(None),
     };
     Ok(u.contiguous()?.apply_op2(&theta, op)?)
 }
@@ -111,7 +111,7 @@ pub fn ssm_apply(
 struct SsmOp {
     scan: ScanOp,
     n: usize,
-    states: Arc<Mutex<Option<CpuStorage>>>,
+    states: Mutex<Option<CpuStorage>>,
 }
 
 /// Views of the flat parameter vector θ.
