@@ -4,36 +4,11 @@
 use candle_core::{DType, Device, Tensor, Var};
 use s5::fused::{ChannelMask, glu_residual};
 
-fn v(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn max_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
+mod tensor_support;
+use tensor_support::{central_difference, max_diff, uniform, values as v};
 
 fn randn(shape: (usize, usize, usize), std: f64, seed: u64) -> Tensor {
-    // Deterministic inputs (candle's randn draws from a thread-local generator).
-    let n = shape.0 * shape.1 * shape.2;
-    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-    let vals: Vec<f64> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 2.0 * std * 1.7
-        })
-        .collect();
-    Tensor::from_vec(vals, shape, &Device::Cpu).unwrap()
+    uniform(&[shape.0, shape.1, shape.2], std * 1.7, seed)
 }
 
 /// A dropout-like mask: every third (sequence, channel) dropped, the rest scaled by 1/(1 − p).
@@ -179,21 +154,9 @@ fn glu_residual_gradients_match_central_differences() {
     ];
     let eps = 1e-6;
     for (name, var, idx) in cases {
-        let base = v(var.as_tensor());
         let g = v(grads.get(var).unwrap());
         for &i in idx {
-            let set = |d: f64| {
-                let mut vals = base.clone();
-                vals[i] += d;
-                var.set(&Tensor::from_slice(&vals, var.shape(), &Device::Cpu).unwrap())
-                    .unwrap()
-            };
-            set(eps);
-            let lp = loss(&p);
-            set(-eps);
-            let lm = loss(&p);
-            set(0.0);
-            let fd = (lp - lm) / (2.0 * eps);
+            let fd = central_difference(var, i, eps, || loss(&p));
             assert!(
                 (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
                 "{name}[{i}]: {} vs fd {fd}",

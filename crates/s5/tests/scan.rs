@@ -53,22 +53,8 @@ fn v_tensor(v: &[Vec<Vec<C>>], dt: DType) -> Tensor {
         .unwrap()
 }
 
-fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
+mod tensor_support;
+use tensor_support::{max_diff as max_abs_diff, values as to_f64};
 
 #[test]
 fn scan_equals_plain_loop_all_directions_and_dtypes() {

@@ -5,37 +5,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use s5::scan::{Direction, diag_scan};
 use s5::ssm_op::ssm_apply;
 
-fn v(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn max_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
-
-/// Deterministic uniform values in `[-scale, scale]`.
-fn uniform(shape: &[usize], scale: f64, seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-    let vals: Vec<f64> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 2.0 * scale
-        })
-        .collect();
-    Tensor::from_vec(vals, shape, &Device::Cpu).unwrap()
-}
+mod tensor_support;
+use tensor_support::{central_difference, max_diff, uniform, values as v};
 
 /// A stable Λ̄ `[n, 2]`: magnitudes in [0.5, 0.99], spread phases.
 fn lambda_bar(n: usize) -> Tensor {
@@ -165,23 +136,9 @@ fn ssm_op_gradients_match_central_differences() {
         ("D", &x.d, &[0, 7]),
     ];
     for (name, var, idx) in cases {
-        let base = v(var.as_tensor());
         let g = v(grads.get(var).unwrap());
         for &i in idx {
-            let mut plus = base.clone();
-            plus[i] += eps;
-            let mut minus = base.clone();
-            minus[i] -= eps;
-            let set = |vals: &[f64]| {
-                var.set(&Tensor::from_slice(vals, var.shape(), &Device::Cpu).unwrap())
-                    .unwrap()
-            };
-            set(&plus);
-            let lp = loss(&x);
-            set(&minus);
-            let lm = loss(&x);
-            set(&base);
-            let fd = (lp - lm) / (2.0 * eps);
+            let fd = central_difference(var, i, eps, || loss(&x));
             let tol = 1e-6 * (1.0 + fd.abs());
             assert!(
                 (fd - g[i]).abs() < tol,
