@@ -480,6 +480,9 @@ pub struct S5Backend<'a> {
     /// The full model's measured activations per evaluated review (set by `full`), for the
     /// a-posteriori bound.
     pub measured: Vec<Vec<MeasuredLayer>>,
+    /// The full model's bound factors (with its certified H∞ gains), prepared at the first
+    /// reduction and reused for every other.
+    full_bound: Option<mor::bound::BoundPrep>,
 }
 
 impl<'a> S5Backend<'a> {
@@ -516,6 +519,7 @@ impl<'a> S5Backend<'a> {
             opts,
             pb: None,
             measured: Vec::new(),
+            full_bound: None,
         })
     }
 
@@ -562,7 +566,15 @@ impl SweepBackend for S5Backend<'_> {
         let ev = self.eval(&rebuilt, false)?;
         let (ssm, total) = param_counts(&rebuilt);
         let horizon = self.set.max_len().max(1);
-        let bounds = match prepare_bound(&self.deep, Some(&red.model), horizon) {
+        if self
+            .full_bound
+            .as_ref()
+            .is_none_or(|p| p.horizon() != horizon)
+        {
+            self.full_bound = Some(prepare_bound(&self.deep, None, horizon)?);
+        }
+        let full_bound = self.full_bound.as_ref().expect("prepared just above");
+        let bounds = match full_bound.with_reduced(&self.deep, &red.model) {
             Ok(prep) => self
                 .inputs
                 .iter()

@@ -79,7 +79,7 @@ pub struct BoundReport {
 /// Weight-only quantities of one SSM (for a fixed maximal length).
 #[derive(Clone, Debug)]
 struct SsmFactors {
-    /// `Σ_{|j|<L} ‖g(j)‖_F + max|D|`.
+    /// ℓ2→ℓ2 gain: `min(Σ_{|j|<L} ‖g(j)‖_F + max|D|, certified ‖G‖_∞)`.
     gain: f64,
     /// Per channel `sqrt(G_cc)` (time-limited Gramian; ℓ2→peak gain of channel `c`).
     peak_l2: Vec<f64>,
@@ -331,13 +331,28 @@ fn one_direction_l1(lam: &[c64], b: &Mat<c64>, c: &Mat<c64>, horizon: usize) -> 
     total
 }
 
-fn ssm_factors(block: &DiagBlock, horizon: usize) -> SsmFactors {
+/// Refinement of the certified H∞ gains ([`crate::hinf::hinf_upper_bound`]): relative gap and
+/// frequency budget for the full model's blocks (computed once per model) ...
+pub const HINF_FULL: (f64, usize) = (0.02, 4000);
+/// ... and for the reduced blocks and error systems (computed for every reduction; looser, as
+/// `ε_ℓ` enters the bound linearly while the full gains multiply across layers).
+pub const HINF_REDUCED: (f64, usize) = (0.25, 300);
+
+/// `min(ℓ1 kernel gain, certified H∞ gain)` of a block with feed-through `d_abs_max`, both
+/// ℓ2→ℓ2 gains on sequences of length `≤ horizon` (`BOUND.md`, "Ingredients").
+fn ssm_gain(block: &DiagBlock, horizon: usize, d_abs_max: f64, hinf: (f64, usize)) -> f64 {
+    let l1 = kernel_l1_norm(block, horizon) + d_abs_max;
+    let hi = crate::hinf::hinf_upper_bound(block, hinf.0, hinf.1).upper;
+    l1.min(hi)
+}
+
+fn ssm_factors(block: &DiagBlock, horizon: usize, hinf: (f64, usize)) -> SsmFactors {
     let p = block.n_outputs();
     let d_abs: Vec<f64> = match &block.d {
         Some(d) => d.iter().map(|x| x.abs()).collect(),
         None => vec![0.0; p],
     };
-    let gain = kernel_l1_norm(block, horizon) + maxabs(&d_abs);
+    let gain = ssm_gain(block, horizon, maxabs(&d_abs), hinf);
     let g = gram::gram(block, Some(horizon));
     let peak_l2 = (0..p)
         .map(|c| (g[(c, c)].max(0.0) * (1.0 + 1e-9)).sqrt() + 1e-300)
@@ -409,18 +424,18 @@ fn check_pair(full: &DeepSsm, reduced: &DeepSsm) -> Result<()> {
     Ok(())
 }
 
-/// `ε_ℓ`: `Σ_{|j|<T} ‖g(j) − ĝ(j)‖_F + max_c |D_c − D̂_c|`.
+/// `ε_ℓ`: the smaller of `Σ_{|j|<T} ‖g(j) − ĝ(j)‖_F + max_c |D_c − D̂_c|` and the certified H∞
+/// norm of the error system (kernel difference plus `D − D̂`).
 fn error_gain(full: &DiagBlock, red: &DiagBlock, horizon: usize) -> f64 {
-    let diff = gram::difference_block(full, red);
+    let mut diff = gram::difference_block(full, red);
     let p = full.n_outputs();
     let zero = vec![0.0; p];
     let d1 = full.d.as_deref().unwrap_or(&zero);
     let d2 = red.d.as_deref().unwrap_or(&zero);
-    let dd = d1
-        .iter()
-        .zip(d2)
-        .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
-    kernel_l1_norm(&diff, horizon) + dd
+    let dd: Vec<f64> = d1.iter().zip(d2).map(|(x, y)| x - y).collect();
+    let dd_max = dd.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+    diff.d = Some(dd);
+    ssm_gain(&diff, horizon, dd_max, HINF_REDUCED)
 }
 
 /// Precomputes the weight-only factors of the bound for sequences of length `≤ horizon`
@@ -447,43 +462,66 @@ pub fn prepare_bound(
         .iter()
         .map(layer_static)
         .collect::<Result<Vec<_>>>()?;
-    let nl = full.layers.len();
-    let per: Vec<(SsmFactors, SsmFactors, f64)> = (0..nl)
-        .into_par_iter()
-        .map(|l| {
-            let f = ssm_factors(&full.layers[l].ssm, horizon);
-            match reduced {
-                Some(r) => {
-                    let rs = &r.layers[l].ssm;
-                    (
-                        f,
-                        ssm_factors(rs, horizon),
-                        error_gain(&full.layers[l].ssm, rs, horizon),
-                    )
-                }
-                None => (f.clone(), f, 0.0),
-            }
-        })
+    let fulls: Vec<SsmFactors> = full
+        .layers
+        .par_iter()
+        .map(|l| ssm_factors(&l.ssm, horizon, HINF_FULL))
         .collect();
-    let mut fulls = Vec::with_capacity(nl);
-    let mut reds = Vec::with_capacity(nl);
-    let mut err = Vec::with_capacity(nl);
-    for (a, b, e) in per {
-        fulls.push(a);
-        reds.push(b);
-        err.push(e);
-    }
-    Ok(BoundPrep {
+    let prep = BoundPrep {
         horizon,
+        red: fulls.clone(),
+        err: vec![0.0; fulls.len()],
         full: fulls,
-        red: reds,
-        err,
         layers,
         decoder_norm: spectral_norm(&full.decoder_w)?,
-    })
+    };
+    match reduced {
+        Some(r) => prep.with_reduced(full, r),
+        None => Ok(prep),
+    }
 }
 
 impl BoundPrep {
+    /// The longest sequence length the factors hold for.
+    pub fn horizon(&self) -> usize {
+        self.horizon
+    }
+
+    /// The factors for `reduced` as the reduction of `full` (the model this was prepared from by
+    /// [`prepare_bound`]), reusing the full model's factors (its certified H∞ gains are the
+    /// expensive part). Layers run in parallel.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if the models differ in anything but their SSMs or `full` has another
+    /// number of layers than the prepared model.
+    pub fn with_reduced(&self, full: &DeepSsm, reduced: &DeepSsm) -> Result<BoundPrep> {
+        check_pair(full, reduced)?;
+        if full.layers.len() != self.full.len() {
+            return Err(Error::Shape(format!(
+                "bound: prepared for {} layers, given a model with {}",
+                self.full.len(),
+                full.layers.len()
+            )));
+        }
+        let horizon = self.horizon;
+        let per: Vec<(SsmFactors, f64)> = (0..full.layers.len())
+            .into_par_iter()
+            .map(|l| {
+                let rs = &reduced.layers[l].ssm;
+                (
+                    ssm_factors(rs, horizon, HINF_REDUCED),
+                    error_gain(&full.layers[l].ssm, rs, horizon),
+                )
+            })
+            .collect();
+        let (red, err) = per.into_iter().unzip();
+        Ok(BoundPrep {
+            red,
+            err,
+            ..self.clone()
+        })
+    }
+
     /// Evaluates the bound for one input (see the module doc and `BOUND.md`).
     ///
     /// # Errors

@@ -18,6 +18,7 @@ pub mod bt;
 pub mod error;
 pub mod gram;
 pub mod h2opt;
+pub mod hinf;
 pub mod io;
 pub mod lqo;
 pub mod modal;
