@@ -237,10 +237,28 @@ impl<'a, T> Mat<'a, T> {
 /// If `dst` is not `m·n` long or an operand is too short for its strides.
 pub(crate) fn matmul<T: WithDType>(
     dst: &mut [T],
+    dims: (usize, usize, usize),
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    accumulate: bool,
+) {
+    let (m, n, k) = dims;
+    let par = if m * n * k >= 1 << 16 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    matmul_on(dst, dims, a, b, accumulate, par)
+}
+
+/// [`matmul`] with the given `gemm` parallelism (`None` inside an already parallel loop).
+pub(crate) fn matmul_on<T: WithDType>(
+    dst: &mut [T],
     (m, n, k): (usize, usize, usize),
     a: Mat<'_, T>,
     b: Mat<'_, T>,
     accumulate: bool,
+    par: gemm::Parallelism,
 ) {
     assert_eq!(dst.len(), m * n, "matmul: destination size");
     if m == 0 || n == 0 {
@@ -261,11 +279,6 @@ pub(crate) fn matmul<T: WithDType>(
         (k - 1) * b.rs + (n - 1) * b.cs < b.data.len(),
         "matmul: rhs bounds"
     );
-    let par = if m * n * k >= 1 << 16 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: all reads are in bounds (checked above); `dst` is exclusively borrowed and cannot
     // alias the shared borrows `a`, `b`.
     unsafe {

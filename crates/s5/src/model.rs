@@ -291,7 +291,7 @@ impl S5Model {
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let u = layer.norm.forward(&x, &mask, train)?;
-            let y = layer.ssm.forward(&u, &lens)?;
+            let y = layer.ssm.forward_t(&u, &lens, train)?;
             if let Some(out) = measure.as_deref_mut() {
                 // Padded positions are zeroed by the mask before the sum and the max (|y| ≥ 0).
                 let m = mask.row.reshape((b, l))?;

@@ -252,11 +252,21 @@ impl S5Ssm {
     }
 
     /// Applies the SSM to `u` `[b, l, H]` with true `lengths` `[b]`; returns `y` `[b, l, H]`
-    /// (`y = D ⊙ u` at padded positions, which never influence true positions).
+    /// (`y = D ⊙ u` at padded positions, which never influence true positions), differentiable
+    /// (one autograd node, [`crate::ssm_op::ssm_apply`]).
     ///
     /// # Errors
     /// Shape mismatches.
     pub fn forward(&self, u: &Tensor, lengths: &[u32]) -> Result<Tensor> {
+        self.forward_t(u, lengths, true)
+    }
+
+    /// [`Self::forward`]; with `grad = false` the result is detached from every input, which
+    /// lets the op take its faster inference path (no states kept for a backward pass).
+    ///
+    /// # Errors
+    /// Shape mismatches.
+    pub fn forward_t(&self, u: &Tensor, lengths: &[u32], grad: bool) -> Result<Tensor> {
         let h = u.dim(2)?;
         let n = self.n_modes();
         let disc = self.discretise()?;
@@ -271,15 +281,15 @@ impl S5Ssm {
         } else {
             Direction::Forward
         };
-        crate::ssm_op::ssm_apply(
-            u,
-            &disc.lambda_bar,
-            &wb,
-            &self.readout()?,
-            &self.d,
-            lengths,
-            dir,
-        )
+        let args = [
+            u.clone(),
+            disc.lambda_bar,
+            wb,
+            self.readout()?,
+            self.d.clone(),
+        ];
+        let [u, lambda_bar, wb, wc, d] = if grad { args } else { args.map(|t| t.detach()) };
+        crate::ssm_op::ssm_apply(&u, &lambda_bar, &wb, &wc, &d, lengths, dir)
     }
 
     /// Builds a discrete SSM from a `mor` block (`lambda` `[r]`, `b` `[r, H]`, `c` `[H, r]`,

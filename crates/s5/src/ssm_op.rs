@@ -31,7 +31,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::fused::{Mat, matmul};
+use crate::fused::{Mat, matmul, matmul_on};
 use crate::scan::{Direction, ScanOp};
 use crate::{Error, Result};
 
@@ -86,6 +86,9 @@ pub fn ssm_apply(
             "ssm_apply: all tensors must share one dtype, f32 or f64 (u is {dt:?})"
         )));
     }
+    if ![u, lambda_bar, w_b, w_c, d].iter().any(|t| t.track_op()) {
+        return Ok(infer(u, lambda_bar, w_b, w_c, d, lengths, direction)?);
+    }
     let theta = Tensor::cat(
         &[
             lambda_bar.flatten_all()?,
@@ -104,6 +107,71 @@ pub fn ssm_apply(
         states: Mutex::new(None),
     };
     Ok(u.contiguous()?.apply_op2(&theta, op)?)
+}
+
+/// The forward pass without gradients, one sequence at a time (sequences in parallel): the
+/// projections, states and read-out of a sequence (`[l, d·2n]`, ≈ 2 MB at `l = 2048`) stay in
+/// cache between the scan and the read-out matmul, and no batch-sized state buffer is allocated.
+fn infer(
+    u: &Tensor,
+    lambda_bar: &Tensor,
+    w_b: &Tensor,
+    w_c: &Tensor,
+    d: &Tensor,
+    lengths: &[u32],
+    direction: Direction,
+) -> candle_core::Result<Tensor> {
+    let (b, l, h) = u.dims3()?;
+    let n = lambda_bar.dim(0)?;
+    let dn = direction.n_dirs() * 2 * n;
+    let theta = Tensor::cat(
+        &[
+            lambda_bar.flatten_all()?,
+            w_b.flatten_all()?,
+            w_c.flatten_all()?,
+            d.flatten_all()?,
+        ],
+        0,
+    )?;
+    let u = u.contiguous()?;
+    let (su, lu) = u.storage_and_layout();
+    let (st, lt) = theta.storage_and_layout();
+    let (Storage::Cpu(su), Storage::Cpu(st)) = (&*su, &*st) else {
+        candle_core::bail!("ssm op: CPU only");
+    };
+    macro_rules! run {
+        ($t:ty) => {{
+            let (us, ts) = (slice::<$t>(su, lu)?, slice::<$t>(st, lt)?);
+            let th = split_theta(ts, n, h, direction.n_dirs())?;
+            let mut y = vec![<$t>::default(); b * l * h];
+            if l > 0 && h > 0 {
+                y.par_chunks_mut(l * h).enumerate().for_each(|(bi, yb)| {
+                    let ub = &us[bi * l * h..(bi + 1) * l * h];
+                    let scan = ScanOp {
+                        direction,
+                        lengths: vec![lengths[bi]],
+                    };
+                    let seq = gemm::Parallelism::None;
+                    let mut v = vec![<$t>::default(); l * 2 * n];
+                    let (wb, wc) = (Mat::rows(th.w_b, 2 * n), Mat::rows(th.w_c, h));
+                    matmul_on(&mut v, (l, 2 * n, h), Mat::rows(ub, h), wb, false, seq);
+                    let (x, _) = scan.fwd(th.lam, &v, None, (1, l, n));
+                    for (yr, ur) in yb.chunks_mut(h).zip(ub.chunks(h)) {
+                        for c in 0..h {
+                            yr[c] = ur[c] * th.d[c];
+                        }
+                    }
+                    matmul_on(yb, (l, h, dn), Mat::rows(&x, dn), wc, true, seq);
+                });
+            }
+            Tensor::from_vec(y, (b, l, h), u.device())
+        }};
+    }
+    match su {
+        CpuStorage::F32(_) => run!(f32),
+        CpuStorage::F64(_) => run!(f64),
+        _ => candle_core::bail!("ssm op: only f32 and f64 are supported"),
+    }
 }
 
 /// The op: `scan` carries the direction and true lengths; `states` keeps the forward pass's

@@ -189,3 +189,30 @@ fn ssm_op_rejects_bad_shapes_lengths_and_dtypes() {
     let err = call(&u32_, &x.wc, &LENGTHS).unwrap_err();
     assert!(err.contains("dtype"), "{err}");
 }
+
+#[test]
+fn ssm_op_without_gradients_equals_the_op() {
+    // Untracked inputs take the per-sequence inference path; tracked ones the autograd op.
+    for dir in [Direction::Both, Direction::Forward] {
+        let x = inputs(dir);
+        let op = v(&fused(&x, dir));
+        for dt in [DType::F64, DType::F32] {
+            let f = |t: &Var| t.as_tensor().detach().to_dtype(dt).unwrap();
+            let y = ssm_apply(
+                &f(&x.u),
+                &f(&x.lam),
+                &f(&x.wb),
+                &f(&x.wc),
+                &f(&x.d),
+                &LENGTHS,
+                dir,
+            )
+            .unwrap();
+            assert!(!y.track_op());
+            let tol = if dt == DType::F64 { 1e-12 } else { 1e-5 };
+            let scale = op.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+            let e = max_diff(&v(&y), &op) / scale;
+            assert!(e < tol, "{dir:?} {dt:?}: relative {e}");
+        }
+    }
+}
