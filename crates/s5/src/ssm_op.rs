@@ -89,15 +89,7 @@ pub fn ssm_apply(
     if ![u, lambda_bar, w_b, w_c, d].iter().any(|t| t.track_op()) {
         return Ok(infer(u, lambda_bar, w_b, w_c, d, lengths, direction)?);
     }
-    let theta = Tensor::cat(
-        &[
-            lambda_bar.flatten_all()?,
-            w_b.flatten_all()?,
-            w_c.flatten_all()?,
-            d.flatten_all()?,
-        ],
-        0,
-    )?;
+    let theta = pack_theta(lambda_bar, w_b, w_c, d)?;
     let op = SsmOp {
         scan: ScanOp {
             direction,
@@ -107,6 +99,18 @@ pub fn ssm_apply(
         states: Mutex::new(None),
     };
     Ok(u.contiguous()?.apply_op2(&theta, op)?)
+}
+
+/// The flat parameter vector `θ = [λ̄, W_B, W_C, D]` (see the module doc).
+fn pack_theta(
+    lambda_bar: &Tensor,
+    w_b: &Tensor,
+    w_c: &Tensor,
+    d: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let parts = [lambda_bar, w_b, w_c, d].map(|t| t.flatten_all());
+    let [a, b, c, e] = parts;
+    Tensor::cat(&[a?, b?, c?, e?], 0)
 }
 
 /// The forward pass without gradients, one sequence at a time (sequences in parallel): the
@@ -124,15 +128,7 @@ fn infer(
     let (b, l, h) = u.dims3()?;
     let n = lambda_bar.dim(0)?;
     let dn = direction.n_dirs() * 2 * n;
-    let theta = Tensor::cat(
-        &[
-            lambda_bar.flatten_all()?,
-            w_b.flatten_all()?,
-            w_c.flatten_all()?,
-            d.flatten_all()?,
-        ],
-        0,
-    )?;
+    let theta = pack_theta(lambda_bar, w_b, w_c, d)?;
     let u = u.contiguous()?;
     let (su, lu) = u.storage_and_layout();
     let (st, lt) = theta.storage_and_layout();
