@@ -1,4 +1,4 @@
-//! `mor`: command-line access to the h2 norms, Hankel singular values and block reductions of
+//! `mor`: command-line access to the h2 norms, certified H∞ bounds, Hankel singular values and block reductions of
 //! `diag-ssm/1` JSON systems. Prints one JSON object on stdout; errors exit non-zero with one line
 //! on stderr.
 
@@ -39,6 +39,19 @@ enum Cmd {
         /// Time-limited error over lags |j| < T.
         #[arg(long)]
         horizon: Option<usize>,
+    },
+    /// Certified upper bound on the H∞ norm of a stable block (kernel plus D, both scan
+    /// directions): `{"hinf_upper": x, "hinf_lower": y, "evaluations": k}`; the true norm lies in
+    /// [lower, upper] (branch and bound on the frequency response, see crates/mor/BOUND.md).
+    Hinf {
+        /// The system.
+        sys: PathBuf,
+        /// Stop once upper <= lower·(1 + tol).
+        #[arg(long, default_value_t = 1e-3)]
+        tol: f64,
+        /// Most frequencies evaluated (the bound stays valid, only looser, when it is reached).
+        #[arg(long, default_value_t = 20_000)]
+        max_evals: usize,
     },
     /// Hankel singular values of the causal part u -> s: `{"hsv": [...]}` (2n values, descending).
     Hsv {
@@ -85,6 +98,19 @@ fn run(cli: Cli) -> Result<serde_json::Value> {
             let f = read(&full)?;
             let r = read(&red)?;
             json!({ "h2_error": gram::h2_error(&f, &r, horizon)? })
+        }
+        Cmd::Hinf {
+            sys,
+            tol,
+            max_evals,
+        } => {
+            let b = read(&sys)?;
+            gram::check_stable(&b, &sys.display().to_string())?;
+            if tol.is_nan() || tol <= 0.0 {
+                bail!("--tol must be > 0, got {tol}");
+            }
+            let hb = mor::hinf::hinf_upper_bound(&b, tol, max_evals);
+            json!({ "hinf_upper": hb.upper, "hinf_lower": hb.lower, "evaluations": hb.evaluations })
         }
         Cmd::Hsv { sys } => {
             let b = read(&sys)?;

@@ -1,4 +1,4 @@
-//! The `mor` binary on the fixture files: h2, h2-error, hsv, reduce; errors exit non-zero with one
+//! The `mor` binary on the fixture files: h2, h2-error, hinf, hsv, reduce; errors exit non-zero with one
 //! line.
 
 use serde_json::Value;
@@ -186,4 +186,28 @@ fn cli_errors_are_one_line_and_nonzero() {
     std::fs::write(&unstable, v.to_string()).unwrap();
     let (ok, _, err) = run(&["h2", unstable.to_str().unwrap()]);
     assert!(!ok && err.contains("unstable"), "{err}");
+}
+
+#[test]
+fn cli_hinf_brackets_the_norm_and_rejects_bad_input() {
+    for name in ["lti.json", "bidir.json"] {
+        let sys = fixture(name);
+        let (ok, v, err) = run(&["hinf", sys.to_str().unwrap(), "--tol", "1e-4"]);
+        assert!(ok, "{name}: {err}");
+        let (up, lo) = (
+            v["hinf_upper"].as_f64().unwrap(),
+            v["hinf_lower"].as_f64().unwrap(),
+        );
+        assert!(
+            lo > 0.0 && up >= lo && up <= lo * (1.0 + 1e-4) * (1.0 + 1e-9),
+            "{name}: {v}"
+        );
+        assert!(v["evaluations"].as_u64().unwrap() >= 32);
+    }
+    let sys = fixture("lti.json");
+    let (ok, _, err) = run(&["hinf", sys.to_str().unwrap(), "--tol", "0"]);
+    assert!(
+        !ok && err.lines().count() == 1 && err.contains("--tol"),
+        "{err}"
+    );
 }
