@@ -67,6 +67,10 @@ enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Which split the reviews come from: `test` (default) or `train` (to measure the
+        /// generalisation gap; the same `[eval]` subset rules apply).
+        #[arg(long, default_value = "test", value_parser = ["test", "train"])]
+        split: String,
     },
     /// Write a reduced checkpoint for one method and ratio.
     Compress {
@@ -165,7 +169,11 @@ fn real_main() -> Result<()> {
             );
             Ok(())
         }
-        Some(Command::Eval { checkpoint, json }) => eval_cmd(&cfg, checkpoint, json),
+        Some(Command::Eval {
+            checkpoint,
+            json,
+            split,
+        }) => eval_cmd(&cfg, checkpoint, json, &split),
         Some(Command::Compress { method, ratio, out }) => compress(&cfg, &method, ratio, out),
         Some(Command::Sweep { stop_after_rows }) => {
             let args = RunArgs {
@@ -515,12 +523,17 @@ fn calibration_set(cfg: &RunConfig, imdb: &lra::Imdb, tok: &dyn lra::Tokenize) -
 }
 
 /// `bench eval`.
-fn eval_cmd(cfg: &RunConfig, checkpoint: Option<PathBuf>, json: bool) -> Result<()> {
+fn eval_cmd(cfg: &RunConfig, checkpoint: Option<PathBuf>, json: bool, split: &str) -> Result<()> {
     let imdb = bench::data::load(&cfg.data)?;
     let dir = checkpoint.unwrap_or_else(|| cfg.checkpoint_dir());
     let loaded = pipeline::load(&dir)?;
     let tok = tokenizer(cfg, &loaded, &imdb.train)?;
-    let set = EvalSet::new(&imdb.test, tok.as_ref(), &cfg.eval)?;
+    let reviews = if split == "train" {
+        &imdb.train
+    } else {
+        &imdb.test
+    };
+    let set = EvalSet::new(reviews, tok.as_ref(), &cfg.eval)?;
     let pb = bar(set.len() as u64, "reviews");
     let ev = pipeline::evaluate(&loaded.model, &set, Some(&pb), false)?;
     pb.finish_and_clear();
@@ -534,6 +547,7 @@ fn eval_cmd(cfg: &RunConfig, checkpoint: Option<PathBuf>, json: bool) -> Result<
                 "accuracy": ev.accuracy,
                 "std_error": se,
                 "n_eval": set.len(),
+                "split": split,
                 "ssm_params": ssm,
                 "total_params": total,
                 "seconds": ev.seconds,
@@ -542,7 +556,7 @@ fn eval_cmd(cfg: &RunConfig, checkpoint: Option<PathBuf>, json: bool) -> Result<
         );
     } else {
         println!(
-            "{}: accuracy {:.4} ± {:.4} on {} test reviews, {} params ({} in SSMs), {:.1} s",
+            "{}: accuracy {:.4} ± {:.4} on {} {split} reviews, {} params ({} in SSMs), {:.1} s",
             loaded.dir.display(),
             ev.accuracy,
             se,

@@ -25,7 +25,7 @@ use crate::{Error, Result};
 const ROWS: usize = 128;
 
 /// Elementwise math of the fused ops in the storage dtype.
-trait Real: WithDType {
+pub(crate) trait Real: WithDType {
     fn sigmoid(self) -> Self;
     /// `(GELU_tanh(x), GELU_tanh'(x))`.
     fn gelu(self) -> (Self, Self);

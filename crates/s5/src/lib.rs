@@ -7,6 +7,7 @@ pub mod export;
 pub mod fused;
 pub mod gate;
 pub mod hippo;
+pub mod infer;
 pub mod model;
 pub mod norm;
 pub mod optim;

@@ -195,12 +195,20 @@ impl S5Model {
 
     /// Logits `[b, classes]` (dtype of the parameters) for `tokens` `[b, l]` (u32, padded with
     /// 0) and true `lengths` `[b]` (u32, each in `1..=l`). Padding never influences the result.
-    /// In [`Mode::Train`] BatchNorm running statistics are updated (once per call).
+    /// [`Mode::Eval`] runs the fused evaluation kernel ([`crate::infer`]; one sequence per
+    /// thread, no autograd), [`Mode::Train`] the autograd ops ([`S5Model::forward_ops`]), which
+    /// update the BatchNorm running statistics (once per call).
     ///
     /// # Errors
     /// Wrong shapes or dtypes, a length of 0 or above `l`, a token id ≥ `vocab_size`.
     pub fn forward(&self, tokens: &Tensor, lengths: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.forward_impl(tokens, lengths, mode, None)
+        match mode {
+            Mode::Eval => {
+                let (l, toks, lens) = self.checked_inputs(tokens, lengths)?;
+                Ok(crate::infer::forward(self, &toks, &lens, l, false)?.0)
+            }
+            Mode::Train { .. } => self.forward_ops(tokens, lengths, mode),
+        }
     }
 
     /// Evaluation-mode logits `[b, classes]` as [`S5Model::forward`], plus what the a-posteriori
@@ -215,25 +223,29 @@ impl S5Model {
         tokens: &Tensor,
         lengths: &Tensor,
     ) -> Result<(Tensor, Vec<Vec<mor::bound::MeasuredLayer>>)> {
-        let mut per_layer = Vec::with_capacity(self.layers.len());
-        let logits = self.forward_impl(tokens, lengths, Mode::Eval, Some(&mut per_layer))?;
-        let b = tokens.dims2()?.0;
-        let per_seq = (0..b)
-            .map(|i| per_layer.iter().map(|layer: &Vec<_>| layer[i]).collect())
+        let (l, toks, lens) = self.checked_inputs(tokens, lengths)?;
+        let (logits, stats) = crate::infer::forward(self, &toks, &lens, l, true)?;
+        let measured = stats
+            .into_iter()
+            .map(|seq| {
+                seq.into_iter()
+                    .map(|s| mor::bound::MeasuredLayer {
+                        u_l2: s.u_l2,
+                        y_peak: s.y_peak,
+                    })
+                    .collect()
+            })
             .collect();
-        Ok((logits, per_seq))
+        Ok((logits, measured))
     }
 
-    /// The forward pass; with `measure`, pushes per layer the `[b]` measured activations.
-    fn forward_impl(
+    /// Checks `tokens` `[b, l]` and `lengths` `[b]`; returns `(l, tokens flat, lengths)`.
+    fn checked_inputs(
         &self,
         tokens: &Tensor,
         lengths: &Tensor,
-        mode: Mode,
-        mut measure: Option<&mut Vec<Vec<mor::bound::MeasuredLayer>>>,
-    ) -> Result<Tensor> {
+    ) -> Result<(usize, Vec<u32>, Vec<u32>)> {
         let (b, l) = tokens.dims2()?;
-        let h = self.cfg.d_model;
         if tokens.dtype() != DType::U32 || lengths.dtype() != DType::U32 {
             return Err(Error::Config(format!(
                 "forward: tokens ({:?}) and lengths ({:?}) must be u32",
@@ -257,14 +269,26 @@ impl S5Model {
                 "forward: length {bad} of sequence {i} is outside 1..={l} (the padded length)"
             )));
         }
-        let flat = tokens.flatten_all()?;
-        let max_tok = flat.max(0)?.to_scalar::<u32>()?;
-        if max_tok as usize >= self.cfg.vocab_size {
+        let toks: Vec<u32> = tokens.flatten_all()?.to_vec1()?;
+        if let Some(&bad) = toks.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
             return Err(Error::Config(format!(
-                "forward: token id {max_tok} ≥ vocab_size {}",
+                "forward: token id {bad} ≥ vocab_size {}",
                 self.cfg.vocab_size
             )));
         }
+        Ok((l, toks, lens))
+    }
+
+    /// The forward pass through candle ops with autograd (one node per fused op): what training
+    /// differentiates, and in [`Mode::Eval`] the reference the fused evaluation kernel is tested
+    /// against. Same arguments, result and errors as [`S5Model::forward`].
+    ///
+    /// # Errors
+    /// As [`S5Model::forward`].
+    pub fn forward_ops(&self, tokens: &Tensor, lengths: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (l, _, lens) = self.checked_inputs(tokens, lengths)?;
+        let (b, h) = (lens.len(), self.cfg.d_model);
+        let flat = tokens.flatten_all()?;
         let mut x = self.encoder.index_select(&flat, 0)?.reshape((b, l, h))?;
         let mask = Mask::new(&lens, l, &x)?;
         let (train, seed) = match mode {
@@ -292,20 +316,6 @@ impl S5Model {
         for (i, layer) in self.layers.iter().enumerate() {
             let u = layer.norm.forward(&x, &mask, train)?;
             let y = layer.ssm.forward_t(&u, &lens, train)?;
-            if let Some(out) = measure.as_deref_mut() {
-                // Padded positions are zeroed by the mask before the sum and the max (|y| ≥ 0).
-                let m = mask.row.reshape((b, l))?;
-                let f64s =
-                    |t: Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.to_vec1()?) };
-                let u_l2 = f64s(u.sqr()?.sum(2)?.mul(&m)?.sum(1)?.sqrt()?)?;
-                let y_peak = f64s(y.abs()?.max(2)?.mul(&m)?.max(1)?)?;
-                out.push(
-                    u_l2.iter()
-                        .zip(&y_peak)
-                        .map(|(&u_l2, &y_peak)| mor::bound::MeasuredLayer { u_l2, y_peak })
-                        .collect(),
-                );
-            }
             let d1 = drop_mask(2 * i as u64)?;
             let d2 = drop_mask(2 * i as u64 + 1)?;
             x = layer.gate.residual(&x, &y, d1.as_ref(), d2.as_ref())?;

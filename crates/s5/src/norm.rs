@@ -41,12 +41,13 @@ impl Mask {
     pub fn new(lengths: &[u32], l: usize, like: &Tensor) -> Result<Self> {
         let b = lengths.len();
         let mut row = vec![0f32; b * l];
-        let mut pool = vec![0f32; b * l];
+        // f64 so that an f64 model pools with 1/len exact to f64 precision.
+        let mut pool = vec![0f64; b * l];
         for (bi, &len) in lengths.iter().enumerate() {
             let len = len as usize;
             for k in 0..len {
                 row[bi * l + k] = 1.0;
-                pool[bi * l + k] = 1.0 / len as f32;
+                pool[bi * l + k] = 1.0 / len as f64;
             }
         }
         let dev = like.device();

@@ -239,7 +239,7 @@ impl S5Ssm {
 
     /// Read-out matrix for the real matmul: `[d·2n, H]` with rows (direction, mode, re/im) =
     /// `(2 Re C̃, −2 Im C̃)`, so that `x_flat · W = 2 Re(C̃ x) (+ 2 Re(C̃₂ x'))`.
-    fn readout(&self) -> Result<Tensor> {
+    pub(crate) fn readout(&self) -> Result<Tensor> {
         let h = self.width();
         let n = self.n_modes();
         let sign =
