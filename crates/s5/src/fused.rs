@@ -158,7 +158,7 @@ fn add_partials(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
     a
 }
 
-/// `out[r, k] = f(x[r, k], y[r, k], m[seq(r), k], k)` over a `[b, len, H]` activation (rows
+/// `out[r, k] = f(x[r, k], y[r, k], m[seq(r), k])` over a `[b, len, H]` activation (rows
 /// `r`, sequence `seq(r) = r / len`), in parallel work units of [`ROWS`] rows, vectorised by
 /// [`crate::vmath::with_simd`]; `m = 1` without a mask.
 fn map_rows<T: Real>(
@@ -167,7 +167,7 @@ fn map_rows<T: Real>(
     len: usize,
     h: usize,
     mask: Option<&ChannelMask>,
-    f: impl Fn(T, T, T, usize) -> T + Sync,
+    f: impl Fn(T, T, T) -> T + Sync,
 ) -> Vec<T> {
     let ones = vec![T::from_f64(1.0); h];
     let mask: Option<Vec<T>> = mask.map(|m| m.as_vec());
@@ -189,8 +189,8 @@ fn map_rows<T: Real>(
                             Some(m) => mask_row(m, c * ROWS + i, len, h),
                             None => &ones,
                         };
-                        for k in 0..h {
-                            o[k] = f(x[k], y[k], m[k], k);
+                        for (((o, &x), &y), &m) in o.iter_mut().zip(x).zip(y).zip(m) {
+                            *o = f(x, y, m);
                         }
                     }
                 },
@@ -345,7 +345,7 @@ impl GluResidual {
     ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let (w, bias) = theta.split_at(h * h);
         let rows = y.len() / h;
-        let g = map_rows(y, y, len, h, self.drop_in.as_ref(), |y, _, m, _| {
+        let g = map_rows(y, y, len, h, self.drop_in.as_ref(), |y, _, m| {
             y.gelu().0 * m
         });
         // a = g Wᵀ (W stored [out, in]); overwritten by s = σ(a + b) below.
@@ -365,10 +365,11 @@ impl GluResidual {
                         let m = m2
                             .as_ref()
                             .map_or(&ones[..], |m| mask_row(m, c * ROWS + i, len, h));
-                        for k in 0..h {
-                            let sk = (s[k] + bias[k]).sigmoid();
-                            s[k] = sk;
-                            o[k] = x[k] + y[k] * sk * m[k];
+                        let cols = o.iter_mut().zip(s.iter_mut()).zip(x.iter().zip(y));
+                        for (((o, s), (&x, &y)), (&m, &b)) in cols.zip(m.iter().zip(bias)) {
+                            let sk = (*s + b).sigmoid();
+                            *s = sk;
+                            *o = x + y * sk * m;
                         }
                     }
                 },
@@ -414,12 +415,14 @@ impl GluResidual {
                             let m = m2
                                 .as_ref()
                                 .map_or(&ones[..], |m| mask_row(m, c * ROWS + i, len, h));
-                            for k in 0..h {
-                                let gm = go[k] * m[k];
-                                gy[k] = gm * s[k];
-                                let d = gm * y[k] * s[k] * (T::one() - s[k]);
-                                ga[k] = d;
-                                acc[k] += d;
+                            let cols = gy.iter_mut().zip(ga.iter_mut()).zip(acc.iter_mut());
+                            let ins = y.iter().zip(s).zip(go.iter().zip(m));
+                            for (((gy, ga), acc), ((&y, &s), (&go, &m))) in cols.zip(ins) {
+                                let gm = go * m;
+                                *gy = gm * s;
+                                let d = gm * y * s * (T::one() - s);
+                                *ga = d;
+                                *acc += d;
                             }
                         }
                     },
@@ -459,8 +462,8 @@ impl GluResidual {
                         let m = m1
                             .as_ref()
                             .map_or(&ones[..], |m| mask_row(m, c * ROWS + i, len, h));
-                        for k in 0..h {
-                            gy[k] += gg[k] * m[k] * y[k].gelu().1;
+                        for (((gy, &gg), &m), &y) in gy.iter_mut().zip(gg).zip(m).zip(y) {
+                            *gy += gg * m * y.gelu().1;
                         }
                     }
                 },
@@ -765,7 +768,23 @@ impl CustomOp3 for MaskedBn {
                 .map(|k| T::from_f64(b[k].to_f64() - scale[k] * self.mean[k]))
                 .collect();
             let scale: Vec<T> = scale.into_iter().map(T::from_f64).collect();
-            let out = map_rows(z, z, 1, h, None, |z, _, _, k| z * scale[k] + shift[k]);
+            let mut out = vec![T::from_f64(0.0); z.len()];
+            out.par_chunks_mut(ROWS * h)
+                .zip(z.par_chunks(ROWS * h))
+                .for_each(|(o, z)| {
+                    crate::vmath::with_simd(
+                        #[inline(always)]
+                        || {
+                            for (o, z) in o.chunks_exact_mut(h).zip(z.chunks_exact(h)) {
+                                for (((o, &z), &a), &b) in
+                                    o.iter_mut().zip(z).zip(&scale).zip(&shift)
+                                {
+                                    *o = z * a + b;
+                                }
+                            }
+                        },
+                    )
+                });
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
     }
@@ -803,8 +822,10 @@ impl CustomOp3 for MaskedBn {
             });
             let s2 = row_sums(zs, h, |row, zr, acc| {
                 let gr = &gs[row * h..(row + 1) * h];
-                for k in 0..h {
-                    acc[k] += (gr[k] * (zr[k] * a[k] + c[k])).to_f64();
+                for ((acc, (&g, &z)), (&a, &c)) in
+                    acc.iter_mut().zip(gr.iter().zip(zr)).zip(a.iter().zip(&c))
+                {
+                    *acc += (g * (z * a + c)).to_f64();
                 }
             });
             // ∂L/∂z_i = γ inv_std (g_i − (m_i/N_t)(s1 + x̂_i s2)).
@@ -820,14 +841,16 @@ impl CustomOp3 for MaskedBn {
                     for (i, d) in dc.chunks_mut(h).enumerate() {
                         let row = cidx * ROWS + i;
                         let (zr, gr) = (&zs[row * h..(row + 1) * h], &gs[row * h..(row + 1) * h]);
+                        let cols = d.iter_mut().zip(gr).zip(ga.iter());
                         if self.mask[row] {
-                            for k in 0..h {
-                                let xh = zr[k] * a[k] + c[k];
-                                d[k] = ga[k] * (gr[k] - (t1[k] + xh * t2[k]));
+                            let consts = zr.iter().zip(a.iter().zip(&c)).zip(t1.iter().zip(&t2));
+                            for (((d, &g), &ga), ((&z, (&a, &c)), (&t1, &t2))) in cols.zip(consts) {
+                                let xh = z * a + c;
+                                *d = ga * (g - (t1 + xh * t2));
                             }
                         } else {
-                            for k in 0..h {
-                                d[k] = ga[k] * gr[k];
+                            for ((d, &g), &ga) in cols {
+                                *d = ga * g;
                             }
                         }
                     }

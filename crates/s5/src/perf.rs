@@ -68,6 +68,9 @@ pub struct PerfReport {
     pub train_seconds: f64,
 }
 
+/// Least number of timed matmuls per shape in [`measure_model`]'s peak.
+pub const PEAK_REPS: usize = 50;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite timings"));
     v[v.len() / 2]
@@ -173,7 +176,13 @@ pub fn measure_model<M: Classifier + ?Sized>(
     Ok(PerfReport {
         infer_tokens_per_s: infer_tps,
         train_tokens_per_s: train_tps,
-        matmul_peak_gflops: matmul_peak_gflops(batch * len, cfg.d_model, cfg.ssm_size, reps)?,
+        // One matmul takes milliseconds: time many so that the peak is not a noisy denominator.
+        matmul_peak_gflops: matmul_peak_gflops(
+            batch * len,
+            cfg.d_model,
+            cfg.ssm_size,
+            reps.max(PEAK_REPS),
+        )?,
         infer_gflops: infer_tps * fpt / 1e9,
         train_gflops: train_tps * 3.0 * fpt / 1e9,
         flops_per_token: fpt,

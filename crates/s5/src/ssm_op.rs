@@ -152,9 +152,9 @@ fn infer(
                     let (wb, wc) = (Mat::rows(th.w_b, 2 * n), Mat::rows(th.w_c, h));
                     matmul_on(&mut v, (l, 2 * n, h), Mat::rows(ub, h), wb, false, seq);
                     let (x, _) = scan.fwd(th.lam, &v, None, (1, l, n));
-                    for (yr, ur) in yb.chunks_mut(h).zip(ub.chunks(h)) {
-                        for c in 0..h {
-                            yr[c] = ur[c] * th.d[c];
+                    for (yr, ur) in yb.chunks_exact_mut(h).zip(ub.chunks_exact(h)) {
+                        for ((y, &u), &d) in yr.iter_mut().zip(ur).zip(th.d) {
+                            *y = u * d;
                         }
                     }
                     matmul_on(yb, (l, h, dn), Mat::rows(&x, dn), wc, true, seq);
@@ -241,9 +241,9 @@ impl SsmOp {
         y.par_chunks_mut(ROWS * h)
             .zip(u.par_chunks(ROWS * h))
             .for_each(|(y, u)| {
-                for (y, u) in y.chunks_mut(h).zip(u.chunks(h)) {
-                    for c in 0..h {
-                        y[c] = u[c] * th.d[c];
+                for (y, u) in y.chunks_exact_mut(h).zip(u.chunks_exact(h)) {
+                    for ((y, &u), &d) in y.iter_mut().zip(u).zip(th.d) {
+                        *y = u * d;
                     }
                 }
             });
@@ -307,10 +307,15 @@ impl SsmOp {
             .zip(u.par_chunks(ROWS * h).zip(g.par_chunks(ROWS * h)))
             .map(|(o, (u, g))| {
                 let mut part = vec![0.0f64; h];
-                for ((o, u), g) in o.chunks_mut(h).zip(u.chunks(h)).zip(g.chunks(h)) {
-                    for c in 0..h {
-                        o[c] = g[c] * th.d[c];
-                        part[c] += (g[c] * u[c]).to_f64();
+                for ((o, u), g) in o
+                    .chunks_exact_mut(h)
+                    .zip(u.chunks_exact(h))
+                    .zip(g.chunks_exact(h))
+                {
+                    let cols = o.iter_mut().zip(part.iter_mut());
+                    for ((o, p), ((&u, &g), &d)) in cols.zip(u.iter().zip(g).zip(th.d)) {
+                        *o = g * d;
+                        *p += (g * u).to_f64();
                     }
                 }
                 part
