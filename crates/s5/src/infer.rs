@@ -23,7 +23,6 @@ use rayon::prelude::*;
 
 use crate::fused::{Mat, Real, matmul_on};
 use crate::model::S5Model;
-use crate::norm::{LN_EPS, Norm};
 use crate::{Error, GateKind, Result};
 
 /// Time steps per block.
@@ -45,7 +44,11 @@ enum NormArrays<T> {
     /// BatchNorm with running statistics: `u = x ⊙ scale + shift`.
     Affine { scale: Vec<T>, shift: Vec<T> },
     /// LayerNorm over the `H` channels of each position: `u = γ (x − μ)/sqrt(σ² + ε) + β`.
-    Layer { gamma: Vec<T>, beta: Vec<T> },
+    Layer {
+        gamma: Vec<T>,
+        beta: Vec<T>,
+        eps: f64,
+    },
 }
 
 /// One layer's parameters as plain arrays of the activation dtype `T`.
@@ -83,28 +86,22 @@ impl<T: Real> LayerArrays<T> {
     fn new(layer: &crate::model::S5Layer) -> Result<Self> {
         let ssm = &layer.ssm;
         let (h, n) = (ssm.width(), ssm.n_modes());
-        let norm = match &layer.norm {
-            Norm::Batch {
-                weight,
-                bias,
-                running_mean,
-                running_var,
-            } => {
-                let (g, b) = (f64s(weight)?, f64s(bias)?);
-                let (mean, var) = (f64s(running_mean)?, f64s(running_var)?);
-                let scale: Vec<f64> = (0..h)
-                    .map(|k| g[k] / (var[k] + crate::norm::BN_EPS).sqrt())
-                    .collect();
-                NormArrays::Affine {
-                    shift: (0..h)
-                        .map(|k| T::from_f64(b[k] - scale[k] * mean[k]))
-                        .collect(),
-                    scale: scale.into_iter().map(T::from_f64).collect(),
-                }
-            }
-            Norm::Layer { weight, bias } => NormArrays::Layer {
-                gamma: vec_of(weight)?,
-                beta: vec_of(bias)?,
+        // The evaluation-mode norm in f64 (BatchNorm folded into scale and shift), as exported
+        // to `mor`; cast once to `T`.
+        let cast = |v: Vec<f64>| -> Vec<T> { v.into_iter().map(T::from_f64).collect() };
+        let norm = match layer.norm.to_mor()? {
+            mor::Norm::Batch { scale, shift } => NormArrays::Affine {
+                scale: cast(scale),
+                shift: cast(shift),
+            },
+            mor::Norm::Layer { gamma, beta, eps } => NormArrays::Layer {
+                gamma: cast(gamma),
+                beta: cast(beta),
+                eps,
+            },
+            mor::Norm::Identity => NormArrays::Affine {
+                scale: vec![T::one(); h],
+                shift: vec![T::zero(); h],
             },
         };
         let disc = ssm.discretise()?;
@@ -149,12 +146,12 @@ impl<T: Real> LayerArrays<T> {
                     }
                 },
             ),
-            NormArrays::Layer { gamma, beta } => {
+            NormArrays::Layer { gamma, beta, eps } => {
                 for (ur, xr) in u.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
                     let mean = xr.iter().map(|v| v.to_f64()).sum::<f64>() / h as f64;
                     let var =
                         xr.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / h as f64;
-                    let inv = 1.0 / (var + LN_EPS).sqrt();
+                    let inv = 1.0 / (var + eps).sqrt();
                     for (((u, &x), &g), &b) in ur.iter_mut().zip(xr).zip(gamma).zip(beta) {
                         *u = T::from_f64((x.to_f64() - mean) * inv) * g + b;
                     }

@@ -11,6 +11,9 @@ use rand_chacha::ChaCha8Rng;
 use s5::norm::Mask;
 use s5::{GateKind, Mode, ModelConfig, NormKind, S5Model, to_mor, with_reduced};
 
+mod tensor_support;
+use tensor_support::values;
+
 const H: usize = 12;
 /// Longer than two of the kernel's time blocks (128 steps).
 const L: usize = 300;
@@ -59,15 +62,6 @@ fn model(c: &ModelConfig, dtype: DType) -> (VarMap, S5Model) {
         m.forward(&t, &l, Mode::Train { seed }).unwrap();
     }
     (vm, m)
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// `max |a − b| / max(1, max |b|)`.
