@@ -278,30 +278,30 @@ impl<T: Real> LayerArrays<T> {
                         *gv = yv.gelu().0;
                     }
                     matmul_on(a, (rows, h, h), Mat::rows(g, h), w_t, false, seq);
-                    let rows = x
-                        .chunks_exact_mut(h)
-                        .zip(y.chunks_exact(h))
-                        .zip(a.chunks_exact(h));
-                    for ((xr, yr), ar) in rows {
-                        for (((x, &y), &a), &b) in xr.iter_mut().zip(yr).zip(ar).zip(b) {
-                            *x += y * (a + b).sigmoid();
-                        }
-                    }
+                    add_gated(x, y, a, b, |z| z.sigmoid());
                 }
                 GateKind::Quadratic => {
                     matmul_on(a, (rows, h, h), Mat::rows(y, h), w_t, false, seq);
-                    let rows = x
-                        .chunks_exact_mut(h)
-                        .zip(y.chunks_exact(h))
-                        .zip(a.chunks_exact(h));
-                    for ((xr, yr), ar) in rows {
-                        for (((x, &y), &a), &b) in xr.iter_mut().zip(yr).zip(ar).zip(b) {
-                            *x += y * (a + b);
-                        }
-                    }
+                    add_gated(x, y, a, b, |z| z);
                 }
             },
         );
+    }
+}
+
+/// `x += y ⊙ act(a + b)` over `[rows, H]` blocks (`b` `[H]`); generic in `act` so that the loop
+/// is inlined and vectorised.
+#[inline(always)]
+fn add_gated<T: Real>(x: &mut [T], y: &[T], a: &[T], b: &[T], act: impl Fn(T) -> T) {
+    let h = b.len();
+    let rows = x
+        .chunks_exact_mut(h)
+        .zip(y.chunks_exact(h))
+        .zip(a.chunks_exact(h));
+    for ((xr, yr), ar) in rows {
+        for (((x, &y), &a), &b) in xr.iter_mut().zip(yr).zip(ar).zip(b) {
+            *x += y * act(a + b);
+        }
     }
 }
 
