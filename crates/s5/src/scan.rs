@@ -177,14 +177,18 @@ fn scan_seq<T: WithDType>(
         let k = if reverse { len - 1 - step } else { step };
         let vr = &v[k * 2 * n..(k + 1) * 2 * n];
         let or = &mut out[k * out_stride..k * out_stride + 2 * n];
-        for j in 0..n {
-            let (lr, li) = lam[j];
-            let xr = lr * sr[j] - li * si[j] + vr[2 * j].to_f64();
-            let xi = lr * si[j] + li * sr[j] + vr[2 * j + 1].to_f64();
-            sr[j] = xr;
-            si[j] = xi;
-            or[2 * j] = T::from_f64(xr);
-            or[2 * j + 1] = T::from_f64(xi);
+        let modes = vr
+            .chunks_exact(2)
+            .zip(or.chunks_exact_mut(2))
+            .zip(sr.iter_mut().zip(si.iter_mut()))
+            .zip(lam);
+        for (((v, o), (sr, si)), &(lr, li)) in modes {
+            let xr = lr * *sr - li * *si + v[0].to_f64();
+            let xi = lr * *si + li * *sr + v[1].to_f64();
+            *sr = xr;
+            *si = xi;
+            o[0] = T::from_f64(xr);
+            o[1] = T::from_f64(xi);
         }
     }
 }
@@ -260,56 +264,57 @@ impl ScanOp {
                 let gb = &g[bi * per_x..(bi + 1) * per_x];
                 let mut hr = vec![0.0f64; n];
                 let mut hi = vec![0.0f64; n];
-                let mut gvr = vec![0.0f64; 2 * n];
+                // The state before the first step of the recurrence when there is no initial one.
+                let zero_state = vec![T::zero(); 2 * n];
                 for slot in 0..d {
                     let rev = self.direction.is_reverse(slot);
                     hr.fill(0.0);
                     hi.fill(0.0);
-                    let x0 = init.map(|x| &x[(bi * d + slot) * n * 2..(bi * d + slot + 1) * n * 2]);
+                    let x0 = init
+                        .map(|x| &x[(bi * d + slot) * n * 2..(bi * d + slot + 1) * n * 2])
+                        .unwrap_or(&zero_state);
                     for step in 0..len {
                         // Adjoint runs opposite to the recurrence.
                         let k = if rev { step } else { len - 1 - step };
                         let off = (k * d + slot) * n * 2;
                         let gk = &gb[off..off + 2 * n];
                         // Previous state of the recurrence (the one multiplied by λ̄ at k).
-                        let prev: Option<&[T]> = if rev {
-                            if k + 1 < len {
-                                let o = ((k + 1) * d + slot) * n * 2;
-                                Some(&xb[o..o + 2 * n])
-                            } else {
-                                x0
-                            }
-                        } else if k > 0 {
-                            let o = ((k - 1) * d + slot) * n * 2;
-                            Some(&xb[o..o + 2 * n])
+                        let prev_k = if rev {
+                            (k + 1 < len).then_some(k + 1)
                         } else {
-                            x0
+                            k.checked_sub(1)
+                        };
+                        let prev = match prev_k {
+                            Some(p) => {
+                                let o = (p * d + slot) * n * 2;
+                                &xb[o..o + 2 * n]
+                            }
+                            None => x0,
                         };
                         let gvk = &mut gvb[k * n * 2..(k + 1) * n * 2];
-                        for j in 0..n {
-                            let (lr, li) = lam[j];
+                        let modes = gk
+                            .chunks_exact(2)
+                            .zip(prev.chunks_exact(2))
+                            .zip(hr.iter_mut().zip(hi.iter_mut()))
+                            .zip(lam.iter().zip(glam.chunks_exact_mut(2)))
+                            .zip(gvk.chunks_exact_mut(2));
+                        for ((((g, p), (hr, hi)), (&(lr, li), gl)), o) in modes {
                             // h = g + conj(λ) h
-                            let nr = gk[2 * j].to_f64() + lr * hr[j] + li * hi[j];
-                            let ni = gk[2 * j + 1].to_f64() + lr * hi[j] - li * hr[j];
-                            hr[j] = nr;
-                            hi[j] = ni;
-                            gvr[2 * j] = nr;
-                            gvr[2 * j + 1] = ni;
-                            if let Some(p) = prev {
-                                // glam += h conj(prev)
-                                let pr = p[2 * j].to_f64();
-                                let pi = p[2 * j + 1].to_f64();
-                                glam[2 * j] += nr * pr + ni * pi;
-                                glam[2 * j + 1] += ni * pr - nr * pi;
-                            }
-                        }
-                        if slot == 0 {
-                            for (o, &s) in gvk.iter_mut().zip(gvr.iter()) {
-                                *o = T::from_f64(s);
-                            }
-                        } else {
-                            for (o, &s) in gvk.iter_mut().zip(gvr.iter()) {
-                                *o = T::from_f64(o.to_f64() + s);
+                            let nr = g[0].to_f64() + lr * *hr + li * *hi;
+                            let ni = g[1].to_f64() + lr * *hi - li * *hr;
+                            *hr = nr;
+                            *hi = ni;
+                            // glam += h conj(prev)
+                            let (pr, pi) = (p[0].to_f64(), p[1].to_f64());
+                            gl[0] += nr * pr + ni * pi;
+                            gl[1] += ni * pr - nr * pi;
+                            // ∂L/∂v_k: the sum over directions.
+                            if slot == 0 {
+                                o[0] = T::from_f64(nr);
+                                o[1] = T::from_f64(ni);
+                            } else {
+                                o[0] = T::from_f64(o[0].to_f64() + nr);
+                                o[1] = T::from_f64(o[1].to_f64() + ni);
                             }
                         }
                     }
