@@ -315,10 +315,10 @@ fn mask_row<T>(m: &[T], row: usize, len: usize, h: usize) -> &[T] {
 
 /// The op; `saved` keeps `(s, g)` of the forward pass for the backward: `s = σ(a + b)` and
 /// `g = GELU_tanh(y) ⊙ m₁`, both `[rows, H]`.
-struct GluResidual {
-    drop_in: Option<ChannelMask>,
-    drop_out: Option<ChannelMask>,
-    saved: Mutex<Option<(CpuStorage, CpuStorage)>>,
+pub(crate) struct GluResidual {
+    pub(crate) drop_in: Option<ChannelMask>,
+    pub(crate) drop_out: Option<ChannelMask>,
+    pub(crate) saved: Mutex<Option<(CpuStorage, CpuStorage)>>,
 }
 
 /// Parallel work units of [`ROWS`] rows: `f(unit index, chunk of out_a, chunk of out_b)`.
@@ -336,7 +336,7 @@ fn for_units2<T: Send>(
 
 impl GluResidual {
     /// Returns `(out, s, g)`.
-    fn fwd<T: Real>(
+    pub(crate) fn fwd<T: Real>(
         &self,
         x: &[T],
         y: &[T],
@@ -380,7 +380,7 @@ impl GluResidual {
 
     /// Returns `(∂L/∂y, ∂L/∂θ)` for the upstream gradient `gout` (`∂L/∂x = gout`).
     #[allow(clippy::too_many_arguments)]
-    fn bwd_impl<T: Real>(
+    pub(crate) fn bwd_impl<T: Real>(
         &self,
         y: &[T],
         theta: &[T],
@@ -631,6 +631,34 @@ fn row_sums<T: WithDType>(
         .fold(vec![0.0; h], add_partials)
 }
 
+/// Mean and biased variance `[H]` (f64) over the rows of `z` `[N, H]` whose `mask` entry is true
+/// (two passes; `nt` = number of true rows ≥ 1).
+pub(crate) fn masked_stats<T: WithDType>(
+    zs: &[T],
+    mask: &[bool],
+    h: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let nt = mask.iter().filter(|&&m| m).count().max(1) as f64;
+    let mut mean = row_sums(zs, h, |i, row, acc| {
+        if mask[i] {
+            for (a, x) in acc.iter_mut().zip(row) {
+                *a += x.to_f64();
+            }
+        }
+    });
+    mean.iter_mut().for_each(|m| *m /= nt);
+    let mut var = row_sums(zs, h, |i, row, acc| {
+        if mask[i] {
+            for ((a, x), m) in acc.iter_mut().zip(row).zip(&mean) {
+                let d = x.to_f64() - m;
+                *a += d * d;
+            }
+        }
+    });
+    var.iter_mut().for_each(|v| *v /= nt);
+    (mean, var)
+}
+
 /// Fused training-mode BatchNorm over the rows of `z` `[N, H]` whose `mask` entry is 1
 /// (statistics over true positions only; all rows are normalised):
 /// `u_i = γ (z_i − μ)/σ + β`, `μ = Σ_i m_i z_i / N_t`, `σ² = Σ_i m_i (z_i − μ)² / N_t + ε`
@@ -661,34 +689,13 @@ pub fn masked_batch_norm(
         )));
     }
     let z = z.contiguous()?;
-    let nt = mask.iter().filter(|&&m| m).count() as f64;
     let (mean, var) = {
         let (s, l) = z.storage_and_layout();
         let candle_core::Storage::Cpu(s) = &*s else {
             return Err(Error::Config("masked_batch_norm: CPU tensors only".into()));
         };
         let stats = |s: &CpuStorage| -> candle_core::Result<(Vec<f64>, Vec<f64>)> {
-            by_dtype!(s, |T| {
-                let zs = slice::<T>(s, l)?;
-                let mut mean = row_sums(zs, h, |i, row, acc| {
-                    if mask[i] {
-                        for (a, x) in acc.iter_mut().zip(row) {
-                            *a += x.to_f64();
-                        }
-                    }
-                });
-                mean.iter_mut().for_each(|m| *m /= nt);
-                let mut var = row_sums(zs, h, |i, row, acc| {
-                    if mask[i] {
-                        for ((a, x), m) in acc.iter_mut().zip(row).zip(&mean) {
-                            let d = x.to_f64() - m;
-                            *a += d * d;
-                        }
-                    }
-                });
-                var.iter_mut().for_each(|v| *v /= nt);
-                Ok((mean, var))
-            })
+            by_dtype!(s, |T| Ok(masked_stats(slice::<T>(s, l)?, mask, h)))
         };
         stats(s)?
     };
@@ -737,10 +744,97 @@ pub fn batch_norm_eval(
 
 /// BatchNorm as one op: statistics `mean`, `inv_std` fixed at construction; rows with a true
 /// `mask` entry contributed to them (none in evaluation mode).
-struct MaskedBn {
-    mask: Vec<bool>,
-    mean: Vec<f64>,
-    inv_std: Vec<f64>,
+pub(crate) struct MaskedBn {
+    pub(crate) mask: Vec<bool>,
+    pub(crate) mean: Vec<f64>,
+    pub(crate) inv_std: Vec<f64>,
+}
+
+impl MaskedBn {
+    /// `u = γ (z − mean) inv_std + β` over the rows of `z` `[N, H]` (`γ` = `g`, `β` = `b`, `[H]`).
+    pub(crate) fn fwd_slices<T: WithDType>(&self, z: &[T], g: &[T], b: &[T]) -> Vec<T> {
+        let h = g.len();
+        let scale: Vec<f64> = (0..h).map(|k| g[k].to_f64() * self.inv_std[k]).collect();
+        let shift: Vec<T> = (0..h)
+            .map(|k| T::from_f64(b[k].to_f64() - scale[k] * self.mean[k]))
+            .collect();
+        let scale: Vec<T> = scale.into_iter().map(T::from_f64).collect();
+        let mut out = vec![T::from_f64(0.0); z.len()];
+        out.par_chunks_mut(ROWS * h)
+            .zip(z.par_chunks(ROWS * h))
+            .for_each(|(o, z)| {
+                crate::vmath::with_simd(
+                    #[inline(always)]
+                    || {
+                        for (o, z) in o.chunks_exact_mut(h).zip(z.chunks_exact(h)) {
+                            for (((o, &z), &a), &b) in o.iter_mut().zip(z).zip(&scale).zip(&shift) {
+                                *o = z * a + b;
+                            }
+                        }
+                    },
+                )
+            });
+        out
+    }
+
+    /// `(∂L/∂z [N, H], ∂L/∂γ [H], ∂L/∂β [H])` for the upstream gradient `gs` `[N, H]`, `gam` = γ,
+    /// `nt` true rows (see [`masked_batch_norm`]).
+    pub(crate) fn bwd_slices<T: WithDType>(
+        &self,
+        zs: &[T],
+        gs: &[T],
+        gam: &[f64],
+        nt: f64,
+        (n, h): (usize, usize),
+    ) -> (Vec<T>, Vec<f64>, Vec<f64>) {
+        // x̂ = z·inv_std − mean·inv_std, in the storage dtype.
+        let a: Vec<T> = self.inv_std.iter().map(|&s| T::from_f64(s)).collect();
+        let c: Vec<T> = (0..h)
+            .map(|k| T::from_f64(-self.mean[k] * self.inv_std[k]))
+            .collect();
+        // s1 = Σ_i g_i, s2 = Σ_i g_i x̂_i over all rows.
+        let s1 = row_sums(gs, h, |_, g, acc| {
+            for (a, g) in acc.iter_mut().zip(g) {
+                *a += g.to_f64();
+            }
+        });
+        let s2 = row_sums(zs, h, |row, zr, acc| {
+            let gr = &gs[row * h..(row + 1) * h];
+            for ((acc, (&g, &z)), (&a, &c)) in
+                acc.iter_mut().zip(gr.iter().zip(zr)).zip(a.iter().zip(&c))
+            {
+                *acc += (g * (z * a + c)).to_f64();
+            }
+        });
+        // ∂L/∂z_i = γ inv_std (g_i − (m_i/N_t)(s1 + x̂_i s2)).
+        let ga: Vec<T> = (0..h)
+            .map(|k| T::from_f64(gam[k] * self.inv_std[k]))
+            .collect();
+        let t1: Vec<T> = (0..h).map(|k| T::from_f64(s1[k] / nt)).collect();
+        let t2: Vec<T> = (0..h).map(|k| T::from_f64(s2[k] / nt)).collect();
+        let mut dz = vec![T::from_f64(0.0); n * h];
+        dz.par_chunks_mut(ROWS * h)
+            .enumerate()
+            .for_each(|(cidx, dc)| {
+                for (i, d) in dc.chunks_mut(h).enumerate() {
+                    let row = cidx * ROWS + i;
+                    let (zr, gr) = (&zs[row * h..(row + 1) * h], &gs[row * h..(row + 1) * h]);
+                    let cols = d.iter_mut().zip(gr).zip(ga.iter());
+                    if self.mask[row] {
+                        let consts = zr.iter().zip(a.iter().zip(&c)).zip(t1.iter().zip(&t2));
+                        for (((d, &g), &ga), ((&z, (&a, &c)), (&t1, &t2))) in cols.zip(consts) {
+                            let xh = z * a + c;
+                            *d = ga * (g - (t1 + xh * t2));
+                        }
+                    } else {
+                        for ((d, &g), &ga) in cols {
+                            *d = ga * g;
+                        }
+                    }
+                }
+            });
+        (dz, s2, s1)
+    }
 }
 
 impl CustomOp3 for MaskedBn {
@@ -762,29 +856,7 @@ impl CustomOp3 for MaskedBn {
                 slice::<T>(s2, l2)?,
                 slice::<T>(s3, l3)?,
             );
-            let h = g.len();
-            let scale: Vec<f64> = (0..h).map(|k| g[k].to_f64() * self.inv_std[k]).collect();
-            let shift: Vec<T> = (0..h)
-                .map(|k| T::from_f64(b[k].to_f64() - scale[k] * self.mean[k]))
-                .collect();
-            let scale: Vec<T> = scale.into_iter().map(T::from_f64).collect();
-            let mut out = vec![T::from_f64(0.0); z.len()];
-            out.par_chunks_mut(ROWS * h)
-                .zip(z.par_chunks(ROWS * h))
-                .for_each(|(o, z)| {
-                    crate::vmath::with_simd(
-                        #[inline(always)]
-                        || {
-                            for (o, z) in o.chunks_exact_mut(h).zip(z.chunks_exact(h)) {
-                                for (((o, &z), &a), &b) in
-                                    o.iter_mut().zip(z).zip(&scale).zip(&shift)
-                                {
-                                    *o = z * a + b;
-                                }
-                            }
-                        },
-                    )
-                });
+            let out = self.fwd_slices(z, g, b);
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
     }
@@ -809,52 +881,7 @@ impl CustomOp3 for MaskedBn {
         let dev = z.device();
         by_dtype!(sz, |T| {
             let (zs, gs) = (slice::<T>(sz, lz)?, slice::<T>(sg, lg)?);
-            // x̂ = z·inv_std − mean·inv_std, in the storage dtype.
-            let a: Vec<T> = self.inv_std.iter().map(|&s| T::from_f64(s)).collect();
-            let c: Vec<T> = (0..h)
-                .map(|k| T::from_f64(-self.mean[k] * self.inv_std[k]))
-                .collect();
-            // s1 = Σ_i g_i, s2 = Σ_i g_i x̂_i over all rows.
-            let s1 = row_sums(gs, h, |_, g, acc| {
-                for (a, g) in acc.iter_mut().zip(g) {
-                    *a += g.to_f64();
-                }
-            });
-            let s2 = row_sums(zs, h, |row, zr, acc| {
-                let gr = &gs[row * h..(row + 1) * h];
-                for ((acc, (&g, &z)), (&a, &c)) in
-                    acc.iter_mut().zip(gr.iter().zip(zr)).zip(a.iter().zip(&c))
-                {
-                    *acc += (g * (z * a + c)).to_f64();
-                }
-            });
-            // ∂L/∂z_i = γ inv_std (g_i − (m_i/N_t)(s1 + x̂_i s2)).
-            let ga: Vec<T> = (0..h)
-                .map(|k| T::from_f64(gam[k] * self.inv_std[k]))
-                .collect();
-            let t1: Vec<T> = (0..h).map(|k| T::from_f64(s1[k] / nt)).collect();
-            let t2: Vec<T> = (0..h).map(|k| T::from_f64(s2[k] / nt)).collect();
-            let mut dz = vec![T::from_f64(0.0); n * h];
-            dz.par_chunks_mut(ROWS * h)
-                .enumerate()
-                .for_each(|(cidx, dc)| {
-                    for (i, d) in dc.chunks_mut(h).enumerate() {
-                        let row = cidx * ROWS + i;
-                        let (zr, gr) = (&zs[row * h..(row + 1) * h], &gs[row * h..(row + 1) * h]);
-                        let cols = d.iter_mut().zip(gr).zip(ga.iter());
-                        if self.mask[row] {
-                            let consts = zr.iter().zip(a.iter().zip(&c)).zip(t1.iter().zip(&t2));
-                            for (((d, &g), &ga), ((&z, (&a, &c)), (&t1, &t2))) in cols.zip(consts) {
-                                let xh = z * a + c;
-                                *d = ga * (g - (t1 + xh * t2));
-                            }
-                        } else {
-                            for ((d, &g), &ga) in cols {
-                                *d = ga * g;
-                            }
-                        }
-                    }
-                });
+            let (dz, s2, s1) = self.bwd_slices(zs, gs, &gam, nt, (n, h));
             let to_t = |v: Vec<f64>| -> Vec<T> { v.into_iter().map(T::from_f64).collect() };
             Ok((
                 Some(Tensor::from_vec(dz, (n, h), dev)?),

@@ -16,6 +16,7 @@ pub mod perf;
 pub mod scan;
 pub mod ssm;
 pub mod ssm_op;
+pub mod stack;
 pub mod train;
 pub mod vmath;
 

@@ -207,7 +207,13 @@ impl S5Model {
                 let (l, toks, lens) = self.checked_inputs(tokens, lengths)?;
                 Ok(crate::infer::forward(self, &toks, &lens, l, false)?.0)
             }
-            Mode::Train { .. } => self.forward_ops(tokens, lengths, mode),
+            Mode::Train { .. } => {
+                let stacked = self.layers.iter().all(|layer| {
+                    matches!(layer.norm, Norm::Batch { .. })
+                        && layer.gate.kind == crate::GateKind::HalfGlu2
+                });
+                self.forward_autograd(tokens, lengths, mode, stacked)
+            }
         }
     }
 
@@ -286,20 +292,14 @@ impl S5Model {
     /// # Errors
     /// As [`S5Model::forward`].
     pub fn forward_ops(&self, tokens: &Tensor, lengths: &Tensor, mode: Mode) -> Result<Tensor> {
-        let (l, _, lens) = self.checked_inputs(tokens, lengths)?;
-        let (b, h) = (lens.len(), self.cfg.d_model);
-        let flat = tokens.flatten_all()?;
-        let mut x = self.encoder.index_select(&flat, 0)?.reshape((b, l, h))?;
-        let mask = Mask::new(&lens, l, &x)?;
-        let (train, seed) = match mode {
-            Mode::Eval => (false, 0),
-            Mode::Train { seed } => (true, seed),
-        };
-        let p = self.cfg.dropout;
-        let drop_mask = |site: u64| -> Result<Option<ChannelMask>> {
-            if !train || p == 0.0 {
-                return Ok(None);
-            }
+        self.forward_autograd(tokens, lengths, mode, false)
+    }
+
+    /// Per layer the two dropout masks `(m₁, m₂)` of a batch of `b` (none in evaluation or
+    /// without dropout), drawn from the step seed mixed with the layer and site index.
+    fn dropout_masks(&self, b: usize, mode: Mode) -> Result<Vec<DropMasks>> {
+        let (h, p) = (self.cfg.d_model, self.cfg.dropout);
+        let draw = |seed: u64, site: u64| -> Result<Option<ChannelMask>> {
             let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, site));
             let keep = 1.0 / (1.0 - p);
             let vals: Vec<f32> = (0..b * h)
@@ -313,19 +313,88 @@ impl S5Model {
                 .collect();
             Ok(Some(ChannelMask::new(b, h, vals)?))
         };
-        for (i, layer) in self.layers.iter().enumerate() {
-            let u = layer.norm.forward(&x, &mask, train)?;
-            let y = layer.ssm.forward_t(&u, &lens, train)?;
-            let d1 = drop_mask(2 * i as u64)?;
-            let d2 = drop_mask(2 * i as u64 + 1)?;
-            x = layer.gate.residual(&x, &y, d1.as_ref(), d2.as_ref())?;
+        (0..self.layers.len() as u64)
+            .map(|i| match mode {
+                Mode::Train { seed } if p > 0.0 => Ok((draw(seed, 2 * i)?, draw(seed, 2 * i + 1)?)),
+                _ => Ok((None, None)),
+            })
+            .collect()
+    }
+
+    /// The autograd forward; with `stacked` (training with BatchNorm and `half_glu2` only), the
+    /// layers run as one node ([`crate::stack`]).
+    fn forward_autograd(
+        &self,
+        tokens: &Tensor,
+        lengths: &Tensor,
+        mode: Mode,
+        stacked: bool,
+    ) -> Result<Tensor> {
+        let (l, _, lens) = self.checked_inputs(tokens, lengths)?;
+        let (b, h) = (lens.len(), self.cfg.d_model);
+        let flat = tokens.flatten_all()?;
+        let mut x = self.encoder.index_select(&flat, 0)?.reshape((b, l, h))?;
+        let mask = Mask::new(&lens, l, &x)?;
+        let train = matches!(mode, Mode::Train { .. });
+        let masks = self.dropout_masks(b, mode)?;
+        if stacked && train {
+            x = self.stack_forward(&x, &mask, &lens, masks)?;
+        } else {
+            for (layer, (d1, d2)) in self.layers.iter().zip(masks) {
+                let u = layer.norm.forward(&x, &mask, train)?;
+                let y = layer.ssm.forward_t(&u, &lens, train)?;
+                x = layer.gate.residual(&x, &y, d1.as_ref(), d2.as_ref())?;
+            }
         }
         let pooled = mask.pool.matmul(&x)?.squeeze(1)?;
         Ok(pooled
             .matmul(&self.decoder_w.t()?)?
             .broadcast_add(&self.decoder_b)?)
     }
+
+    /// The training-mode layers as one node ([`crate::stack::layer_stack`]); records the batch
+    /// statistics into the BatchNorm running statistics as [`Norm::forward`] does.
+    fn stack_forward(
+        &self,
+        x: &Tensor,
+        mask: &Mask,
+        lens: &[u32],
+        masks: Vec<DropMasks>,
+    ) -> Result<Tensor> {
+        let mut parts = Vec::new();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (layer, (drop_in, drop_out)) in self.layers.iter().zip(masks) {
+            let Norm::Batch { weight, bias, .. } = &layer.norm else {
+                return Err(Error::Config("layer stack: BatchNorm layers only".into()));
+            };
+            let (lambda_bar, w_b, w_c, direction) = layer.ssm.op_inputs()?;
+            parts.extend([weight.clone(), bias.clone()]);
+            parts.push(crate::ssm_op::pack_theta(
+                &lambda_bar,
+                &w_b,
+                &w_c,
+                &layer.ssm.d,
+            )?);
+            parts.extend([layer.gate.weight.flatten_all()?, layer.gate.bias.clone()]);
+            layers.push(crate::stack::StackLayer {
+                n: layer.ssm.n_modes(),
+                direction,
+                drop_in,
+                drop_out,
+            });
+        }
+        let theta = Tensor::cat(&parts, 0)?;
+        let (out, stats) =
+            crate::stack::layer_stack(x, &theta, layers, lens, &mask.rows, crate::norm::BN_EPS)?;
+        for (layer, (mean, var)) in self.layers.iter().zip(stats) {
+            layer.norm.record_batch_stats(mean, var)?;
+        }
+        Ok(out)
+    }
 }
+
+/// `(m₁, m₂)`: the dropout masks of one layer.
+type DropMasks = (Option<ChannelMask>, Option<ChannelMask>);
 
 /// Forward FLOPs per token of `cfg` (a multiply and an add count 1 each). Per layer, with
 /// `d` = 2 directions if bidirectional else 1: `2·H·P` (projection `u B̄ᵀ` as a real `[H, P]`

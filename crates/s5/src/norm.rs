@@ -158,18 +158,36 @@ impl Norm {
                     bias,
                     BN_EPS,
                 )?;
-                let m = BN_MOMENTUM;
-                let upd = |run: &Tensor, batch: Vec<f64>| -> Result<()> {
-                    let batch = Tensor::from_vec(batch, h, run.device())?.to_dtype(run.dtype())?;
-                    let new = ((run.detach() * m)? + (batch * (1.0 - m))?)?;
-                    run.slice_set(&new, 0, 0)?;
-                    Ok(())
-                };
-                upd(running_mean, mean)?;
-                upd(running_var, var)?;
+                self.record_batch_stats(mean, var)?;
                 Ok(u.reshape((b, l, h))?)
             }
         }
+    }
+
+    /// Moves BatchNorm's running statistics towards a batch's mean and biased variance `[H]`
+    /// (`running ← m · running + (1 − m) · batch`, `m` = [`BN_MOMENTUM`]); nothing for LayerNorm.
+    ///
+    /// # Errors
+    /// Candle errors only.
+    pub fn record_batch_stats(&self, mean: Vec<f64>, var: Vec<f64>) -> Result<()> {
+        let Norm::Batch {
+            running_mean,
+            running_var,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let m = BN_MOMENTUM;
+        let upd = |run: &Tensor, batch: Vec<f64>| -> Result<()> {
+            let h = batch.len();
+            let batch = Tensor::from_vec(batch, h, run.device())?.to_dtype(run.dtype())?;
+            let new = ((run.detach() * m)? + (batch * (1.0 - m))?)?;
+            run.slice_set(&new, 0, 0)?;
+            Ok(())
+        };
+        upd(running_mean, mean)?;
+        upd(running_var, var)
     }
 
     /// The evaluation-mode norm for `mor`.

@@ -267,10 +267,21 @@ impl S5Ssm {
     /// # Errors
     /// Shape mismatches.
     pub fn forward_t(&self, u: &Tensor, lengths: &[u32], grad: bool) -> Result<Tensor> {
-        let h = u.dim(2)?;
-        let n = self.n_modes();
+        let (lambda_bar, wb, wc, dir) = self.op_inputs()?;
+        let args = [u.clone(), lambda_bar, wb, wc, self.d.clone()];
+        let [u, lambda_bar, wb, wc, d] = if grad { args } else { args.map(|t| t.detach()) };
+        crate::ssm_op::ssm_apply(&u, &lambda_bar, &wb, &wc, &d, lengths, dir)
+    }
+
+    /// The operands of [`crate::ssm_op::ssm_apply`] (differentiable in the parameters):
+    /// `λ̄` `[n, 2]`, `W_B` `[H, 2n]` (column `(j, re/im)` = `B̄[j, :, re/im]`), the read-out
+    /// `W_C` `[d·2n, H]`, and the scan direction.
+    ///
+    /// # Errors
+    /// Candle errors only.
+    pub(crate) fn op_inputs(&self) -> Result<(Tensor, Tensor, Tensor, Direction)> {
+        let (h, n) = (self.width(), self.n_modes());
         let disc = self.discretise()?;
-        // W_B [H, 2n]: column (j, re/im) = B̄[j, :, re/im].
         let wb = disc
             .b_bar
             .transpose(0, 1)?
@@ -281,15 +292,7 @@ impl S5Ssm {
         } else {
             Direction::Forward
         };
-        let args = [
-            u.clone(),
-            disc.lambda_bar,
-            wb,
-            self.readout()?,
-            self.d.clone(),
-        ];
-        let [u, lambda_bar, wb, wc, d] = if grad { args } else { args.map(|t| t.detach()) };
-        crate::ssm_op::ssm_apply(&u, &lambda_bar, &wb, &wc, &d, lengths, dir)
+        Ok((disc.lambda_bar, wb, self.readout()?, dir))
     }
 
     /// Builds a discrete SSM from a `mor` block (`lambda` `[r]`, `b` `[r, H]`, `c` `[H, r]`,

@@ -102,7 +102,7 @@ pub fn ssm_apply(
 }
 
 /// The flat parameter vector `θ = [λ̄, W_B, W_C, D]` (see the module doc).
-fn pack_theta(
+pub(crate) fn pack_theta(
     lambda_bar: &Tensor,
     w_b: &Tensor,
     w_c: &Tensor,
@@ -172,10 +172,10 @@ fn infer(
 
 /// The op: `scan` carries the direction and true lengths; `states` keeps the forward pass's
 /// scan states `x` `[b·l, d·2n]` for the backward.
-struct SsmOp {
-    scan: ScanOp,
-    n: usize,
-    states: Mutex<Option<CpuStorage>>,
+pub(crate) struct SsmOp {
+    pub(crate) scan: ScanOp,
+    pub(crate) n: usize,
+    pub(crate) states: Mutex<Option<CpuStorage>>,
 }
 
 /// Views of the flat parameter vector θ.
@@ -217,7 +217,7 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result
 const ROWS: usize = 256;
 
 impl SsmOp {
-    fn fwd<T: WithDType>(
+    pub(crate) fn fwd<T: WithDType>(
         &self,
         u: &[T],
         theta: &[T],
@@ -258,7 +258,7 @@ impl SsmOp {
     }
 
     /// Returns `(∂L/∂u [b·l·H], ∂L/∂θ)`.
-    fn bwd_impl<T: WithDType>(
+    pub(crate) fn bwd_impl<T: WithDType>(
         &self,
         u: &[T],
         theta: &[T],
