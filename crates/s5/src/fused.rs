@@ -115,10 +115,14 @@ impl ChannelMask {
     }
 }
 
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
+/// The contiguous data of a CPU storage as a slice of `T` (the custom ops' inputs).
+pub(crate) fn slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
-        None => candle_core::bail!("fused op: input must be contiguous"),
+        None => candle_core::bail!("s5 op: inputs must be contiguous"),
     }
 }
 

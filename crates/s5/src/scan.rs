@@ -26,6 +26,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use crate::fused::slice;
 use crate::{Error, Result};
 
 /// Which recurrences a scan runs.
@@ -137,13 +138,6 @@ pub fn diag_scan(
 pub(crate) struct ScanOp {
     pub(crate) direction: Direction,
     pub(crate) lengths: Vec<u32>,
-}
-
-fn slice_of<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
-        None => candle_core::bail!("diag_scan: inputs must be contiguous"),
-    }
 }
 
 /// One scan of one sequence over all `n` modes. `v` rows have stride `2n`, `out` rows stride
@@ -350,28 +344,18 @@ impl ScanOp {
         match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
                 let i = match init {
-                    Some((s, l)) => Some(slice_of::<f32>(s, l)?),
+                    Some((s, l)) => Some(slice::<f32>(s, l)?),
                     None => None,
                 };
-                let (o, sh) = self.fwd(
-                    slice_of::<f32>(s1, l1)?,
-                    slice_of::<f32>(s2, l2)?,
-                    i,
-                    (b, l, n),
-                );
+                let (o, sh) = self.fwd(slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?, i, (b, l, n));
                 Ok((CpuStorage::F32(o), sh))
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
                 let i = match init {
-                    Some((s, l)) => Some(slice_of::<f64>(s, l)?),
+                    Some((s, l)) => Some(slice::<f64>(s, l)?),
                     None => None,
                 };
-                let (o, sh) = self.fwd(
-                    slice_of::<f64>(s1, l1)?,
-                    slice_of::<f64>(s2, l2)?,
-                    i,
-                    (b, l, n),
-                );
+                let (o, sh) = self.fwd(slice::<f64>(s1, l1)?, slice::<f64>(s2, l2)?, i, (b, l, n));
                 Ok((CpuStorage::F64(o), sh))
             }
             _ => candle_core::bail!("diag_scan: lambda_bar and v must both be f32 or both f64"),
@@ -406,15 +390,15 @@ impl ScanOp {
                 };
                 let iv = match &si {
                     Some((s, l)) => match &**s {
-                        Storage::Cpu(s) => Some(slice_of::<$t>(s, l)?),
+                        Storage::Cpu(s) => Some(slice::<$t>(s, l)?),
                         _ => candle_core::bail!("diag_scan: CPU only"),
                     },
                     None => None,
                 };
                 let (gl, gv, gi) = self.bwd_impl(
-                    slice_of::<$t>(sl, ll)?,
-                    slice_of::<$t>(sx, lx)?,
-                    slice_of::<$t>(sg, lg)?,
+                    slice::<$t>(sl, ll)?,
+                    slice::<$t>(sx, lx)?,
+                    slice::<$t>(sg, lg)?,
                     iv,
                     (b, l, n),
                 );

@@ -31,7 +31,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::fused::{Mat, matmul, matmul_on};
+use crate::fused::{Mat, matmul, matmul_on, slice};
 use crate::scan::{Direction, ScanOp};
 use crate::{Error, Result};
 
@@ -204,13 +204,6 @@ fn split_theta<T>(
     let (w_b, rest) = rest.split_at(sizes[1]);
     let (w_c, d) = rest.split_at(sizes[2]);
     Ok(Theta { lam, w_b, w_c, d })
-}
-
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
-        None => candle_core::bail!("ssm op: inputs must be contiguous"),
-    }
 }
 
 /// Rows per parallel work unit of the elementwise parts.

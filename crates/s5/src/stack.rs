@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor, WithDType};
 
-use crate::fused::{ChannelMask, GluResidual, MaskedBn, Real, masked_stats};
+use crate::fused::{ChannelMask, GluResidual, MaskedBn, Real, masked_stats, slice};
 use crate::scan::{Direction, ScanOp};
 use crate::ssm_op::SsmOp;
 use crate::{Error, Result};
@@ -184,13 +184,6 @@ impl StackOp {
         }
         g_theta.reverse();
         Ok((g, g_theta.concat()))
-    }
-}
-
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
-        None => candle_core::bail!("stack op: inputs must be contiguous"),
     }
 }
 
