@@ -1,6 +1,11 @@
 //! The S5 classifier (Smith et al., ICLR 2023, Fig. 1 and App. G; the IMDb setup of S5's code):
 //! embedding encoder → `n_layers` × [prenorm → S5 SSM → gate → dropout → residual] → masked mean
 //! pooling over the true lengths → linear decoder.
+//!
+//! Three implementations of the same map, held equal by tests: evaluation runs the fused kernel
+//! of [`crate::infer`] (no autograd); training of BatchNorm + `half_glu2` models runs the layer
+//! stack as one autograd node ([`crate::stack`]); [`S5Model::forward_ops`] chains the per-layer
+//! autograd ops (the reference, and training of the other layer kinds).
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
