@@ -1,5 +1,5 @@
 //! Evaluation-mode forward pass of the whole classifier in one kernel: each sequence runs on one
-//! thread through every layer, in blocks of [`BLOCK`] time steps that stay in the core's cache.
+//! thread through every layer, in blocks of `BLOCK` = 128 time steps that stay in the core's cache.
 //!
 //! The same map as [`crate::S5Model::forward_ops`] in [`crate::Mode::Eval`] (S5, Smith et al.,
 //! ICLR 2023, Fig. 1): per layer `u = norm(x)`, `v_k = B̄ u_k` (real matmul with `W_B`
