@@ -781,16 +781,17 @@ impl MaskedBn {
         out
     }
 
-    /// `(∂L/∂z [N, H], ∂L/∂γ [H], ∂L/∂β [H])` for the upstream gradient `gs` `[N, H]`, `gam` = γ,
-    /// `nt` true rows (see [`masked_batch_norm`]).
+    /// `(∂L/∂z [N, H], ∂L/∂γ [H], ∂L/∂β [H])` for the upstream gradient `gs` `[N, H]`, `gam` = γ
+    /// (see [`masked_batch_norm`]).
     pub(crate) fn bwd_slices<T: WithDType>(
         &self,
         zs: &[T],
         gs: &[T],
         gam: &[f64],
-        nt: f64,
         (n, h): (usize, usize),
     ) -> (Vec<T>, Vec<f64>, Vec<f64>) {
+        // True rows (none in evaluation mode, where the statistics are constants).
+        let nt = self.mask.iter().filter(|&&m| m).count().max(1) as f64;
         // x̂ = z·inv_std − mean·inv_std, in the storage dtype.
         let a: Vec<T> = self.inv_std.iter().map(|&s| T::from_f64(s)).collect();
         let c: Vec<T> = (0..h)
@@ -875,8 +876,6 @@ impl CustomOp3 for MaskedBn {
         let (n, h) = z.dims2()?;
         let grad = grad.contiguous()?;
         let gam: Vec<f64> = weight.to_dtype(candle_core::DType::F64)?.to_vec1()?;
-        // (No true row: evaluation mode, the statistics are constants.)
-        let nt = (self.mask.iter().filter(|&&m| m).count() as f64).max(1.0);
         let (sz, lz) = z.storage_and_layout();
         let (sg, lg) = grad.storage_and_layout();
         let (Storage::Cpu(sz), Storage::Cpu(sg)) = (&*sz, &*sg) else {
@@ -885,7 +884,7 @@ impl CustomOp3 for MaskedBn {
         let dev = z.device();
         by_dtype!(sz, |T| {
             let (zs, gs) = (slice::<T>(sz, lz)?, slice::<T>(sg, lg)?);
-            let (dz, s2, s1) = self.bwd_slices(zs, gs, &gam, nt, (n, h));
+            let (dz, s2, s1) = self.bwd_slices(zs, gs, &gam, (n, h));
             let to_t = |v: Vec<f64>| -> Vec<T> { v.into_iter().map(T::from_f64).collect() };
             Ok((
                 Some(Tensor::from_vec(dz, (n, h), dev)?),

@@ -336,8 +336,9 @@ impl<T: Real> Scratch<T> {
 }
 
 /// Evaluation-mode logits `[b, classes]` (dtype of the model's parameters, f32 or f64) and, with
-/// `measure`, per sequence and layer (`[b][n_layers]`) the [`LayerStats`] (zeros without), for `tokens` `[b, l]` and true
-/// lengths (already validated by the caller: each in `1..=l`, tokens below the vocabulary size).
+/// `measure`, per sequence and layer (`[b][n_layers]`) the [`LayerStats`] (zeros without), for
+/// `tokens` `[b, l]` and true lengths (already validated by the caller: each in `1..=l`, tokens
+/// below the vocabulary size).
 /// Sequences run in parallel on the rayon pool, one per thread.
 ///
 /// # Errors

@@ -160,7 +160,6 @@ impl StackOp {
         (b, l, h): (usize, usize, usize),
     ) -> candle_core::Result<(Vec<T>, Vec<T>)> {
         let kernels = self.kernels(theta, h);
-        let nt = self.rows_mask.iter().filter(|&&m| m).count().max(1) as f64;
         let mut g = gout.to_vec();
         let mut g_theta: Vec<Vec<T>> = Vec::with_capacity(kernels.len());
         for (k, sv) in kernels.iter().zip(saved).rev() {
@@ -171,7 +170,7 @@ impl StackOp {
                 .ssm
                 .bwd_impl(&sv.u, k.ssm_theta, &sv.states, &gy, (b, l, h))?;
             let gamma: Vec<f64> = k.gamma.iter().map(|v| v.to_f64()).collect();
-            let (gz, g_gamma, g_beta) = sv.bn.bwd_slices(&sv.x, &gu, &gamma, nt, (b * l, h));
+            let (gz, g_gamma, g_beta) = sv.bn.bwd_slices(&sv.x, &gu, &gamma, (b * l, h));
             // The residual: ∂L/∂x_ℓ = ∂L/∂x_{ℓ+1} + BN's ∂L/∂z.
             for (a, d) in g.iter_mut().zip(&gz) {
                 *a += *d;
