@@ -200,7 +200,7 @@ impl ScanOp {
         let lam: Vec<(f64, f64)> = (0..n)
             .map(|j| (lam[2 * j].to_f64(), lam[2 * j + 1].to_f64()))
             .collect();
-        let mut out = vec![T::zero(); b * l * d * n * 2];
+        let mut out = crate::fused::zeros(b * l * d * n * 2);
         let per_b = l * d * n * 2;
         if per_b > 0 {
             out.par_chunks_mut(per_b).enumerate().for_each(|(bi, ob)| {
@@ -241,7 +241,7 @@ impl ScanOp {
         let lam: Vec<(f64, f64)> = (0..n)
             .map(|j| (lam[2 * j].to_f64(), lam[2 * j + 1].to_f64()))
             .collect();
-        let mut gv = vec![T::zero(); b * l * n * 2];
+        let mut gv = crate::fused::zeros(b * l * n * 2);
         let mut ginit = vec![T::zero(); b * d * n * 2];
         let per_x = l * d * n * 2;
         let glam_parts: Vec<Vec<f64>> = gv

@@ -220,7 +220,7 @@ impl SsmOp {
         let dirs = self.scan.direction.n_dirs();
         let th = split_theta(theta, n, h, dirs)?;
         let rows = b * l;
-        let mut v = vec![T::zero(); rows * 2 * n];
+        let mut v = crate::fused::zeros(rows * 2 * n);
         matmul(
             &mut v,
             (rows, 2 * n, h),
@@ -230,7 +230,7 @@ impl SsmOp {
         );
         let (x, _) = self.scan.fwd(th.lam, &v, None, (b, l, n));
         drop(v);
-        let mut y = vec![T::zero(); rows * h];
+        let mut y = crate::fused::zeros(rows * h);
         y.par_chunks_mut(ROWS * h)
             .zip(u.par_chunks(ROWS * h))
             .for_each(|(y, u)| {
@@ -274,7 +274,7 @@ impl SsmOp {
             false,
         );
         // ∂L/∂x = g W_Cᵀ
-        let mut gx = vec![T::zero(); rows * dn];
+        let mut gx = crate::fused::zeros(rows * dn);
         matmul(
             &mut gx,
             (rows, dn, h),
@@ -294,7 +294,7 @@ impl SsmOp {
             false,
         );
         // ∂L/∂u = g ⊙ D + ∂L/∂v W_Bᵀ, and ∂L/∂D = Σ_rows g ⊙ u (partials merged in f64)
-        let mut gu = vec![T::zero(); rows * h];
+        let mut gu = crate::fused::zeros(rows * h);
         let g_d = gu
             .par_chunks_mut(ROWS * h)
             .zip(u.par_chunks(ROWS * h).zip(g.par_chunks(ROWS * h)))

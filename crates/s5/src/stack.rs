@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor, WithDType};
 
-use crate::fused::{ChannelMask, GluResidual, MaskedBn, Real, masked_stats, slice};
+use rayon::prelude::*;
+
+use crate::fused::{ChannelMask, GluResidual, MaskedBn, Real, copied, masked_stats, slice};
 use crate::scan::{Direction, ScanOp};
 use crate::ssm_op::SsmOp;
 use crate::{Error, Result};
@@ -123,7 +125,7 @@ impl StackOp {
         theta: &[T],
         (b, l, h): (usize, usize, usize),
     ) -> candle_core::Result<(Vec<T>, Vec<Saved<T>>)> {
-        let mut x = x0.to_vec();
+        let mut x = copied(x0);
         let mut saved = Vec::with_capacity(self.layers.len());
         let mut stats = Vec::with_capacity(self.layers.len());
         for k in self.kernels(theta, h) {
@@ -160,7 +162,7 @@ impl StackOp {
         (b, l, h): (usize, usize, usize),
     ) -> candle_core::Result<(Vec<T>, Vec<T>)> {
         let kernels = self.kernels(theta, h);
-        let mut g = gout.to_vec();
+        let mut g = copied(gout);
         let mut g_theta: Vec<Vec<T>> = Vec::with_capacity(kernels.len());
         for (k, sv) in kernels.iter().zip(saved).rev() {
             let (gy, g_gate) = k
@@ -172,9 +174,9 @@ impl StackOp {
             let gamma: Vec<f64> = k.gamma.iter().map(|v| v.to_f64()).collect();
             let (gz, g_gamma, g_beta) = sv.bn.bwd_slices(&sv.x, &gu, &gamma, (b * l, h));
             // The residual: ∂L/∂x_ℓ = ∂L/∂x_{ℓ+1} + BN's ∂L/∂z.
-            for (a, d) in g.iter_mut().zip(&gz) {
-                *a += *d;
-            }
+            g.par_chunks_mut(1 << 14)
+                .zip(gz.par_chunks(1 << 14))
+                .for_each(|(g, gz)| g.iter_mut().zip(gz).for_each(|(a, &d)| *a += d));
             let mut gt: Vec<T> = g_gamma.into_iter().map(T::from_f64).collect();
             gt.extend(g_beta.into_iter().map(T::from_f64));
             gt.extend(g_ssm);
