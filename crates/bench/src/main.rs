@@ -315,7 +315,10 @@ fn ensure_checkpoint(cfg: &RunConfig, imdb: &lra::Imdb, retrain: bool) -> Result
         slice.len(),
         dir.display()
     );
-    let summary = pipeline::train(model, train, &cfg.data, &slice, Some(&imdb.test), &dir)
+    // Per-epoch test accuracy on the reviews the sweep evaluates on ([eval]: all of them or a
+    // seeded class-balanced subset).
+    let eval = bench::data::slice(&imdb.test, cfg.eval.max_samples, cfg.eval.seed);
+    let summary = pipeline::train(model, train, &cfg.data, &slice, Some(&eval), &dir)
         .with_context(|| format!("training the model into {}", dir.display()))?;
     let loss = summary
         .last_loss
