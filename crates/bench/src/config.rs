@@ -194,11 +194,17 @@ mod tests {
     #[test]
     fn shipped_configs_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-        for name in ["imdb.toml", "smoke.toml", "imdb-s5.toml"] {
-            let p = dir.join(name);
-            if p.exists() {
-                RunConfig::load(&p).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-            }
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("configs/ is committed")
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".toml"))
+            .collect();
+        names.sort();
+        for must in ["imdb.toml", "imdb-s5.toml", "smoke.toml"] {
+            assert!(names.iter().any(|n| n == must), "configs/{must} missing");
+        }
+        for name in &names {
+            RunConfig::load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         }
     }
 
