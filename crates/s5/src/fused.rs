@@ -120,21 +120,30 @@ impl ChannelMask {
 /// are `[batch, len, ·]` buffers of several MiB; `vec![0; n]` zero-fills them on the calling
 /// thread while the pool waits (a profile of a training step: ~15 % of its wall time).
 pub(crate) fn zeros<T: WithDType>(n: usize) -> Vec<T> {
-    par_init(n, |_, c| c.fill(MaybeUninit::new(T::zero())))
+    // SAFETY: `fill` writes every element of the chunk.
+    unsafe { par_init(n, |_, c| c.fill(MaybeUninit::new(T::zero()))) }
 }
 
 /// A copy of `x`, written by the rayon pool (see [`zeros`]).
 pub(crate) fn copied<T: WithDType>(x: &[T]) -> Vec<T> {
-    par_init(x.len(), |off, c| {
-        for (d, &v) in c.iter_mut().zip(&x[off..]) {
-            d.write(v);
-        }
-    })
+    // SAFETY: the chunk at `off` is at most `x.len() − off` long, so the zip writes all of it.
+    unsafe {
+        par_init(x.len(), |off, c| {
+            for (d, &v) in c.iter_mut().zip(&x[off..]) {
+                d.write(v);
+            }
+        })
+    }
 }
 
-/// A buffer of `n` elements whose chunks `init(offset, chunk)` writes in parallel; `init` must
-/// write every element of its chunk.
-fn par_init<T: WithDType>(n: usize, init: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync) -> Vec<T> {
+/// A buffer of `n` elements whose chunks `init(offset, chunk)` writes in parallel.
+///
+/// # Safety
+/// `init` must write every element of the chunk it is given (the buffer is then read as `T`).
+unsafe fn par_init<T: WithDType>(
+    n: usize,
+    init: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
     const CHUNK: usize = 1 << 16;
     let mut v = Vec::with_capacity(n);
     let spare = &mut v.spare_capacity_mut()[..n];
@@ -142,7 +151,7 @@ fn par_init<T: WithDType>(n: usize, init: impl Fn(usize, &mut [MaybeUninit<T>]) 
         .par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(i, c)| init(i * CHUNK, c));
-    // SAFETY: `init` wrote every element of every chunk, i.e. all `n` elements.
+    // SAFETY: by the caller's promise `init` wrote every element of every chunk: all `n`.
     unsafe { v.set_len(n) };
     v
 }
