@@ -166,7 +166,8 @@ fn sigma_max_upper(g: &Mat<c64>) -> f64 {
     let frob2: f64 = g.norm_l2().powi(2);
     match gram.self_adjoint_eigenvalues(faer::Side::Lower) {
         Ok(ev) => {
-            let lmax = ev.iter().fold(0.0f64, |a, &v| a.max(v));
+            // Sorted in nondecreasing order (faer's contract).
+            let lmax = ev.last().copied().unwrap_or(0.0);
             let slack = 4.0 * (k + n + 16) as f64 * f64::EPSILON * frob2;
             (lmax + slack).max(0.0).sqrt()
         }
