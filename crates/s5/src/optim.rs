@@ -8,12 +8,14 @@
 //! Hutter, ICLR 2019, Algorithm 2, as in optax `adamw`: the decay term is scaled by the learning
 //! rate), cosine annealing (Loshchilov & Hutter, ICLR 2017, Eq. 5); the parameter groups follow the
 //! public S5 code (Smith et al., ICLR 2023): Λ, B̃ and `log_step` train with `ssm_lr` and no weight
-//! decay, everything else with `lr` and `weight_decay`.
+//! decay, everything else with `lr` and `weight_decay`; S5's `--dt_global=True` moves `log_step`
+//! to the regular group ([`LogStepGroup`]).
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor, Var, backprop::GradStore};
 use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
@@ -41,6 +43,32 @@ pub fn default_param_group(name: &str) -> ParamGroup {
         ParamGroup::Frozen
     } else {
         ParamGroup::Regular
+    }
+}
+
+/// The optimiser group the SSM timescales `log_step` (log Δ) train in.
+///
+/// The public S5 code has both: by default `log_step` is an SSM parameter; its flag
+/// `--dt_global=True` (help text: "treat timescale parameter as global parameter or SSM
+/// parameter") moves it to the regular group, so it trains with `lr` **and weight decay**, which
+/// pulls log Δ toward 0 (Δ toward 1, shorter memory). The S5 paper's LRA IMDb run
+/// (`bin/run_experiments/run_lra_imdb.sh`, Smith et al., ICLR 2023) uses `--dt_global=True`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStepGroup {
+    /// `log_step` in [`ParamGroup::Ssm`] (`ssm_lr`, no weight decay): S5's default.
+    #[default]
+    Ssm,
+    /// `log_step` in [`ParamGroup::Regular`] (`lr`, `weight_decay`): S5's `--dt_global=True`.
+    Regular,
+}
+
+/// [`default_param_group`], except that `log_step` goes to the group `log_step` names.
+pub fn param_group(name: &str, log_step: LogStepGroup) -> ParamGroup {
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    match (leaf, log_step) {
+        ("log_step", LogStepGroup::Regular) => ParamGroup::Regular,
+        _ => default_param_group(name),
     }
 }
 

@@ -21,7 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointMeta, TrainPart, TrainState};
-use crate::optim::{AdamParams, AdamW, ParamGroup, Schedule, StepRates, default_param_group};
+use crate::optim::{AdamParams, AdamW, LogStepGroup, ParamGroup, Schedule, StepRates, param_group};
 use crate::{Error, Result};
 
 /// Hyperparameters of a training run (the `[train]` section of a run config).
@@ -32,9 +32,11 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Sequences per batch (used by the batcher that feeds the trainer).
     pub batch_size: usize,
-    /// Peak learning rate of the regular group (everything but Λ, B̃, `log_step`).
+    /// Peak learning rate of the regular group (everything but Λ, B̃ and — unless
+    /// `log_step_group = "regular"` — `log_step`).
     pub lr: f64,
-    /// Peak learning rate of the SSM group (Λ re/im, B̃, `log_step`); no weight decay.
+    /// Peak learning rate of the SSM group (Λ re/im, B̃, and `log_step` unless
+    /// `log_step_group = "regular"`); no weight decay.
     pub ssm_lr: f64,
     /// Decoupled weight decay of the regular group (AdamW, scaled by the learning rate).
     pub weight_decay: f64,
@@ -76,6 +78,11 @@ pub struct TrainConfig {
     /// wins). Default: random initialisation.
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// The optimiser group of the timescales `log_step`: `"ssm"` (default: `ssm_lr`, no weight
+    /// decay) or `"regular"` (`lr` and `weight_decay`, S5's `--dt_global=True`, used by the S5
+    /// paper's IMDb run); see [`LogStepGroup`].
+    #[serde(default)]
+    pub log_step_group: LogStepGroup,
 }
 
 fn default_keep() -> usize {
@@ -355,7 +362,7 @@ impl<'m, M: Classifier + ?Sized> Trainer<'m, M> {
     /// A fresh run in `run_dir`, or — if `run_dir/checkpoints` holds a checkpoint — its
     /// continuation: parameters, running statistics, optimiser moments, step and data position are
     /// restored from the newest checkpoint, and log rows written after it are dropped.
-    /// Parameters are grouped by [`default_param_group`].
+    /// Parameters are grouped by [`param_group`] with the config's `log_step_group`.
     ///
     /// `varmap` must hold the variables of `model` (freshly initialised; a resumed run overwrites
     /// them). `tokenizer_json` is copied into every checkpoint.
@@ -371,6 +378,7 @@ impl<'m, M: Classifier + ?Sized> Trainer<'m, M> {
         tokenizer_json: Option<Vec<u8>>,
         run_dir: impl Into<PathBuf>,
     ) -> Result<Self> {
+        let log_step = cfg.log_step_group;
         Self::with_groups(
             model,
             varmap,
@@ -378,7 +386,7 @@ impl<'m, M: Classifier + ?Sized> Trainer<'m, M> {
             meta,
             tokenizer_json,
             run_dir,
-            default_param_group,
+            move |name| param_group(name, log_step),
         )
     }
 

@@ -6,7 +6,10 @@ mod train_support;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarMap};
 use s5::checkpoint::{self, CheckpointMeta};
-use s5::optim::{AdamParams, AdamW, ParamGroup, Schedule, StepRates, default_param_group};
+use s5::optim::{
+    AdamParams, AdamW, LogStepGroup, ParamGroup, Schedule, StepRates, default_param_group,
+    param_group,
+};
 use s5::train::{Trainer, evaluate, with_large_stack};
 use train_support::*;
 
@@ -119,6 +122,90 @@ fn adamw_ref(p: &mut [f64], m: &mut [f64], v: &mut [f64], g: &[f64], t: i32, lr:
         let mh = m[i] / (1.0 - b1.powi(t));
         let vh = v[i] / (1.0 - b2.powi(t));
         p[i] -= lr * (mh / (vh.sqrt() + eps) + wd * p[i]);
+    }
+}
+
+#[test]
+fn log_step_group_moves_only_log_step() {
+    for name in [
+        "layers.0.seq.Lambda_re",
+        "layers.0.seq.B",
+        "layers.0.seq.C",
+        "layers.0.norm.running_var",
+        "decoder.weight",
+    ] {
+        for g in [LogStepGroup::Ssm, LogStepGroup::Regular] {
+            assert_eq!(param_group(name, g), default_param_group(name), "{name}");
+        }
+    }
+    assert_eq!(
+        param_group("layers.2.seq.log_step", LogStepGroup::Ssm),
+        ParamGroup::Ssm
+    );
+    assert_eq!(
+        param_group("layers.2.seq.log_step", LogStepGroup::Regular),
+        ParamGroup::Regular
+    );
+    let cfg: s5::train::TrainConfig = serde_json::from_value(serde_json::json!({
+        "epochs": 1, "batch_size": 2, "lr": 0.1, "ssm_lr": 0.0, "weight_decay": 0.5, "seed": 0,
+        "log_step_group": "regular"
+    }))
+    .unwrap();
+    assert_eq!(cfg.log_step_group, LogStepGroup::Regular);
+}
+
+/// S5's `--dt_global=True` through the trainer: a `log_step` the loss does not touch keeps its
+/// value in the SSM group and shrinks by exactly Π_t (1 − lr_t · wd) in the regular group
+/// (decoupled weight decay, zero Adam moments).
+#[test]
+fn log_step_in_regular_group_decays_in_training() {
+    for group in [LogStepGroup::Ssm, LogStepGroup::Regular] {
+        let dir = tempfile::tempdir().unwrap();
+        with_large_stack(|| {
+            let varmap = VarMap::new();
+            let model = Toy::new(&varmap, 1).unwrap();
+            let log_step = varmap
+                .get(
+                    3,
+                    "layers.0.seq.log_step",
+                    Init::Const(-4.0),
+                    DType::F32,
+                    &Device::Cpu,
+                )
+                .unwrap();
+            let mut train = VecSource::new(make_batches(1, 5, 8, 8), 3);
+            let mut cfg = train_config();
+            cfg.epochs = 2;
+            cfg.eval_each_epoch = false;
+            cfg.log_step_group = group;
+            cfg.weight_decay = 0.5;
+            let (lr, wd, warmup, min_lr) = (cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.min_lr);
+            let mut t =
+                Trainer::new(&model, varmap.clone(), cfg, meta(), None, dir.path()).unwrap();
+            let summary = t.run(&mut train, None).unwrap();
+            assert_eq!(summary.steps, 10);
+            let got: Vec<f32> = log_step.to_vec1().unwrap();
+            let expected = match group {
+                LogStepGroup::Ssm => -4.0,
+                LogStepGroup::Regular => {
+                    let s = Schedule {
+                        warmup_steps: warmup,
+                        total_steps: 10,
+                        min_lr,
+                    };
+                    (0..10).fold(-4.0f64, |p, t| p * (1.0 - s.rate(lr, t) * wd))
+                }
+            };
+            for g in got {
+                assert!(
+                    (g as f64 - expected).abs() < 1e-5,
+                    "{group:?}: log_step {g}, expected {expected}"
+                );
+            }
+            if group == LogStepGroup::Regular {
+                assert!(expected > -3.9, "the decay must be visible: {expected}");
+            }
+        });
     }
 }
 

@@ -244,6 +244,7 @@ pub fn train_config() -> TrainConfig {
         max_steps: None,
         progress: false,
         init_from: None,
+        log_step_group: Default::default(),
     }
 }
 
