@@ -20,16 +20,24 @@ pub use crate::model::flops_per_token;
 /// large blocks to the OS (its default above an adaptive threshold of at most 32 MiB, via
 /// `mmap`/`munmap`). Candle allocates a fresh buffer for every op's output — a `[16, 2048, 128]`
 /// f32 activation is 16 MiB, a `[50, 1536, 256]` one 75 MiB — so with the default every op pays
-/// page faults and kernel zero-fill. Settings: no `mmap` for any block (`M_MMAP_MAX = 0`), one
-/// arena for all threads (`M_ARENA_MAX = 1`, so a block freed by one rayon worker is reused by the
-/// next; a per-thread arena cannot hold blocks above 64 MiB), never trim the heap below 1 GiB
-/// (`M_TRIM_THRESHOLD`), grow it 256 MiB at a time (`M_TOP_PAD`). Measured on 2 cores: an
-/// evaluation of 1,000 IMDb reviews took 15.5 s of system time with glibc's defaults against 1.0 s
-/// with a fixed 32 MiB threshold; a training step of the S5 IMDb model at batch 50 × 1,536 (blocks
-/// above 32 MiB) ran 8.5k tokens/s with that threshold (23 s system time in 38 s) and 12.5k with
-/// these settings (10 s in 29 s). Call once at the start of a process, before threads allocate;
-/// the cost is a resident heap as large as the peak use. No-op outside Linux/glibc. Returns
-/// whether the allocator accepted every setting.
+/// page faults and kernel zero-fill.
+///
+/// Settings: no `mmap` for any block (`M_MMAP_MAX = 0`); one arena for all threads
+/// (`M_ARENA_MAX = 1`, so a block freed by one rayon worker is reused by the next, and a
+/// per-thread arena cannot hold blocks above 64 MiB); never trim the heap
+/// (`M_TRIM_THRESHOLD = -1`: a training step frees GiBs of activations at its end, which a finite
+/// threshold hands back to the OS only to fault them in again in the next step); grow it 256 MiB
+/// at a time (`M_TOP_PAD`).
+///
+/// Measured on 2 cores: an evaluation of 1,000 IMDb reviews took 15.5 s of system time with
+/// glibc's defaults against 1.0 s with a fixed 32 MiB threshold. With that threshold a training
+/// step of the S5 IMDb model (`bench perf`, 2 reps) ran 8.6–9.5k tokens/s at batch 16 × 4,096
+/// and 8.4–8.6k at 50 × 1,536 (21–29 s of system time in 33–41 s); with these settings 14.0k and
+/// 13.5k (6 s in 28–32 s).
+///
+/// Call once at the start of a process, before threads allocate; the cost is a resident heap as
+/// large as the peak use. No-op outside Linux/glibc. Returns whether the allocator accepted every
+/// setting.
 pub fn keep_freed_buffers() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -38,7 +46,7 @@ pub fn keep_freed_buffers() -> bool {
         unsafe {
             libc::mallopt(libc::M_MMAP_MAX, 0) == 1
                 && libc::mallopt(libc::M_ARENA_MAX, 1) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, -1) == 1
                 && libc::mallopt(libc::M_TOP_PAD, 256 << 20) == 1
         }
     }
