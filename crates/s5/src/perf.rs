@@ -336,4 +336,17 @@ mod tests {
             3.0 * r.train_tokens_per_s * r.flops_per_token / 1e9
         ));
     }
+
+    /// glibc accepts every allocator setting (a rejected one would silently leave the default,
+    /// with its page faults, in place).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn allocator_settings_are_accepted() {
+        assert!(keep_freed_buffers());
+        // A block above the old 32 MiB mmap threshold, freed and taken again, stays usable.
+        for fill in [1u8, 2] {
+            let v = vec![fill; 80 << 20];
+            assert!(v.iter().step_by(4096).all(|&b| b == fill));
+        }
+    }
 }
