@@ -41,14 +41,19 @@ pub use crate::model::flops_per_token;
 pub fn keep_freed_buffers() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        let settings = [
+            (libc::M_MMAP_MAX, 0),
+            (libc::M_ARENA_MAX, 1),
+            (libc::M_TRIM_THRESHOLD, -1),
+            (libc::M_TOP_PAD, 256 << 20),
+        ];
+        // Every setting is applied even if an earlier one is rejected.
         // SAFETY: `mallopt` only changes glibc's allocation parameters; it is called with valid
         // parameter codes and has no memory-safety preconditions.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_MAX, 0) == 1
-                && libc::mallopt(libc::M_ARENA_MAX, 1) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, -1) == 1
-                && libc::mallopt(libc::M_TOP_PAD, 256 << 20) == 1
-        }
+        settings
+            .map(|(param, value)| unsafe { libc::mallopt(param, value) } == 1)
+            .iter()
+            .all(|&accepted| accepted)
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
