@@ -72,6 +72,26 @@ enum Command {
         #[arg(long, default_value = "test", value_parser = ["test", "train"])]
         split: String,
     },
+    /// Precise BatchNorm: re-estimate every BatchNorm layer's running statistics from training
+    /// reviews with the checkpoint's final weights (Wu & Johnson, 2021), and write the result as
+    /// a new checkpoint (weights unchanged) with `recalibration.json`.
+    RecalibrateBn {
+        /// Checkpoint directory (plain, not compressed; default: the config's).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Output checkpoint directory (replaced atomically if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seeded, class-balanced training reviews to calibrate on (0 = all 25,000).
+        #[arg(long, default_value_t = 2000)]
+        reviews: usize,
+        /// Seed of the calibration subset and batch order.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Batch size (default: the config's `[train] batch_size`).
+        #[arg(long)]
+        batch: Option<usize>,
+    },
     /// Write a reduced checkpoint for one method and ratio.
     Compress {
         /// Reduction method (modal, bt, last, global-hinf, uniform-hinf, h2, tlh2, lqo-h2).
@@ -174,6 +194,13 @@ fn real_main() -> Result<()> {
             json,
             split,
         }) => eval_cmd(&cfg, checkpoint, json, &split),
+        Some(Command::RecalibrateBn {
+            checkpoint,
+            out,
+            reviews,
+            seed,
+            batch,
+        }) => recalibrate_bn(&cfg, checkpoint, &out, reviews, seed, batch),
         Some(Command::Compress { method, ratio, out }) => compress(&cfg, &method, ratio, out),
         Some(Command::Sweep { stop_after_rows }) => {
             let args = RunArgs {
@@ -569,6 +596,64 @@ fn eval_cmd(cfg: &RunConfig, checkpoint: Option<PathBuf>, json: bool, split: &st
             ev.seconds
         );
     }
+    Ok(())
+}
+
+/// `bench recalibrate-bn`.
+fn recalibrate_bn(
+    cfg: &RunConfig,
+    checkpoint: Option<PathBuf>,
+    out: &Path,
+    reviews: usize,
+    seed: u64,
+    batch: Option<usize>,
+) -> Result<()> {
+    let dir = checkpoint.unwrap_or_else(|| cfg.checkpoint_dir());
+    let weights = pipeline::find_weights(&dir)?
+        .with_context(|| format!("no checkpoint in {}", dir.display()))?;
+    if weights.join(pipeline::REDUCED_BLOCKS_FILE).exists() {
+        bail!(
+            "{} is a compressed checkpoint; recalibrate the full model, then compress it",
+            weights.display()
+        );
+    }
+    let (model, varmap, meta) = s5::checkpoint::load_model(&weights)
+        .with_context(|| format!("loading {}", weights.display()))?;
+    let loaded = pipeline::load(&weights)?;
+    let imdb = bench::data::load(&cfg.data)?;
+    let tok = tokenizer(cfg, &loaded, &imdb.train)?;
+    let labels: Vec<usize> = imdb.train.labels.iter().map(|&l| usize::from(l)).collect();
+    let picked = bench::subset::balanced_subset(&labels, reviews, seed);
+    let sub = lra::Split {
+        texts: picked
+            .iter()
+            .map(|&i| imdb.train.texts[i].clone())
+            .collect(),
+        labels: picked.iter().map(|&i| imdb.train.labels[i]).collect(),
+    };
+    let enc = lra::Encoded::new(tok.as_ref(), &sub);
+    let batch = batch
+        .or(cfg.train.as_ref().map(|t| t.batch_size))
+        .unwrap_or(cfg.eval.batch_size);
+    let pb = bar(enc.len() as u64, "reviews");
+    let rec = pipeline::recalibrate_batch_norm(&model, enc, batch, seed, Some(&pb))?;
+    pb.finish_and_clear();
+    let tok_json = s5::checkpoint::read_tokenizer(&weights)?;
+    s5::checkpoint::save(out, &meta, &varmap, tok_json.as_deref(), None)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let record = serde_json::json!({
+        "source": weights.display().to_string(),
+        "source_sha256": loaded.sha256,
+        "seed": seed,
+        "batch_size": batch,
+        "git_commit": bench::manifest::git_commit(),
+        "recalibration": rec,
+    });
+    bench::results::write_atomic(
+        &out.join("recalibration.json"),
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+    )?;
+    println!("{}", serde_json::to_string_pretty(&record)?);
     Ok(())
 }
 

@@ -237,6 +237,99 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
         "{ev} vs {bt:?}"
     );
     assert_eq!(ev["reduction"]["method"], "bt");
+
+    // recalibrate-bn: one batch of the 40 training reviews `eval --split train` reads, so the
+    // recalibrated model in evaluation mode reproduces batch-statistics mode on them.
+    let pbn = root.join("pbn");
+    let o = bench(
+        &[
+            "recalibrate-bn",
+            "--config",
+            cfg_s,
+            "--out",
+            pbn.to_str().unwrap(),
+            "--reviews",
+            "40",
+            "--seed",
+            "0",
+            "--batch",
+            "40",
+        ],
+        root,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pbn.join("recalibration.json")).unwrap()).unwrap();
+    assert_eq!(rec["recalibration"]["reviews"], 40);
+    assert_eq!(rec["recalibration"]["batches"], 1);
+    let o = bench(
+        &[
+            "eval",
+            "--config",
+            cfg_s,
+            "--checkpoint",
+            pbn.to_str().unwrap(),
+            "--split",
+            "train",
+            "--json",
+        ],
+        root,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let ev: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        ev["accuracy"], rec["recalibration"]["batch_stats_accuracy"],
+        "{ev} vs {rec}"
+    );
+    // Only the running statistics changed.
+    let dev = candle_core::Device::Cpu;
+    let a = s5::checkpoint::read_tensors(&out.join("model/model.safetensors"), &dev).unwrap();
+    let b = s5::checkpoint::read_tensors(&pbn.join("model.safetensors"), &dev).unwrap();
+    assert_eq!(a.len(), b.len());
+    let mut changed = Vec::new();
+    for (name, t) in &a {
+        let d: f32 = (t - &b[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        if d > 0.0 {
+            changed.push(name.clone());
+        }
+    }
+    changed.sort();
+    assert!(!changed.is_empty());
+    assert!(
+        changed
+            .iter()
+            .all(|n| n.ends_with("running_mean") || n.ends_with("running_var")),
+        "{changed:?}"
+    );
+    // A compressed checkpoint is refused with a pointer to the fix.
+    let o = bench(
+        &[
+            "recalibrate-bn",
+            "--config",
+            cfg_s,
+            "--checkpoint",
+            comp.to_str().unwrap(),
+            "--out",
+            root.join("pbn2").to_str().unwrap(),
+        ],
+        root,
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("recalibrate the full model"),
+        "{}",
+        text(&o)
+    );
+    assert!(!root.join("pbn2").exists());
 }
 
 #[test]

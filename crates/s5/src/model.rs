@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::fused::ChannelMask;
 use crate::gate::Gate;
-use crate::norm::{Mask, Norm};
+use crate::norm::{BatchStats, Mask, Norm};
 use crate::params::{InitRng, param};
 use crate::ssm::S5Ssm;
 use crate::{Error, ModelConfig, Result};
@@ -248,6 +248,59 @@ impl S5Model {
             })
             .collect();
         Ok((logits, measured))
+    }
+
+    /// Logits `[b, classes]` in batch-statistics mode: no dropout, and every BatchNorm normalises
+    /// by the mean and biased variance of this batch's true positions (as in training) without
+    /// recording them; returns those statistics per layer (`None` for LayerNorm layers). With
+    /// [`S5Model::set_running_stats`] and [`crate::norm::PooledStats`] this re-estimates the
+    /// running statistics of the final weights (precise BatchNorm; Wu & Johnson, 2021).
+    ///
+    /// # Errors
+    /// As [`S5Model::forward`].
+    pub fn forward_batch_stats(
+        &self,
+        tokens: &Tensor,
+        lengths: &Tensor,
+    ) -> Result<(Tensor, Vec<Option<BatchStats>>)> {
+        let (l, _, lens) = self.checked_inputs(tokens, lengths)?;
+        let (b, h) = (lens.len(), self.cfg.d_model);
+        let flat = tokens.flatten_all()?;
+        let mut x = self.encoder.index_select(&flat, 0)?.reshape((b, l, h))?;
+        let mask = Mask::new(&lens, l, &x)?;
+        let mut stats = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let (u, s) = layer.norm.forward_batch_stats(&x, &mask)?;
+            let y = layer.ssm.forward_t(&u, &lens, false)?;
+            x = layer.gate.residual(&x, &y, None, None)?;
+            stats.push(s);
+        }
+        let pooled = mask.pool.matmul(&x)?.squeeze(1)?;
+        let logits = pooled
+            .matmul(&self.decoder_w.t()?)?
+            .broadcast_add(&self.decoder_b)?;
+        Ok((logits.detach(), stats))
+    }
+
+    /// Overwrites each BatchNorm layer's running statistics with `stats[i] = (mean, variance)`
+    /// (`[H]` each; `None` leaves layer `i` as it is).
+    ///
+    /// # Errors
+    /// `stats.len()` ≠ number of layers, or a vector of the wrong length.
+    pub fn set_running_stats(&self, stats: &[Option<(Vec<f64>, Vec<f64>)>]) -> Result<()> {
+        if stats.len() != self.layers.len() {
+            return Err(Error::Config(format!(
+                "set_running_stats: {} entries for {} layers",
+                stats.len(),
+                self.layers.len()
+            )));
+        }
+        for (layer, s) in self.layers.iter().zip(stats) {
+            if let Some((mean, var)) = s {
+                layer.norm.set_running_stats(mean, var)?;
+            }
+        }
+        Ok(())
     }
 
     /// Checks `tokens` `[b, l]` and `lengths` `[b]`; returns `(l, tokens flat, lengths)`.

@@ -164,6 +164,67 @@ impl Norm {
         }
     }
 
+    /// Normalises `z` `[b, l, H]` as training does (BatchNorm: by the mean and biased variance of
+    /// the batch's true positions) but without touching the running statistics, and returns
+    /// those statistics (`None` for LayerNorm, which has none). Used to measure a network in
+    /// batch-statistics mode and to re-estimate its running statistics ([`PooledStats`]).
+    ///
+    /// # Errors
+    /// Shape mismatches.
+    pub fn forward_batch_stats(
+        &self,
+        z: &Tensor,
+        mask: &Mask,
+    ) -> Result<(Tensor, Option<BatchStats>)> {
+        let (b, l, h) = z.dims3()?;
+        let Norm::Batch { weight, bias, .. } = self else {
+            return Ok((self.forward(z, mask, false)?, None));
+        };
+        let (u, mean, var) = crate::fused::masked_batch_norm(
+            &z.reshape((b * l, h))?.detach(),
+            &mask.rows,
+            weight,
+            bias,
+            BN_EPS,
+        )?;
+        let stats = BatchStats {
+            n_true: mask.n_true,
+            mean,
+            var,
+        };
+        Ok((u.reshape((b, l, h))?, Some(stats)))
+    }
+
+    /// Overwrites BatchNorm's running mean and (biased) variance, each `[H]`; nothing for
+    /// LayerNorm.
+    ///
+    /// # Errors
+    /// A length other than `H`.
+    pub fn set_running_stats(&self, mean: &[f64], var: &[f64]) -> Result<()> {
+        let Norm::Batch {
+            running_mean,
+            running_var,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let set = |run: &Tensor, v: &[f64]| -> Result<()> {
+            let h = run.dims1()?;
+            if v.len() != h {
+                return Err(crate::Error::Config(format!(
+                    "set_running_stats: {} values for {h} channels",
+                    v.len()
+                )));
+            }
+            let new = Tensor::from_slice(v, h, run.device())?.to_dtype(run.dtype())?;
+            run.slice_set(&new, 0, 0)?;
+            Ok(())
+        };
+        set(running_mean, mean)?;
+        set(running_var, var)
+    }
+
     /// Moves BatchNorm's running statistics towards a batch's mean and biased variance `[H]`
     /// (`running ← m · running + (1 − m) · batch`, `m` = [`BN_MOMENTUM`]); nothing for LayerNorm.
     ///
@@ -224,6 +285,78 @@ impl Norm {
                 beta: v(bias)?,
                 eps: LN_EPS,
             },
+        })
+    }
+}
+
+/// The BatchNorm statistics of one batch: mean and biased variance `[H]` over its `n_true`
+/// true positions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchStats {
+    /// Number of true positions the statistics are over.
+    pub n_true: usize,
+    /// Mean `[H]`.
+    pub mean: Vec<f64>,
+    /// Biased variance `[H]`.
+    pub var: Vec<f64>,
+}
+
+/// Population statistics pooled from per-batch [`BatchStats`]: the exact mean and biased variance
+/// of the union of the batches' positions (Chan, Golub & LeVeque, 1979, the pairwise update of
+/// count, mean and sum of squared deviations). Setting these as the running statistics of a
+/// fixed network is "precise BatchNorm" (Wu & Johnson, 2021, "Rethinking 'Batch' in BatchNorm",
+/// Sec. 3): it replaces the exponential moving average, which mixes statistics of weights from
+/// the last ≈ 1/(1 − momentum) steps, by statistics of the final weights.
+#[derive(Clone, Debug, Default)]
+pub struct PooledStats {
+    n: usize,
+    mean: Vec<f64>,
+    m2: Vec<f64>,
+}
+
+impl PooledStats {
+    /// Adds one batch.
+    ///
+    /// # Errors
+    /// A batch whose channel count differs from the earlier ones'.
+    pub fn add(&mut self, batch: &BatchStats) -> Result<()> {
+        let h = batch.mean.len();
+        if batch.var.len() != h || (self.n > 0 && self.mean.len() != h) {
+            return Err(crate::Error::Config(format!(
+                "PooledStats::add: a batch of {} means / {} variances after batches of {} channels",
+                h,
+                batch.var.len(),
+                self.mean.len()
+            )));
+        }
+        if batch.n_true == 0 {
+            return Ok(());
+        }
+        if self.n == 0 {
+            self.mean = vec![0.0; h];
+            self.m2 = vec![0.0; h];
+        }
+        let (na, nb) = (self.n as f64, batch.n_true as f64);
+        let n = na + nb;
+        for c in 0..h {
+            let delta = batch.mean[c] - self.mean[c];
+            self.mean[c] += delta * nb / n;
+            self.m2[c] += batch.var[c] * nb + delta * delta * na * nb / n;
+        }
+        self.n += batch.n_true;
+        Ok(())
+    }
+
+    /// Number of positions pooled so far.
+    pub fn count(&self) -> usize {
+        self.n
+    }
+
+    /// `(mean, biased variance)` `[H]` of all positions added; `None` before the first.
+    pub fn finish(&self) -> Option<(Vec<f64>, Vec<f64>)> {
+        (self.n > 0).then(|| {
+            let n = self.n as f64;
+            (self.mean.clone(), self.m2.iter().map(|m| m / n).collect())
         })
     }
 }

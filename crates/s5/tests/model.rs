@@ -223,3 +223,158 @@ fn flop_count_matches_hand_count_for_the_small_config() {
     let per = 32768.0 + 1024.0 + 65536.0 + 256.0 + 32768.0;
     assert_eq!(s5::model::flops_per_token(&c), 4.0 * per + 128.0);
 }
+
+fn running_stats(m: &S5Model) -> Vec<Vec<f32>> {
+    m.layers
+        .iter()
+        .flat_map(|l| match &l.norm {
+            s5::norm::Norm::Batch {
+                running_mean,
+                running_var,
+                ..
+            } => vec![
+                running_mean.to_vec1::<f32>().unwrap(),
+                running_var.to_vec1::<f32>().unwrap(),
+            ],
+            s5::norm::Norm::Layer { .. } => Vec::new(),
+        })
+        .collect()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Batch-statistics mode is training mode without dropout (the fused training stack and the
+/// per-layer ops agree), and it leaves the running statistics alone.
+#[test]
+fn batch_stats_mode_is_training_without_dropout() {
+    let mut c = cfg(NormKind::Batch, GateKind::HalfGlu2, true);
+    c.dropout = 0.0;
+    let (_vm, m) = build(&c);
+    let (tokens, lengths) = batch(3, 40, &[40, 25, 7], 5);
+    let before = running_stats(&m);
+    let (logits, stats) = m.forward_batch_stats(&tokens, &lengths).unwrap();
+    assert_eq!(
+        running_stats(&m),
+        before,
+        "forward_batch_stats must not record"
+    );
+    assert_eq!(stats.len(), c.n_layers);
+    let s0 = stats[0].as_ref().unwrap();
+    assert_eq!(s0.n_true, 72);
+    // Layer 0's statistics are those of the embedded tokens at the true positions.
+    let enc: Vec<Vec<f32>> = m.encoder.to_vec2().unwrap();
+    let toks: Vec<u32> = tokens.flatten_all().unwrap().to_vec1().unwrap();
+    let mut rows = Vec::new();
+    for (bi, len) in [40usize, 25, 7].into_iter().enumerate() {
+        for k in 0..len {
+            rows.push(&enc[toks[bi * 40 + k] as usize]);
+        }
+    }
+    for ch in 0..c.d_model {
+        let n = rows.len() as f64;
+        let mean = rows.iter().map(|r| f64::from(r[ch])).sum::<f64>() / n;
+        let var = rows
+            .iter()
+            .map(|r| (f64::from(r[ch]) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        assert!((s0.mean[ch] - mean).abs() < 1e-6, "channel {ch} mean");
+        assert!((s0.var[ch] - var).abs() < 1e-6, "channel {ch} variance");
+    }
+    let train = m
+        .forward(&tokens, &lengths, Mode::Train { seed: 9 })
+        .unwrap();
+    let d = max_abs_diff(&logits, &train);
+    assert!(
+        d < 1e-4,
+        "batch-stats logits differ from training logits by {d}"
+    );
+    // The training step (fused stack) recorded these same statistics, layer by layer, with
+    // momentum 0.9 from the initial (0, 1).
+    let after = running_stats(&m);
+    for (i, s) in stats.iter().enumerate() {
+        let s = s.as_ref().unwrap();
+        let (mean, var) = (&after[2 * i], &after[2 * i + 1]);
+        for ch in 0..c.d_model {
+            let (want_mean, want_var) = (0.1 * s.mean[ch], 0.9 + 0.1 * s.var[ch]);
+            assert!(
+                (f64::from(mean[ch]) - want_mean).abs() < 1e-5,
+                "layer {i} mean"
+            );
+            assert!(
+                (f64::from(var[ch]) - want_var).abs() < 1e-5,
+                "layer {i} var"
+            );
+        }
+    }
+}
+
+/// Precise BatchNorm on a single batch makes evaluation mode reproduce batch-statistics mode on
+/// that batch exactly; pooled over several batches, layer 0 gets the statistics of all their
+/// positions together.
+#[test]
+fn recalibrated_running_stats_reproduce_batch_stats() {
+    let c = cfg(NormKind::Batch, GateKind::HalfGlu2, true);
+    let (_vm, m) = build(&c);
+    let (tokens, lengths) = batch(3, 40, &[40, 25, 7], 6);
+    let (logits, stats) = m.forward_batch_stats(&tokens, &lengths).unwrap();
+    let eval_before = m.forward(&tokens, &lengths, Mode::Eval).unwrap();
+    assert!(
+        max_abs_diff(&logits, &eval_before) > 1e-3,
+        "the test needs running statistics that differ from the batch's"
+    );
+    let set: Vec<_> = stats
+        .iter()
+        .map(|s| {
+            let mut p = s5::norm::PooledStats::default();
+            p.add(s.as_ref().unwrap()).unwrap();
+            p.finish()
+        })
+        .collect();
+    m.set_running_stats(&set).unwrap();
+    let eval_after = m.forward(&tokens, &lengths, Mode::Eval).unwrap();
+    let d = max_abs_diff(&logits, &eval_after);
+    assert!(d < 1e-4, "evaluation after recalibration differs by {d}");
+
+    // Pooling: two batches vs the same positions as one batch (layer 0 sees fixed embeddings).
+    let (t1, l1) = batch(2, 30, &[30, 12], 7);
+    let (t2, l2) = batch(1, 30, &[21], 8);
+    let mut pooled = s5::norm::PooledStats::default();
+    for (t, l) in [(&t1, &l1), (&t2, &l2)] {
+        pooled
+            .add(m.forward_batch_stats(t, l).unwrap().1[0].as_ref().unwrap())
+            .unwrap();
+    }
+    let both = Tensor::cat(&[&t1, &t2], 0).unwrap();
+    let lens = Tensor::cat(&[&l1, &l2], 0).unwrap();
+    let joint = m.forward_batch_stats(&both, &lens).unwrap().1[0]
+        .clone()
+        .unwrap();
+    let (mean, var) = pooled.finish().unwrap();
+    assert_eq!(pooled.count(), joint.n_true);
+    for ch in 0..c.d_model {
+        assert!(
+            (mean[ch] - joint.mean[ch]).abs() < 1e-9,
+            "pooled mean, channel {ch}"
+        );
+        assert!(
+            (var[ch] - joint.var[ch]).abs() < 1e-9,
+            "pooled variance, channel {ch}"
+        );
+    }
+    assert!(
+        m.set_running_stats(&set[..1]).is_err(),
+        "wrong layer count accepted"
+    );
+}
