@@ -201,36 +201,20 @@ impl Norm {
     /// # Errors
     /// A length other than `H`.
     pub fn set_running_stats(&self, mean: &[f64], var: &[f64]) -> Result<()> {
-        let Norm::Batch {
-            running_mean,
-            running_var,
-            ..
-        } = self
-        else {
-            return Ok(());
-        };
-        let set = |run: &Tensor, v: &[f64]| -> Result<()> {
-            let h = run.dims1()?;
-            if v.len() != h {
-                return Err(crate::Error::Config(format!(
-                    "set_running_stats: {} values for {h} channels",
-                    v.len()
-                )));
-            }
-            let new = Tensor::from_slice(v, h, run.device())?.to_dtype(run.dtype())?;
-            run.slice_set(&new, 0, 0)?;
-            Ok(())
-        };
-        set(running_mean, mean)?;
-        set(running_var, var)
+        self.blend_running_stats(mean, var, 0.0)
     }
 
     /// Moves BatchNorm's running statistics towards a batch's mean and biased variance `[H]`
     /// (`running ← m · running + (1 − m) · batch`, `m` = [`BN_MOMENTUM`]); nothing for LayerNorm.
     ///
     /// # Errors
-    /// Candle errors only.
+    /// A length other than `H`.
     pub fn record_batch_stats(&self, mean: Vec<f64>, var: Vec<f64>) -> Result<()> {
+        self.blend_running_stats(&mean, &var, BN_MOMENTUM)
+    }
+
+    /// `running ← keep · running + (1 − keep) · new` for the mean and the variance.
+    fn blend_running_stats(&self, mean: &[f64], var: &[f64], keep: f64) -> Result<()> {
         let Norm::Batch {
             running_mean,
             running_var,
@@ -239,16 +223,25 @@ impl Norm {
         else {
             return Ok(());
         };
-        let m = BN_MOMENTUM;
-        let upd = |run: &Tensor, batch: Vec<f64>| -> Result<()> {
-            let h = batch.len();
-            let batch = Tensor::from_vec(batch, h, run.device())?.to_dtype(run.dtype())?;
-            let new = ((run.detach() * m)? + (batch * (1.0 - m))?)?;
+        let blend = |run: &Tensor, v: &[f64]| -> Result<()> {
+            let h = run.dims1()?;
+            if v.len() != h {
+                return Err(crate::Error::Config(format!(
+                    "BatchNorm running statistics: {} values for {h} channels",
+                    v.len()
+                )));
+            }
+            let v = Tensor::from_slice(v, h, run.device())?.to_dtype(run.dtype())?;
+            let new = if keep == 0.0 {
+                v
+            } else {
+                ((run.detach() * keep)? + (v * (1.0 - keep))?)?
+            };
             run.slice_set(&new, 0, 0)?;
             Ok(())
         };
-        upd(running_mean, mean)?;
-        upd(running_var, var)
+        blend(running_mean, mean)?;
+        blend(running_var, var)
     }
 
     /// The evaluation-mode norm for `mor`.
