@@ -622,19 +622,24 @@ fn recalibrate_bn(
     let loaded = pipeline::load(&weights)?;
     let imdb = bench::data::load(&cfg.data)?;
     let tok = tokenizer(cfg, &loaded, &imdb.train)?;
-    let labels: Vec<usize> = imdb.train.labels.iter().map(|&l| usize::from(l)).collect();
-    let picked = bench::subset::balanced_subset(&labels, reviews, seed);
-    let sub = lra::Split {
-        texts: picked
-            .iter()
-            .map(|&i| imdb.train.texts[i].clone())
-            .collect(),
-        labels: picked.iter().map(|&i| imdb.train.labels[i]).collect(),
-    };
-    let enc = lra::Encoded::new(tok.as_ref(), &sub);
     let batch = batch
         .or(cfg.train.as_ref().map(|t| t.batch_size))
         .unwrap_or(cfg.eval.batch_size);
+    // The same seeded, class-balanced subset rule as every evaluation set.
+    let set = EvalSet::new(
+        &imdb.train,
+        tok.as_ref(),
+        &bench::sections::EvalConfig {
+            max_samples: reviews,
+            batch_size: batch,
+            seed,
+        },
+    )
+    .context("building the calibration set from the training reviews")?;
+    let enc = lra::Encoded {
+        tokens: set.tokens,
+        labels: set.labels,
+    };
     let pb = bar(enc.len() as u64, "reviews");
     let rec = pipeline::recalibrate_batch_norm(&model, enc, batch, seed, Some(&pb))?;
     pb.finish_and_clear();
