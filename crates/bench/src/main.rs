@@ -43,6 +43,20 @@ struct RunArgs {
     stop_after_rows: Option<usize>,
 }
 
+/// The calibration reviews of `recalibrate-bn` and `swa`.
+#[derive(Debug, Args, Clone, Copy)]
+struct CalibrationArgs {
+    /// Seeded, class-balanced training reviews to calibrate on (0 = all 25,000).
+    #[arg(long, default_value_t = 2000)]
+    reviews: usize,
+    /// Seed of the calibration subset and batch order.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Batch size (default: the config's `[train] batch_size`).
+    #[arg(long)]
+    batch: Option<usize>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The whole pipeline (the default): data, checkpoint, full model, sweep, plots, manifest.
@@ -82,15 +96,23 @@ enum Command {
         /// Output checkpoint directory (replaced atomically if it exists).
         #[arg(long)]
         out: PathBuf,
-        /// Seeded, class-balanced training reviews to calibrate on (0 = all 25,000).
-        #[arg(long, default_value_t = 2000)]
-        reviews: usize,
-        /// Seed of the calibration subset and batch order.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Batch size (default: the config's `[train] batch_size`).
+        #[command(flatten)]
+        calibration: CalibrationArgs,
+    },
+    /// Stochastic weight averaging (SWA; Izmailov et al., 2018): the uniform average of the
+    /// weights of several checkpoints of one run (e.g. its epoch ends), then its BatchNorm
+    /// statistics re-estimated exactly as by `recalibrate-bn` (SWA's "BN update"); written as a
+    /// new checkpoint with `recalibration.json` naming every member and its SHA-256.
+    Swa {
+        /// Checkpoint directories to average (two or more plain checkpoints of one model; a run
+        /// directory stands for its latest step checkpoint).
+        #[arg(long, num_args = 2.., required = true)]
+        checkpoints: Vec<PathBuf>,
+        /// Output checkpoint directory (replaced atomically if it exists).
         #[arg(long)]
-        batch: Option<usize>,
+        out: PathBuf,
+        #[command(flatten)]
+        calibration: CalibrationArgs,
     },
     /// Write a reduced checkpoint for one method and ratio.
     Compress {
@@ -197,10 +219,16 @@ fn real_main() -> Result<()> {
         Some(Command::RecalibrateBn {
             checkpoint,
             out,
-            reviews,
-            seed,
-            batch,
-        }) => recalibrate_bn(&cfg, checkpoint, &out, reviews, seed, batch),
+            calibration,
+        }) => {
+            let checkpoint = checkpoint.unwrap_or_else(|| cfg.checkpoint_dir());
+            recalibrate_bn(&cfg, &[checkpoint], &out, &calibration)
+        }
+        Some(Command::Swa {
+            checkpoints,
+            out,
+            calibration,
+        }) => recalibrate_bn(&cfg, &checkpoints, &out, &calibration),
         Some(Command::Compress { method, ratio, out }) => compress(&cfg, &method, ratio, out),
         Some(Command::Sweep { stop_after_rows }) => {
             let args = RunArgs {
@@ -599,29 +627,38 @@ fn eval_cmd(cfg: &RunConfig, checkpoint: Option<PathBuf>, json: bool, split: &st
     Ok(())
 }
 
-/// `bench recalibrate-bn`.
+/// `bench recalibrate-bn` (one checkpoint) and `bench swa` (the average of several): precise
+/// BatchNorm statistics for the weights of `checkpoints`, written to `out` with
+/// `recalibration.json`.
 fn recalibrate_bn(
     cfg: &RunConfig,
-    checkpoint: Option<PathBuf>,
+    checkpoints: &[PathBuf],
     out: &Path,
-    reviews: usize,
-    seed: u64,
-    batch: Option<usize>,
+    calibration: &CalibrationArgs,
 ) -> Result<()> {
-    let dir = checkpoint.unwrap_or_else(|| cfg.checkpoint_dir());
-    let weights = pipeline::find_weights(&dir)?
-        .with_context(|| format!("no checkpoint in {}", dir.display()))?;
-    if weights.join(pipeline::REDUCED_BLOCKS_FILE).exists() {
-        bail!(
-            "{} is a compressed checkpoint; recalibrate the full model, then compress it",
-            weights.display()
-        );
+    let CalibrationArgs {
+        reviews,
+        seed,
+        batch,
+    } = *calibration;
+    let mut members = Vec::with_capacity(checkpoints.len());
+    for dir in checkpoints {
+        let weights = pipeline::find_weights(dir)?
+            .with_context(|| format!("no checkpoint in {}", dir.display()))?;
+        if weights.join(pipeline::REDUCED_BLOCKS_FILE).exists() {
+            bail!(
+                "{} is a compressed checkpoint; recalibrate the full model, then compress it",
+                weights.display()
+            );
+        }
+        members.push(pipeline::load(&weights)?);
     }
-    let (model, varmap, meta) = s5::checkpoint::load_model(&weights)
-        .with_context(|| format!("loading {}", weights.display()))?;
-    let loaded = pipeline::load(&weights)?;
+    let weights: Vec<&Path> = members.iter().map(|m| m.dir.as_path()).collect();
+    let (model, varmap, meta) = s5::checkpoint::load_average(&weights)
+        .with_context(|| format!("loading {}", weights[0].display()))?;
+    let loaded = &members[0];
     let imdb = bench::data::load(&cfg.data)?;
-    let tok = tokenizer(cfg, &loaded, &imdb.train)?;
+    let tok = tokenizer(cfg, loaded, &imdb.train)?;
     let batch = batch
         .or(cfg.train.as_ref().map(|t| t.batch_size))
         .unwrap_or(cfg.eval.batch_size);
@@ -643,17 +680,27 @@ fn recalibrate_bn(
     let pb = bar(enc.len() as u64, "reviews");
     let rec = pipeline::recalibrate_batch_norm(&model, enc, batch, seed, Some(&pb))?;
     pb.finish_and_clear();
-    let tok_json = s5::checkpoint::read_tokenizer(&weights)?;
+    let tok_json = s5::checkpoint::read_tokenizer(weights[0])?;
     s5::checkpoint::save(out, &meta, &varmap, tok_json.as_deref(), None)
         .with_context(|| format!("writing {}", out.display()))?;
-    let record = serde_json::json!({
-        "source": weights.display().to_string(),
+    let mut record = serde_json::json!({
+        "source": loaded.dir.display().to_string(),
         "source_sha256": loaded.sha256,
         "seed": seed,
         "batch_size": batch,
         "git_commit": bench::manifest::git_commit(),
         "recalibration": rec,
     });
+    if members.len() > 1 {
+        // SWA: the source is the uniform average of these checkpoints' weights.
+        record["swa_members"] = members
+            .iter()
+            .map(|m| serde_json::json!({"checkpoint": m.dir.display().to_string(), "sha256": m.sha256}))
+            .collect();
+        record["source"] =
+            format!("uniform weight average of {} checkpoints", members.len()).into();
+        record["source_sha256"] = serde_json::Value::Null;
+    }
     bench::results::write_atomic(
         &out.join("recalibration.json"),
         serde_json::to_string_pretty(&record)?.as_bytes(),

@@ -310,6 +310,38 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
             .all(|n| n.ends_with("running_mean") || n.ends_with("running_var")),
         "{changed:?}"
     );
+    // swa of the model and its recalibrated copy (equal weights, different running statistics),
+    // calibrated on the same reviews: exactly the recalibrated checkpoint.
+    let swa = root.join("swa");
+    let o = bench(
+        &[
+            "swa",
+            "--config",
+            cfg_s,
+            "--checkpoints",
+            out.join("model").to_str().unwrap(),
+            pbn.to_str().unwrap(),
+            "--out",
+            swa.to_str().unwrap(),
+            "--reviews",
+            "40",
+            "--seed",
+            "0",
+            "--batch",
+            "40",
+        ],
+        root,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let c = s5::checkpoint::read_tensors(&swa.join("model.safetensors"), &dev).unwrap();
+    assert_eq!(c.len(), b.len());
+    let values = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (name, t) in &c {
+        assert_eq!(values(t), values(&b[name]), "{name}");
+    }
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(swa.join("recalibration.json")).unwrap()).unwrap();
+    assert_eq!(rec["swa_members"].as_array().unwrap().len(), 2, "{rec}");
     // A compressed checkpoint is refused with a pointer to the fix.
     let o = bench(
         &[

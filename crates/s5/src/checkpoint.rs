@@ -358,6 +358,63 @@ pub fn load_model(dir: &Path) -> Result<(S5Model, VarMap, CheckpointMeta)> {
     Ok((model, varmap, meta))
 }
 
+/// Load the uniform average of the parameters of several checkpoints of one model: stochastic
+/// weight averaging (SWA; Izmailov et al., 2018, "Averaging Weights Leads to Wider Optima and
+/// Better Generalization", Alg. 1, `w_SWA = (1/n) Σ_i w_i`). Every tensor of `model.safetensors`
+/// is averaged in f64 and stored in its own dtype (f32), in the parameterisation the model trains (Λ as
+/// `Lambda_re`/`Lambda_im`, timescales as `log_step`). BatchNorm running statistics are averaged
+/// too, which matches none of the averaged weights: re-estimate them before evaluating
+/// (SWA's "BN update"; `pipeline::recalibrate_batch_norm` in `bench`).
+///
+/// Returns the averaged model, its `VarMap` and the shared meta of `dirs` (each a plain or step
+/// checkpoint directory; each is validated as by [`load_model`]).
+///
+/// # Errors
+/// [`Error::Checkpoint`] if `dirs` is empty, a checkpoint cannot be loaded, or its `config.json`
+/// differs from the first one's (another architecture, tokenizer or `max_len`).
+pub fn load_average<P: AsRef<Path>>(dirs: &[P]) -> Result<(S5Model, VarMap, CheckpointMeta)> {
+    let (first, rest) = dirs.split_first().ok_or_else(|| {
+        ck_err(
+            Path::new("."),
+            "no checkpoint to average: name at least one",
+        )
+    })?;
+    let (model, varmap, meta) = load_model(first.as_ref())?;
+    if rest.is_empty() {
+        return Ok((model, varmap, meta));
+    }
+    let data = varmap.data().lock().expect("VarMap lock poisoned");
+    let mut sums: HashMap<&String, Tensor> = data
+        .iter()
+        .map(|(name, var)| Ok((name, var.as_tensor().to_dtype(DType::F64)?)))
+        .collect::<Result<_>>()?;
+    for dir in rest {
+        let dir = dir.as_ref();
+        let (_, other, other_meta) = load_model(dir)?;
+        if other_meta != meta {
+            return Err(ck_err(
+                &dir.join(CONFIG_FILE),
+                format!(
+                    "differs from {}: only checkpoints of one model (same architecture, \
+                     tokenizer and max_len) can be averaged",
+                    first.as_ref().join(CONFIG_FILE).display()
+                ),
+            ));
+        }
+        let other = other.data().lock().expect("VarMap lock poisoned");
+        for (name, sum) in sums.iter_mut() {
+            *sum = (&*sum + other[*name].as_tensor().to_dtype(DType::F64)?)?;
+        }
+    }
+    let n = dirs.len() as f64;
+    for (name, sum) in sums {
+        let var = &data[name];
+        var.set(&(sum / n)?.to_dtype(var.dtype())?)?;
+    }
+    drop(data);
+    Ok((model, varmap, meta))
+}
+
 /// Read the training part of a checkpoint: the [`TrainState`] and the optimiser moments.
 ///
 /// # Errors

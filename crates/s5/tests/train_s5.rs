@@ -247,3 +247,77 @@ fn s5_checkpoint_with_wrong_config_rejected() {
         "{msg}"
     );
 }
+
+/// `load_average` (SWA) returns the element-wise mean of every tensor, the returned model uses
+/// it, averaging a checkpoint with itself changes nothing, and checkpoints of different models
+/// are refused with a message naming the file.
+#[test]
+fn weight_average_is_the_elementwise_mean() {
+    with_large_stack(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        let (_m, varmap) = build();
+        checkpoint::save(&a, &meta(), &varmap, None, None).unwrap();
+        let base = snapshot(&varmap);
+        // B: tensor i shifted by 0.5 + 0.25 i, so the mean is A + (0.25 + 0.125 i).
+        {
+            let data = varmap.data().lock().unwrap();
+            for (i, (name, _)) in base.iter().enumerate() {
+                let var = &data[name];
+                var.set(&(var.as_tensor() + (0.5 + 0.25 * i as f64)).unwrap())
+                    .unwrap();
+            }
+        }
+        checkpoint::save(&b, &meta(), &varmap, None, None).unwrap();
+
+        let (avg, avg_vm, avg_meta) = checkpoint::load_average(&[&a, &b]).unwrap();
+        assert_eq!(avg_meta, meta());
+        let got = snapshot(&avg_vm);
+        assert_eq!(got.len(), base.len());
+        for (i, ((name, want), (got_name, got))) in base.iter().zip(&got).enumerate() {
+            assert_eq!(name, got_name);
+            let shift = (0.25 + 0.125 * i as f64) as f32;
+            for (w, g) in want.iter().zip(got) {
+                assert!((w + shift - g).abs() < 1e-5, "{name}: {w} + {shift} vs {g}");
+            }
+        }
+        // The returned model computes with the averaged tensors: same logits as loading them.
+        checkpoint::save(&c, &meta(), &avg_vm, None, None).unwrap();
+        let (reloaded, _, _) = checkpoint::load_model(&c).unwrap();
+        let batch = &make_batches(9, 1, 6, 12)[0];
+        let (tok, len, _) = batch_tensors(batch, &Device::Cpu).unwrap();
+        let logits = |m: &S5Model| -> Vec<Vec<f32>> {
+            m.logits(&tok, &len, None).unwrap().to_vec2().unwrap()
+        };
+        assert_eq!(logits(&avg), logits(&reloaded));
+        let (model_a, _, _) = checkpoint::load_model(&a).unwrap();
+        assert_ne!(logits(&avg), logits(&model_a));
+        // Averaging a checkpoint with itself is the identity.
+        let (self_avg, _, _) = checkpoint::load_average(&[&a, &a, &a]).unwrap();
+        assert_eq!(logits(&self_avg), logits(&model_a));
+
+        // Another model (here: another max_len) is refused, naming its config.
+        checkpoint::save(
+            &c,
+            &CheckpointMeta::new(tiny(), "byte", 16),
+            &varmap,
+            None,
+            None,
+        )
+        .unwrap();
+        let msg = checkpoint::load_average(&[&a, &c])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("can be averaged") && msg.contains("config.json"),
+            "{msg}"
+        );
+        let none: [&std::path::Path; 0] = [];
+        assert!(checkpoint::load_average(&none).is_err());
+    });
+}
