@@ -3,7 +3,7 @@
 # running statistics, measured" and "Session 15: weight averaging, and the end-of-run rule
 # amended"):
 #   1. the run's model: the uniform weight average (SWA) of the epoch-end checkpoints in
-#      EPOCHS (default results/imdb-long/epochs/step-*, epochs 17-35: 19 members), with precise
+#      EPOCHS (default results/imdb-long/model/epochs/step-*, epochs 17-35: 19 members), with precise
 #      BatchNorm from 2,000 training reviews, seed 1, batches of 50 (`bench swa`);
 #   2. beside it, the final checkpoint: recalibrated the same way (`bench recalibrate-bn`), and of
 #      {as trained, recalibrated} the one with the higher accuracy on 2,000 *training* reviews (the
@@ -18,7 +18,7 @@
 # Environment: BENCH (default `cargo run --release -q -p bench --`), LONG_CONFIG (default
 # imdb-long.toml: the training subset and the test sample), FULL_CONFIG (default
 # imdb-full-test.toml: all 25,000 test reviews), REVIEWS (default 2000), EPOCHS (default
-# "results/imdb-long/epochs/step-*"), MEMBERS (expected SWA members, default 19), for trying the
+# "results/imdb-long/model/epochs/step-*"), MEMBERS (expected SWA members, default 19), for trying the
 # script on a small config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ out=${2:-results/imdb-long/final}
 long=${LONG_CONFIG:-imdb-long.toml}
 full=${FULL_CONFIG:-imdb-full-test.toml}
 reviews=${REVIEWS:-2000}
-read -r -a epochs <<< "$(echo ${EPOCHS:-results/imdb-long/epochs/step-*})"
+read -r -a epochs <<< "$(echo ${EPOCHS:-results/imdb-long/model/epochs/step-*})"
 expected=${MEMBERS:-19}
 read -r -a bench <<< "${BENCH:-cargo run --release -q -p bench --}"
 if [ ! -f "$model/model.safetensors" ]; then

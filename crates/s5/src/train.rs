@@ -57,6 +57,13 @@ pub struct TrainConfig {
     /// Step checkpoints kept on disk (older ones are deleted). Default 2.
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
+    /// From this epoch on (1-based), keep the weights at each epoch end as a plain checkpoint
+    /// (`model.safetensors`, `config.json`, `tokenizer.json`; no optimiser state) in
+    /// `<run dir>/epochs/step-NNNNNNNN/`, never deleted: the members of a stochastic weight
+    /// average (`bench swa`; Izmailov et al., 2018). A resumed run rewrites the same files.
+    /// Default: none kept.
+    #[serde(default)]
+    pub keep_epoch_weights_from: Option<usize>,
     /// Evaluate on the test set after each epoch. Default true.
     #[serde(default = "default_true")]
     pub eval_each_epoch: bool,
@@ -335,6 +342,9 @@ pub struct TrainSummary {
 pub const TRAIN_LOG: &str = "train_log.csv";
 /// File name of the per-epoch evaluation log inside the run directory.
 pub const EVAL_LOG: &str = "eval_log.csv";
+/// Directory (under the run directory) of the epoch-end weights kept by
+/// [`TrainConfig::keep_epoch_weights_from`].
+pub const EPOCHS_DIR: &str = "epochs";
 const TRAIN_LOG_HEADER: &str =
     "step,epoch,loss,accuracy,tokens_per_s,lr,ssm_lr,grad_norm,seconds_total";
 const EVAL_LOG_HEADER: &str = "epoch,step,test_loss,test_accuracy,n,seconds";
@@ -612,6 +622,23 @@ impl<'m, M: Classifier + ?Sized> Trainer<'m, M> {
         Ok(dir)
     }
 
+    /// The weights now as a plain checkpoint in `<run dir>/epochs/step-NNNNNNNN/` (see
+    /// [`TrainConfig::keep_epoch_weights_from`]).
+    fn save_epoch_weights(&self) -> Result<PathBuf> {
+        let dir = self
+            .run_dir
+            .join(EPOCHS_DIR)
+            .join(format!("step-{:08}", self.state.step));
+        checkpoint::save(
+            &dir,
+            &self.meta,
+            &self.varmap,
+            self.tokenizer_json.as_deref(),
+            None,
+        )?;
+        Ok(dir)
+    }
+
     /// Train until all epochs are done (or `max_steps`), starting where the state stands.
     /// `eval`, if given, is evaluated after every epoch when `eval_each_epoch` is set.
     ///
@@ -733,6 +760,13 @@ impl<'m, M: Classifier + ?Sized> Trainer<'m, M> {
                 }
                 self.state.epoch += 1;
                 self.state.batch_in_epoch = 0;
+                if self
+                    .cfg
+                    .keep_epoch_weights_from
+                    .is_some_and(|from| self.state.epoch >= from)
+                {
+                    self.save_epoch_weights()?;
+                }
                 self.save_checkpoint()?;
             } else if self.state.step >= stop_at {
                 if win.n > 0 {

@@ -14,8 +14,35 @@ fn meta() -> CheckpointMeta {
 }
 
 fn cfg() -> TrainConfig {
-    // 3 epochs × 6 batches = 18 steps; checkpoints every 4 steps and at epoch ends.
-    train_config()
+    // 3 epochs × 6 batches = 18 steps; checkpoints every 4 steps and at epoch ends; the weights
+    // of the ends of epochs 2 and 3 (steps 12, 18) kept.
+    TrainConfig {
+        keep_epoch_weights_from: Some(2),
+        ..train_config()
+    }
+}
+
+/// Every variable of a model as (name, values), sorted by name.
+type Snapshot = Vec<(String, Vec<f32>)>;
+
+/// The epoch-end weights a run kept: (directory name, variables), sorted.
+fn epoch_weights(dir: &std::path::Path) -> Vec<(String, Snapshot)> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(s5::train::EPOCHS_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let ck = dir.join(s5::train::EPOCHS_DIR).join(&n);
+            assert!(!ck.join(checkpoint::OPTIMIZER_FILE).exists(), "{n}");
+            let varmap = VarMap::new();
+            let _model = Toy::new(&varmap, 0).unwrap();
+            checkpoint::load_params(&ck, &varmap).unwrap();
+            (n, snapshot(&varmap))
+        })
+        .collect()
 }
 
 fn run_to_end(dir: &std::path::Path, init_seed: u64) -> (Vec<(String, Vec<f32>)>, Vec<f64>) {
@@ -127,6 +154,18 @@ fn crash_and_resume_equals_uninterrupted() {
             snapshot(&varmap)
         };
         assert_close(&got, &want);
+        // The crashed-and-resumed run kept the same epoch-end weights as the uninterrupted one
+        // (epoch 2's written before the crash, epoch 3's after), the last equal to the final ones.
+        let (kept, kept_full) = (epoch_weights(split.path()), epoch_weights(full.path()));
+        let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["step-00000012", "step-00000018"]);
+        assert_eq!(kept.len(), kept_full.len());
+        for ((n, w), (n_full, w_full)) in kept.iter().zip(&kept_full) {
+            assert_eq!(n, n_full);
+            assert_close(w, w_full);
+        }
+        assert_close(&kept[1].1, &want);
+        assert_ne!(kept[0].1, kept[1].1);
         // The log has each step once, in order, and the eval log one row per epoch.
         let log = std::fs::read_to_string(split.path().join("train_log.csv")).unwrap();
         let steps: Vec<usize> = log

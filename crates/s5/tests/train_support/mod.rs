@@ -245,6 +245,7 @@ pub fn train_config() -> TrainConfig {
         progress: false,
         init_from: None,
         log_step_group: Default::default(),
+        keep_epoch_weights_from: None,
     }
 }
 
