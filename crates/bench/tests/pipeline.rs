@@ -241,20 +241,19 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
     // recalibrate-bn: one batch of the 40 training reviews `eval --split train` reads, so the
     // recalibrated model in evaluation mode reproduces batch-statistics mode on them.
     let pbn = root.join("pbn");
+    let calibration = ["--reviews", "40", "--seed", "0", "--batch", "40"];
     let o = bench(
         &[
-            "recalibrate-bn",
-            "--config",
-            cfg_s,
-            "--out",
-            pbn.to_str().unwrap(),
-            "--reviews",
-            "40",
-            "--seed",
-            "0",
-            "--batch",
-            "40",
-        ],
+            &[
+                "recalibrate-bn",
+                "--config",
+                cfg_s,
+                "--out",
+                pbn.to_str().unwrap(),
+            ][..],
+            &calibration,
+        ]
+        .concat(),
         root,
     );
     assert!(o.status.success(), "{}", text(&o));
@@ -313,23 +312,22 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
     // swa of the model and its recalibrated copy (equal weights, different running statistics),
     // calibrated on the same reviews: exactly the recalibrated checkpoint.
     let swa = root.join("swa");
+    let model_dir = out.join("model");
     let o = bench(
         &[
-            "swa",
-            "--config",
-            cfg_s,
-            "--checkpoints",
-            out.join("model").to_str().unwrap(),
-            pbn.to_str().unwrap(),
-            "--out",
-            swa.to_str().unwrap(),
-            "--reviews",
-            "40",
-            "--seed",
-            "0",
-            "--batch",
-            "40",
-        ],
+            &[
+                "swa",
+                "--config",
+                cfg_s,
+                "--checkpoints",
+                model_dir.to_str().unwrap(),
+                pbn.to_str().unwrap(),
+                "--out",
+                swa.to_str().unwrap(),
+            ][..],
+            &calibration,
+        ]
+        .concat(),
         root,
     );
     assert!(o.status.success(), "{}", text(&o));
