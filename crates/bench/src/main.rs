@@ -654,8 +654,13 @@ fn recalibrate_bn(
         members.push(pipeline::load(&weights)?);
     }
     let weights: Vec<&Path> = members.iter().map(|m| m.dir.as_path()).collect();
-    let (model, varmap, meta) = s5::checkpoint::load_average(&weights)
-        .with_context(|| format!("loading {}", weights[0].display()))?;
+    let (model, varmap, meta) = s5::checkpoint::load_average(&weights).with_context(|| {
+        if weights.len() == 1 {
+            format!("loading {}", weights[0].display())
+        } else {
+            format!("averaging the weights of {} checkpoints", weights.len())
+        }
+    })?;
     let loaded = &members[0];
     let imdb = bench::data::load(&cfg.data)?;
     let tok = tokenizer(cfg, loaded, &imdb.train)?;
