@@ -641,6 +641,7 @@ fn recalibrate_bn(
         seed,
         batch,
     } = *calibration;
+    // (weights directory, SHA-256 of its model.safetensors) of every member.
     let mut members = Vec::with_capacity(checkpoints.len());
     for dir in checkpoints {
         let weights = pipeline::find_weights(dir)?
@@ -651,9 +652,10 @@ fn recalibrate_bn(
                 weights.display()
             );
         }
-        members.push(pipeline::load(&weights)?);
+        let sha = bench::manifest::sha256_file(&weights.join(s5::checkpoint::MODEL_FILE))?;
+        members.push((weights, sha));
     }
-    let weights: Vec<&Path> = members.iter().map(|m| m.dir.as_path()).collect();
+    let weights: Vec<&Path> = members.iter().map(|(w, _)| w.as_path()).collect();
     let (model, varmap, meta) = s5::checkpoint::load_average(&weights).with_context(|| {
         if weights.len() == 1 {
             format!("loading {}", weights[0].display())
@@ -661,9 +663,10 @@ fn recalibrate_bn(
             format!("averaging the weights of {} checkpoints", weights.len())
         }
     })?;
-    let loaded = &members[0];
+    // The first member's tokenizer and provenance.
+    let loaded = pipeline::load(weights[0])?;
     let imdb = bench::data::load(&cfg.data)?;
-    let tok = tokenizer(cfg, loaded, &imdb.train)?;
+    let tok = tokenizer(cfg, &loaded, &imdb.train)?;
     let batch = batch
         .or(cfg.train.as_ref().map(|t| t.batch_size))
         .unwrap_or(cfg.eval.batch_size);
@@ -700,7 +703,7 @@ fn recalibrate_bn(
         // SWA: the source is the uniform average of these checkpoints' weights.
         record["swa_members"] = members
             .iter()
-            .map(|m| serde_json::json!({"checkpoint": m.dir.display().to_string(), "sha256": m.sha256}))
+            .map(|(w, sha)| serde_json::json!({"checkpoint": w.display().to_string(), "sha256": sha}))
             .collect();
         record["source"] =
             format!("uniform weight average of {} checkpoints", members.len()).into();

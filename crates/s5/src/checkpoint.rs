@@ -459,6 +459,11 @@ pub fn latest(checkpoints_dir: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(dir))
 }
 
+/// Directory name of the checkpoint at optimiser step `step`: `step-{step:08}`.
+pub fn step_dir_name(step: usize) -> String {
+    format!("step-{step:08}")
+}
+
 /// Save a step checkpoint `step-{step:08}` under `checkpoints_dir`, point [`LATEST_FILE`] at it
 /// (atomically), and delete older step checkpoints beyond the newest `keep`.
 ///
@@ -473,7 +478,7 @@ pub fn save_step(
     tokenizer_json: Option<&[u8]>,
     train: TrainPart<'_>,
 ) -> Result<PathBuf> {
-    let name = format!("step-{step:08}");
+    let name = step_dir_name(step);
     let dir = checkpoints_dir.join(&name);
     save(&dir, meta, varmap, tokenizer_json, Some(train))?;
     write_atomic(&checkpoints_dir.join(LATEST_FILE), name.as_bytes())?;

@@ -628,7 +628,7 @@ impl<'m, M: Classifier + ?Sized> Trainer<'m, M> {
         let dir = self
             .run_dir
             .join(EPOCHS_DIR)
-            .join(format!("step-{:08}", self.state.step));
+            .join(checkpoint::step_dir_name(self.state.step));
         checkpoint::save(
             &dir,
             &self.meta,
