@@ -59,6 +59,12 @@ pub struct SweepConfig {
     /// `mor::lqo::LqoOptions`'s 0.5; 1 = uniform allocation, 0 = pure greedy on the bound).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lqo_floor_fraction: Option<f64>,
+    /// `last`, `global-hinf`, `uniform-hinf` only: horizon in steps (≥ 1) of the per-mode H∞
+    /// scores, the time-limited score `mor::gram::mode_hinf_scores_horizon` (each mode's gain
+    /// bound on sequences of at most this many steps; e.g. `data.max_len`). Default: none, LAST's
+    /// infinite-horizon score as published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hinf_horizon: Option<usize>,
 }
 
 fn default_methods() -> Vec<String> {
@@ -95,6 +101,12 @@ impl SweepConfig {
                  share of modes every layer keeps; 1 = uniform)"
             );
         }
+        if self.hinf_horizon == Some(0) {
+            bail!(
+                "sweep.hinf_horizon = 0: the H∞ score horizon is a number of steps ≥ 1 (e.g. \
+                 data.max_len); remove the key for LAST's infinite-horizon score"
+            );
+        }
         for (i, &r) in self.ratios.iter().enumerate() {
             validate_ratio(r).map_err(|e| anyhow::anyhow!("sweep.ratios[{i}]: {e}"))?;
             if self.ratios[..i].iter().any(|&q| (q - r).abs() < 1e-9) {
@@ -110,6 +122,7 @@ impl SweepConfig {
         if let Some(f) = self.lqo_floor_fraction {
             opts.lqo.floor_fraction = f;
         }
+        opts.hinf_horizon = self.hinf_horizon;
         opts
     }
 }
@@ -135,6 +148,7 @@ mod tests {
             methods: vec!["bt".into()],
             ratios: vec![0.5, 1.0],
             lqo_floor_fraction: None,
+            hinf_horizon: None,
         };
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("sweep.ratios[1]") && e.contains("[0, 1)"), "{e}");
@@ -142,6 +156,7 @@ mod tests {
             methods: vec!["bt".into(), "pca".into()],
             ratios: vec![0.5],
             lqo_floor_fraction: None,
+            hinf_horizon: None,
         };
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("pca") && e.contains("lqo-h2"), "{e}");
@@ -149,6 +164,7 @@ mod tests {
             methods: default_methods(),
             ratios: vec![0.0, 0.5, 0.95],
             lqo_floor_fraction: None,
+            hinf_horizon: None,
         };
         assert_eq!(s.validate().unwrap().len(), 8);
         assert_eq!(
@@ -165,6 +181,7 @@ mod tests {
             methods: vec!["lqo-h2".into()],
             ratios: vec![0.5],
             lqo_floor_fraction: Some(1.5),
+            hinf_horizon: None,
         };
         let e = s.validate().unwrap_err().to_string();
         assert!(
@@ -174,5 +191,22 @@ mod tests {
         s.lqo_floor_fraction = Some(1.0);
         s.validate().unwrap();
         assert_eq!(s.reduce_options().lqo.floor_fraction, 1.0);
+    }
+
+    #[test]
+    fn hinf_horizon_is_checked_and_passed_on() {
+        let mut s = SweepConfig {
+            methods: vec!["last".into()],
+            ratios: vec![0.5],
+            lqo_floor_fraction: None,
+            hinf_horizon: None,
+        };
+        assert_eq!(s.reduce_options().hinf_horizon, None);
+        s.hinf_horizon = Some(0);
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("hinf_horizon") && e.contains("≥ 1"), "{e}");
+        s.hinf_horizon = Some(4096);
+        s.validate().unwrap();
+        assert_eq!(s.reduce_options().hinf_horizon, Some(4096));
     }
 }

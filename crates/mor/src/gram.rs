@@ -657,14 +657,40 @@ pub fn mode_h2_scores(block: &DiagBlock) -> Vec<f64> {
 /// `c_rev = 0`). The public LAST code combines the forward and backward output norms of a
 /// bidirectional model as a sum of unsquared norms that, through operator precedence, ends up
 /// divided by 4 (as noted in issue 4); we do not reproduce that quirk. Unstable modes score `+∞`.
+/// Equal to [`mode_hinf_scores_horizon`] with no horizon.
 pub fn mode_hinf_scores(block: &DiagBlock) -> Vec<f64> {
+    mode_hinf_scores_horizon(block, None)
+}
+
+/// Per-mode H∞ scores over a finite horizon `T` (time-limited variant of [`mode_hinf_scores`]):
+/// `(‖c_i‖ + ‖c_rev,i‖)² ‖b̄_i‖² (Σ_{k<T} |λ_i|^k)²`, with
+/// `Σ_{k<T} |λ_i|^k = (1 − |λ_i|^T)/(1 − |λ_i|)` (`= T` when `|λ_i| = 1`).
+///
+/// Why: on inputs of at most `T` steps, only the kernel lags `0 ≤ k < T` act, and the ℓ2 → ℓ2
+/// gain of a (block-)Toeplitz operator is at most the ℓ1 norm of its kernel (Young's
+/// inequality); the mode's kernel is `c_i b̄_iᵀ λ_i^k` forward and `c_rev,i b̄_iᵀ λ_i^k` reverse,
+/// so the square root of this score bounds the mode's gain on sequences of length ≤ `T`. As
+/// `T → ∞` it tends to the infinite-horizon score, which over-rates a mode whose time constant
+/// `τ = −1/ln|λ_i|` exceeds `T` by up to the factor `1/(1 − e^{−T/τ})` (squared in the score).
+/// `horizon = None` is the infinite-horizon score (unstable modes `+∞`); with a horizon every
+/// mode has a finite score.
+///
+/// # Panics
+/// If `horizon == Some(0)` (a horizon is a number of steps ≥ 1).
+pub fn mode_hinf_scores_horizon(block: &DiagBlock, horizon: Option<usize>) -> Vec<f64> {
+    assert!(horizon != Some(0), "the H∞ score horizon must be ≥ 1 step");
     let (p, m) = (block.n_outputs(), block.n_inputs());
     (0..block.n_modes())
         .map(|i| {
             let a = block.lambda[i].norm();
-            if a >= 1.0 {
-                return f64::INFINITY;
-            }
+            // Σ_{k<T} a^k, or Σ_{k≥0} a^k = 1/(1 − a) without a horizon.
+            let lag_sum = match horizon {
+                None if a >= 1.0 => return f64::INFINITY,
+                None => 1.0 / (1.0 - a),
+                Some(t) if (1.0 - a).abs() < 1e-12 => t as f64,
+                // −expm1(T ln a)/(1 − a) = (1 − a^T)/(1 − a) without cancellation for a ≈ 1.
+                Some(t) => -f64::exp_m1(t as f64 * a.ln()) / (1.0 - a),
+            };
             let cn = (0..p)
                 .map(|o| block.c[(o, i)].norm_sqr())
                 .sum::<f64>()
@@ -673,7 +699,7 @@ pub fn mode_hinf_scores(block: &DiagBlock) -> Vec<f64> {
                 (0..p).map(|o| cr[(o, i)].norm_sqr()).sum::<f64>().sqrt()
             });
             let bn2: f64 = (0..m).map(|s| block.b[(i, s)].norm_sqr()).sum();
-            (cn + crn).powi(2) * bn2 / (1.0 - a).powi(2)
+            (cn + crn).powi(2) * bn2 * lag_sum.powi(2)
         })
         .collect()
 }
@@ -922,5 +948,56 @@ pub(crate) mod tests {
             }
             assert!(peak * peak <= hi * (1.0 + 1e-12));
         }
+    }
+
+    #[test]
+    fn mode_hinf_scores_with_a_horizon() {
+        // Slow and fast modes, some with |λ| close to 1, bidirectional.
+        let blk = random_block(11, 6, 2, 3, true, 0, None, 0.999);
+        let inf = mode_hinf_scores(&blk);
+        // A horizon far beyond every time constant gives LAST's infinite-horizon score.
+        let long = mode_hinf_scores_horizon(&blk, Some(1_000_000_000));
+        for (a, b) in inf.iter().zip(&long) {
+            assert!(rel(*a, *b) < 1e-9, "{a} vs {b}");
+        }
+        let t = 7;
+        let short = mode_hinf_scores_horizon(&blk, Some(t));
+        let one = mode_hinf_scores_horizon(&blk, Some(1));
+        let (p, m) = (blk.n_outputs(), blk.n_inputs());
+        for i in 0..blk.n_modes() {
+            let mb = mode_block(&blk, i);
+            let l = mb.lambda[0];
+            let a = l.norm();
+            // The lag sum against a plain loop: score(T) / score(1) = (Σ_{k<T} a^k)².
+            let lag_sum: f64 = (0..t).map(|k| a.powi(k as i32)).sum();
+            assert!(rel(short[i] / one[i], lag_sum * lag_sum) < 1e-12);
+            assert!(short[i] <= inf[i] * (1.0 + 1e-12));
+            // The score bounds the gain of the mode's two-sided Toeplitz operator on T steps:
+            // y_t = Σ_{s ≤ t} c λ^{t−s} b̄ᵀ u_s + Σ_{s ≥ t} c_rev λ^{s−t} b̄ᵀ u_s.
+            let cr = mb.c_rev.as_ref().unwrap();
+            let op = Mat::from_fn(p * t, m * t, |row, col| {
+                let (tt, o) = (row / p, row % p);
+                let (ss, q) = (col / m, col % m);
+                let mut v = c64::new(0.0, 0.0);
+                if ss <= tt {
+                    v += mb.c[(o, 0)] * l.powi((tt - ss) as i32) * mb.b[(0, q)];
+                }
+                if ss >= tt {
+                    v += cr[(o, 0)] * l.powi((ss - tt) as i32) * mb.b[(0, q)];
+                }
+                v
+            });
+            let gain = op.singular_values().unwrap()[0];
+            assert!(
+                gain * gain <= short[i] * (1.0 + 1e-12),
+                "{i}: {gain}² vs {}",
+                short[i]
+            );
+        }
+        // An unstable mode: infinite without a horizon, finite with one.
+        let mut unstable = blk.clone();
+        unstable.lambda[0] = c64::new(1.01, 0.0);
+        assert!(mode_hinf_scores(&unstable)[0].is_infinite());
+        assert!(mode_hinf_scores_horizon(&unstable, Some(t))[0].is_finite());
     }
 }

@@ -77,6 +77,10 @@ enum Cmd {
         /// Ranking of `modal`: `h2` (per-mode h2 contribution) or `abs-lambda`.
         #[arg(long, default_value = "h2")]
         modal_order: String,
+        /// last / global-hinf / uniform-hinf: time-limited H∞ mode scores over this many steps
+        /// (default: LAST's infinite-horizon score).
+        #[arg(long)]
+        hinf_horizon: Option<usize>,
     },
 }
 
@@ -123,6 +127,7 @@ fn run(cli: Cli) -> Result<serde_json::Value> {
             out,
             horizon,
             modal_order,
+            hinf_horizon,
         } => {
             let m: Method = method.parse()?;
             let modal_order = match modal_order.as_str() {
@@ -139,6 +144,7 @@ fn run(cli: Cli) -> Result<serde_json::Value> {
             let opts = ReduceOptions {
                 horizon,
                 modal_order,
+                hinf_horizon,
                 ..ReduceOptions::default()
             };
             let red = reduce_block(&b, m, order, &opts)

@@ -80,15 +80,40 @@ pub fn modal(block: &DiagBlock, r: usize, order: ModalOrder) -> Result<BlockRedu
     truncate_modes(block, &top_r(&scores, r))
 }
 
-/// Keep the `r` modes with the largest H∞ scores [`gram::mode_hinf_scores`] (one layer of
-/// `uniform-hinf`; also the per-layer step of `last` / `global-hinf` once the allocation is known).
+/// Keep the `r` modes with the largest H∞ scores (one layer of `uniform-hinf`; also the
+/// per-layer step of `last` / `global-hinf` once the allocation is known): LAST's
+/// infinite-horizon scores [`gram::mode_hinf_scores`] when `horizon` is `None`, else the
+/// time-limited scores over `horizon` steps [`gram::mode_hinf_scores_horizon`].
 ///
 /// # Errors
-/// As [`modal`].
-pub fn hinf_truncate(block: &DiagBlock, r: usize) -> Result<BlockReduction> {
+/// As [`modal`], and [`Error::Argument`] for `horizon == Some(0)`.
+pub fn hinf_truncate(
+    block: &DiagBlock,
+    r: usize,
+    horizon: Option<usize>,
+) -> Result<BlockReduction> {
     check_order(block, r, "hinf")?;
+    check_horizon(horizon)?;
     gram::check_stable(block, "hinf: block")?;
-    truncate_modes(block, &top_r(&gram::mode_hinf_scores(block), r))
+    truncate_modes(
+        block,
+        &top_r(&gram::mode_hinf_scores_horizon(block, horizon), r),
+    )
+}
+
+/// A horizon of the time-limited H∞ scores must be at least one step.
+///
+/// # Errors
+/// [`Error::Argument`] for `Some(0)`.
+pub fn check_horizon(horizon: Option<usize>) -> Result<()> {
+    if horizon == Some(0) {
+        return Err(Error::Argument(
+            "the H∞ score horizon is 0 steps; give a horizon ≥ 1 (e.g. the sequence length) \
+             or none for LAST's infinite-horizon score"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// LAST's layer-normalised score (Gwak et al., NeurIPS 2024, "layer-adaptive" normalisation):
@@ -205,6 +230,28 @@ pub fn uniform_allocation(ns: &[usize], budget: usize) -> Vec<usize> {
 mod tests {
     use super::*;
     use crate::gram::tests::random_block;
+    use faer::c64;
+
+    #[test]
+    fn hinf_horizon_demotes_modes_slower_than_the_horizon() {
+        // Mode 0: |λ| = 0.9999 (time constant ≈ 10⁴ steps), ‖b̄‖‖c‖ = 1; mode 1: |λ| = 0.5,
+        // ‖b̄‖‖c‖ = 80. Infinite horizon: 1/(10⁻⁴)² = 10⁸ against 80²/0.5² = 25,600, so mode 0
+        // ranks first; over 100 steps mode 0's lag sum is (1 − 0.9999¹⁰⁰)/10⁻⁴ ≈ 99.5, so
+        // 9.9e3 against ≈ 25,600: mode 1 ranks first.
+        let mut blk = random_block(3, 2, 1, 1, false, 0, None, 0.5);
+        blk.lambda = vec![c64::new(0.9999, 0.0), c64::new(0.5, 0.0)];
+        blk.b[(0, 0)] = c64::new(1.0, 0.0);
+        blk.b[(1, 0)] = c64::new(80.0, 0.0);
+        blk.c[(0, 0)] = c64::new(1.0, 0.0);
+        blk.c[(0, 1)] = c64::new(1.0, 0.0);
+        let keep = |h| hinf_truncate(&blk, 1, h).unwrap().block.lambda[0];
+        assert_eq!(keep(None), blk.lambda[0]);
+        assert_eq!(keep(Some(100)), blk.lambda[1]);
+        assert!(matches!(
+            hinf_truncate(&blk, 1, Some(0)),
+            Err(Error::Argument(m)) if m.contains("horizon")
+        ));
+    }
 
     #[test]
     fn top_r_and_normalise() {

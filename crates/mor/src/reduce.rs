@@ -127,6 +127,11 @@ pub struct ReduceOptions {
     /// Horizon `T` (lags `|j| < T`) of `tlh2`; `None` = the model's `max_len` in
     /// [`reduce_model`] (required for [`reduce_block`] with `tlh2`).
     pub horizon: Option<usize>,
+    /// Horizon (steps) of the H∞ mode scores of `last`, `global-hinf` and `uniform-hinf`:
+    /// `None` = LAST's infinite-horizon score [`gram::mode_hinf_scores`] (the default, as
+    /// published); `Some(T)` = the time-limited score [`gram::mode_hinf_scores_horizon`], the
+    /// mode's gain bound on sequences of at most `T` steps.
+    pub hinf_horizon: Option<usize>,
     /// Optimiser options of `h2` and `tlh2` (and of block-level `lqo-h2`).
     pub h2: H2Options,
     /// Options of the model-level `lqo-h2` (bound-weighted allocation and per-layer refinement).
@@ -136,7 +141,8 @@ pub struct ReduceOptions {
 /// Reduces one block to `r` stored modes with `method`.
 ///
 /// Block-level meaning of the multi-layer methods: `last`, `global-hinf` and `uniform-hinf` all
-/// keep the `r` modes with the largest H∞ scores ([`gram::mode_hinf_scores`]; LAST's layer
+/// keep the `r` modes with the largest H∞ scores ([`gram::mode_hinf_scores`], or the
+/// time-limited ones with `opts.hinf_horizon`; LAST's layer
 /// normalisation is monotone within a layer, so the three coincide for a single block);
 /// `lqo-h2` is the h2-optimal reduction of the block with its own LQO output (`E`, `N_i`), i.e.
 /// [`h2opt::h2_reduce`] (the bound-weighted allocation only exists across layers).
@@ -153,7 +159,9 @@ pub fn reduce_block(
     match method {
         Method::Modal => modal::modal(block, r, opts.modal_order),
         Method::Bt => crate::bt::bt(block, r),
-        Method::Last | Method::GlobalHinf | Method::UniformHinf => modal::hinf_truncate(block, r),
+        Method::Last | Method::GlobalHinf | Method::UniformHinf => {
+            modal::hinf_truncate(block, r, opts.hinf_horizon)
+        }
         Method::H2 | Method::LqoH2 => h2opt::h2_reduce(block, r, &opts.h2),
         Method::Tlh2 => {
             let t = opts.horizon.ok_or_else(|| {
@@ -200,12 +208,13 @@ pub fn reduce_model(
     let budget = mode_budget(&ns, ratio)?;
     let reds: Vec<BlockReduction> = match method {
         Method::Last | Method::GlobalHinf => {
+            modal::check_horizon(opts.hinf_horizon)?;
             let scores: Vec<Vec<f64>> = model
                 .layers
                 .iter()
                 .map(|l| {
                     gram::check_stable(&l.ssm, "layer block")?;
-                    let s = gram::mode_hinf_scores(&l.ssm);
+                    let s = gram::mode_hinf_scores_horizon(&l.ssm, opts.hinf_horizon);
                     Ok(if method == Method::Last {
                         modal::last_normalise(&s)
                     } else {
