@@ -4,7 +4,8 @@
 For every layer of each `model.safetensors` given: the median ZOH step Δ, the time constants
 τ = −1 / ln|λ̄| of the 96 modes in steps (λ̄ = exp(ΛΔ), S5 Eq. 6) and how many exceed the sequence
 length L, and how many of the `keep` modes with the largest h2 contribution are also among the
-`keep` modes with the largest H∞ score. Per mode i (rank-one, both scan directions' output
+`keep` modes with the largest H∞ score, what share of the layer's summed h2 contributions each
+of the two sets keeps and their median time constants. Per mode i (rank-one, both scan directions' output
 matrices C̃ and C̃₂ stacked): h2 contribution ‖b̄ᵢ‖²‖c̃ᵢ‖² / (1 − |λ̄ᵢ|²) and H∞ score
 ‖b̄ᵢ‖‖c̃ᵢ‖ / (1 − |λ̄ᵢ|), with b̄ᵢ = (λ̄ᵢ − 1)/Λᵢ · B̃ᵢ (ZOH). These are the per-mode quantities the
 modal and H∞-pruning methods rank by (LAST's per-layer normalisation does not change the order
@@ -68,10 +69,16 @@ def main():
             hinf = gain / (1 - mag)
             tau = -1 / np.log(mag)
             keep = int(round(len(lam) * (1 - args.ratio)))
-            both = len(set(np.argsort(-h2)[:keep]) & set(np.argsort(-hinf)[:keep]))
+            top_h2, top_hinf = np.argsort(-h2)[:keep], np.argsort(-hinf)[:keep]
+            both = len(set(top_h2) & set(top_hinf))
+            # Share of the layer's summed per-mode h2 contributions each top set keeps (cross
+            # terms between modes ignored), and the median time constant of each set.
+            share = lambda idx: h2[idx].sum() / h2.sum()
             print(f"  layer {l + 1}: median step {np.median(step):.3g}; tau (steps) min {tau.min():.3g}, "
                   f"median {np.median(tau):.3g}, max {tau.max():.3g}; modes with tau > {args.len}: "
-                  f"{(tau > args.len).sum()}; top-{keep} by h2 and by Hinf share {both}")
+                  f"{(tau > args.len).sum()}; top-{keep} by h2 and by Hinf share {both}; "
+                  f"they keep {share(top_h2):.1%} / {share(top_hinf):.1%} of the summed h2 "
+                  f"contributions, median tau {np.median(tau[top_h2]):.3g} / {np.median(tau[top_hinf]):.3g}")
 
 
 if __name__ == "__main__":
