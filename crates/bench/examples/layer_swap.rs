@@ -1,0 +1,108 @@
+//! Causal test of why the H∞-score methods collapse on the reference model
+//! (`results/imdb/README.md`, "Sweep"): the same truncation, the same modes per layer, but each
+//! layer's modes chosen either by the H∞ score (as `uniform-hinf`) or by the h2 contribution (as
+//! `modal`), for every mix named below. If choosing by h2 in layer 1 alone restores the accuracy,
+//! what breaks the H∞ methods is the fast modes they drop there.
+//!
+//! ```text
+//! cargo run --release -p bench --example layer_swap -- [CHECKPOINT] [MAX_SAMPLES]
+//! ```
+//!
+//! Defaults: `results/imdb/model`, 1,000 reviews (the seeded class-balanced sample of
+//! `configs/imdb.toml`, seed 0), ratios 0.4 and 0.5. Prints one line per model and writes
+//! `results/imdb/layer-swap.json` (atomically) with the git commit, checkpoint digest and timings.
+//! Needs the IMDb data (fetched on first use like the main command).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use bench::pipeline::{self, EvalSet};
+use bench::sections::EvalConfig;
+use mor::modal::{self, ModalOrder};
+use mor::reduce::{BlockReduction, assemble, mode_budget};
+
+/// Which layers (0-based) choose their modes by h2 contribution; the rest by H∞ score.
+const MIXES: [(&str, &[usize]); 5] = [
+    ("H∞ in every layer (= uniform-hinf)", &[]),
+    ("h2 in layer 1, H∞ in layers 2-6", &[0]),
+    ("h2 in layers 1-2, H∞ in layers 3-6", &[0, 1]),
+    ("H∞ in layer 1, h2 in layers 2-6", &[1, 2, 3, 4, 5]),
+    ("h2 in every layer (= modal)", &[0, 1, 2, 3, 4, 5]),
+];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let ckpt = PathBuf::from(args.get(1).map_or("results/imdb/model", String::as_str));
+    let max_samples: usize = match args.get(2) {
+        Some(s) => s
+            .parse()
+            .with_context(|| format!("MAX_SAMPLES `{s}` is not a count"))?,
+        None => 1000,
+    };
+    let t0 = Instant::now();
+    let imdb = bench::data::load(&lra::DataConfig::default())?;
+    let loaded = pipeline::load(&ckpt)?;
+    let tok_path = loaded.dir.join(s5::checkpoint::TOKENIZER_FILE);
+    let tok = lra::load_tokenizer(&tok_path)
+        .with_context(|| format!("loading {}", tok_path.display()))?;
+    let eval = EvalConfig {
+        max_samples,
+        ..EvalConfig::default()
+    };
+    let set = EvalSet::new(&imdb.test, tok.as_ref(), &eval)?;
+    let deep = s5::to_mor(&loaded.model, set.max_len())?;
+    let full = pipeline::evaluate(&loaded.model, &set, None, false)?;
+    println!(
+        "full model: {:.1} % on {} reviews",
+        100.0 * full.accuracy,
+        set.len()
+    );
+    let ns: Vec<usize> = deep.layers.iter().map(|l| l.ssm.n_modes()).collect();
+    let mut rows = Vec::new();
+    for ratio in [0.4, 0.5] {
+        let orders = modal::uniform_allocation(&ns, mode_budget(&ns, ratio)?);
+        for (name, h2_layers) in MIXES {
+            let reds: Vec<BlockReduction> = deep
+                .layers
+                .iter()
+                .zip(&orders)
+                .enumerate()
+                .map(|(k, (l, &r))| {
+                    if h2_layers.contains(&k) {
+                        modal::modal(&l.ssm, r, ModalOrder::H2)
+                    } else {
+                        modal::hinf_truncate(&l.ssm, r, None)
+                    }
+                })
+                .collect::<mor::Result<_>>()?;
+            let red = assemble(&deep, reds);
+            let model = s5::with_reduced(&loaded.model, &red.model)?;
+            let ev = pipeline::evaluate(&model, &set, None, false)?;
+            println!(
+                "{:.0} % of the modes removed, {name}: {:.1} %",
+                100.0 * ratio,
+                100.0 * ev.accuracy
+            );
+            rows.push(serde_json::json!({
+                "ratio": ratio, "mix": name, "h2_layers": h2_layers,
+                "kept_modes": red.kept_modes, "accuracy": ev.accuracy,
+                "eval_seconds": ev.seconds,
+            }));
+        }
+    }
+    let out = serde_json::json!({
+        "what": "per-layer mix of H∞-score and h2-contribution mode selection (examples/layer_swap.rs)",
+        "git_commit": bench::manifest::git_commit(),
+        "checkpoint": ckpt.display().to_string(),
+        "checkpoint_sha256": loaded.sha256,
+        "eval": { "max_samples": max_samples, "seed": eval.seed, "n": set.len() },
+        "full_accuracy": full.accuracy,
+        "rows": rows,
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    let path = PathBuf::from("results/imdb/layer-swap.json");
+    bench::results::write_atomic(&path, serde_json::to_string_pretty(&out)?.as_bytes())?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
