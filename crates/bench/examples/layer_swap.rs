@@ -1,8 +1,9 @@
-//! Causal test of why the H∞-score methods collapse on the reference model
-//! (`results/imdb/README.md`, "Sweep"): the same truncation, the same modes per layer, but each
-//! layer's modes chosen either by the H∞ score (as `uniform-hinf`) or by the h2 contribution (as
-//! `modal`), for every mix named below. If choosing by h2 in layer 1 alone restores the accuracy,
-//! what breaks the H∞ methods is the fast modes they drop there.
+//! Causal test of why `bt` and the H∞-score methods collapse on the reference model
+//! (`results/imdb/README.md`, "Why `bt` and the H∞ methods collapse"): the same number of modes
+//! in every layer, each layer reduced either by the H∞ score (as `uniform-hinf`), by balanced
+//! truncation (as `bt`) or by the h2 contribution (as `modal`), for every mix named below. If
+//! choosing by h2 in layer 1 alone restores the accuracy, what breaks a method is what it drops
+//! there.
 //!
 //! ```text
 //! cargo run --release -p bench --example layer_swap -- [CHECKPOINT] [MAX_SAMPLES]
@@ -22,13 +23,34 @@ use bench::sections::EvalConfig;
 use mor::modal::{self, ModalOrder};
 use mor::reduce::{BlockReduction, assemble, mode_budget};
 
-/// Which layers (0-based) choose their modes by h2 contribution; the rest by H∞ score.
-const MIXES: [(&str, &[usize]); 5] = [
-    ("H∞ in every layer (= uniform-hinf)", &[]),
-    ("h2 in layer 1, H∞ in layers 2-6", &[0]),
-    ("h2 in layers 1-2, H∞ in layers 3-6", &[0, 1]),
-    ("H∞ in layer 1, h2 in layers 2-6", &[1, 2, 3, 4, 5]),
-    ("h2 in every layer (= modal)", &[0, 1, 2, 3, 4, 5]),
+/// How one layer picks its modes.
+#[derive(Clone, Copy)]
+enum Pick {
+    /// The largest H∞ scores (as `uniform-hinf`).
+    Hinf,
+    /// Balanced truncation (as `bt`).
+    Bt,
+}
+
+/// Each mix: a name, how most layers pick, and the layers (0-based) that pick by h2
+/// contribution instead (as `modal`).
+const MIXES: [(&str, Pick, &[usize]); 8] = [
+    ("H∞ in every layer (= uniform-hinf)", Pick::Hinf, &[]),
+    ("h2 in layer 1, H∞ in layers 2-6", Pick::Hinf, &[0]),
+    ("h2 in layers 1-2, H∞ in layers 3-6", Pick::Hinf, &[0, 1]),
+    (
+        "H∞ in layer 1, h2 in layers 2-6",
+        Pick::Hinf,
+        &[1, 2, 3, 4, 5],
+    ),
+    (
+        "h2 in every layer (= modal)",
+        Pick::Hinf,
+        &[0, 1, 2, 3, 4, 5],
+    ),
+    ("bt in every layer (= bt)", Pick::Bt, &[]),
+    ("h2 in layer 1, bt in layers 2-6", Pick::Bt, &[0]),
+    ("h2 in layers 1-2, bt in layers 3-6", Pick::Bt, &[0, 1]),
 ];
 
 fn main() -> Result<()> {
@@ -62,7 +84,7 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for ratio in [0.4, 0.5] {
         let orders = modal::uniform_allocation(&ns, mode_budget(&ns, ratio)?);
-        for (name, h2_layers) in MIXES {
+        for (name, pick, h2_layers) in MIXES {
             let reds: Vec<BlockReduction> = deep
                 .layers
                 .iter()
@@ -72,7 +94,10 @@ fn main() -> Result<()> {
                     if h2_layers.contains(&k) {
                         modal::modal(&l.ssm, r, ModalOrder::H2)
                     } else {
-                        modal::hinf_truncate(&l.ssm, r, None)
+                        match pick {
+                            Pick::Hinf => modal::hinf_truncate(&l.ssm, r, None),
+                            Pick::Bt => mor::bt::bt(&l.ssm, r),
+                        }
                     }
                 })
                 .collect::<mor::Result<_>>()?;
