@@ -6,13 +6,15 @@
 //! there.
 //!
 //! ```text
-//! cargo run --release -p bench --example layer_swap -- [CHECKPOINT] [MAX_SAMPLES]
+//! cargo run --release -p bench --example layer_swap -- [CHECKPOINT] [MAX_SAMPLES] [RATIOS] [MIX]
 //! ```
 //!
 //! Defaults: `results/imdb/model`, 1,000 reviews (the seeded class-balanced sample of
-//! `configs/imdb.toml`, seed 0), ratios 0.4 and 0.5. Prints one line per model and writes
-//! `results/imdb/layer-swap.json` (atomically) with the git commit, checkpoint digest and timings.
-//! Needs the IMDb data (fetched on first use like the main command).
+//! `configs/imdb.toml`, seed 0; 0 = all 25,000), ratios `0.4,0.5`, every mix (`MIX`: only the
+//! mixes whose name contains it). Prints one line per model and writes (atomically)
+//! `results/imdb/layer-swap.json` for the defaults, else `results/imdb/layer-swap-<n>.json` with
+//! `n` the number of reviews, with the git commit, checkpoint digest and timings. Needs the IMDb
+//! data (fetched on first use like the main command).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -62,6 +64,18 @@ fn main() -> Result<()> {
             .with_context(|| format!("MAX_SAMPLES `{s}` is not a count"))?,
         None => 1000,
     };
+    let ratios: Vec<f64> = match args.get(3) {
+        Some(s) => s
+            .split(',')
+            .map(|r| {
+                r.parse()
+                    .with_context(|| format!("RATIOS: `{r}` is not a number"))
+            })
+            .collect::<Result<_>>()?,
+        None => vec![0.4, 0.5],
+    };
+    let mix_filter = args.get(4).map_or("", String::as_str);
+    let defaults = max_samples == 1000 && args.len() <= 3;
     let t0 = Instant::now();
     let imdb = bench::data::load(&lra::DataConfig::default())?;
     let loaded = pipeline::load(&ckpt)?;
@@ -82,9 +96,10 @@ fn main() -> Result<()> {
     );
     let ns: Vec<usize> = deep.layers.iter().map(|l| l.ssm.n_modes()).collect();
     let mut rows = Vec::new();
-    for ratio in [0.4, 0.5] {
+    for &ratio in &ratios {
+        bench::sections::validate_ratio(ratio).context("RATIOS")?;
         let orders = modal::uniform_allocation(&ns, mode_budget(&ns, ratio)?);
-        for (name, pick, h2_layers) in MIXES {
+        for (name, pick, h2_layers) in MIXES.into_iter().filter(|m| m.0.contains(mix_filter)) {
             let reds: Vec<BlockReduction> = deep
                 .layers
                 .iter()
@@ -122,11 +137,17 @@ fn main() -> Result<()> {
         "checkpoint": ckpt.display().to_string(),
         "checkpoint_sha256": loaded.sha256,
         "eval": { "max_samples": max_samples, "seed": eval.seed, "n": set.len() },
+        "ratios": ratios,
+        "mix_filter": mix_filter,
         "full_accuracy": full.accuracy,
         "rows": rows,
         "seconds": t0.elapsed().as_secs_f64(),
     });
-    let path = PathBuf::from("results/imdb/layer-swap.json");
+    let path = PathBuf::from(if defaults {
+        "results/imdb/layer-swap.json".to_string()
+    } else {
+        format!("results/imdb/layer-swap-{}.json", set.len())
+    });
     bench::results::write_atomic(&path, serde_json::to_string_pretty(&out)?.as_bytes())?;
     println!("wrote {}", path.display());
     Ok(())
