@@ -22,37 +22,33 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use bench::pipeline::{self, EvalSet};
 use bench::sections::EvalConfig;
-use mor::modal::{self, ModalOrder};
-use mor::reduce::{BlockReduction, assemble, mode_budget};
+use mor::Method;
+use mor::modal;
+use mor::reduce::{BlockReduction, ReduceOptions, assemble, mode_budget, reduce_block};
 
-/// How one layer picks its modes.
-#[derive(Clone, Copy)]
-enum Pick {
-    /// The largest H∞ scores (as `uniform-hinf`).
-    Hinf,
-    /// Balanced truncation (as `bt`).
-    Bt,
-}
-
-/// Each mix: a name, how most layers pick, and the layers (0-based) that pick by h2
-/// contribution instead (as `modal`).
-const MIXES: [(&str, Pick, &[usize]); 8] = [
-    ("H∞ in every layer (= uniform-hinf)", Pick::Hinf, &[]),
-    ("h2 in layer 1, H∞ in layers 2-6", Pick::Hinf, &[0]),
-    ("h2 in layers 1-2, H∞ in layers 3-6", Pick::Hinf, &[0, 1]),
+/// Each mix: a name, the method of most layers, and the layers (0-based) reduced by `modal`
+/// (h2 contribution) instead. Every layer goes through [`reduce_block`], as in the sweep.
+const MIXES: [(&str, Method, &[usize]); 8] = [
+    (
+        "H∞ in every layer (= uniform-hinf)",
+        Method::UniformHinf,
+        &[],
+    ),
+    ("h2 in layer 1, H∞ in layers 2-6", Method::UniformHinf, &[0]),
+    (
+        "h2 in layers 1-2, H∞ in layers 3-6",
+        Method::UniformHinf,
+        &[0, 1],
+    ),
     (
         "H∞ in layer 1, h2 in layers 2-6",
-        Pick::Hinf,
+        Method::UniformHinf,
         &[1, 2, 3, 4, 5],
     ),
-    (
-        "h2 in every layer (= modal)",
-        Pick::Hinf,
-        &[0, 1, 2, 3, 4, 5],
-    ),
-    ("bt in every layer (= bt)", Pick::Bt, &[]),
-    ("h2 in layer 1, bt in layers 2-6", Pick::Bt, &[0]),
-    ("h2 in layers 1-2, bt in layers 3-6", Pick::Bt, &[0, 1]),
+    ("h2 in every layer (= modal)", Method::Modal, &[]),
+    ("bt in every layer (= bt)", Method::Bt, &[]),
+    ("h2 in layer 1, bt in layers 2-6", Method::Bt, &[0]),
+    ("h2 in layers 1-2, bt in layers 3-6", Method::Bt, &[0, 1]),
 ];
 
 fn main() -> Result<()> {
@@ -95,25 +91,24 @@ fn main() -> Result<()> {
         set.len()
     );
     let ns: Vec<usize> = deep.layers.iter().map(|l| l.ssm.n_modes()).collect();
+    let opts = ReduceOptions::default();
     let mut rows = Vec::new();
     for &ratio in &ratios {
         bench::sections::validate_ratio(ratio).context("RATIOS")?;
         let orders = modal::uniform_allocation(&ns, mode_budget(&ns, ratio)?);
-        for (name, pick, h2_layers) in MIXES.into_iter().filter(|m| m.0.contains(mix_filter)) {
+        for (name, method, h2_layers) in MIXES.into_iter().filter(|m| m.0.contains(mix_filter)) {
             let reds: Vec<BlockReduction> = deep
                 .layers
                 .iter()
                 .zip(&orders)
                 .enumerate()
                 .map(|(k, (l, &r))| {
-                    if h2_layers.contains(&k) {
-                        modal::modal(&l.ssm, r, ModalOrder::H2)
+                    let m = if h2_layers.contains(&k) {
+                        Method::Modal
                     } else {
-                        match pick {
-                            Pick::Hinf => modal::hinf_truncate(&l.ssm, r, None),
-                            Pick::Bt => mor::bt::bt(&l.ssm, r),
-                        }
-                    }
+                        method
+                    };
+                    reduce_block(&l.ssm, m, r, &opts)
                 })
                 .collect::<mor::Result<_>>()?;
             let red = assemble(&deep, reds);
@@ -132,7 +127,7 @@ fn main() -> Result<()> {
         }
     }
     let out = serde_json::json!({
-        "what": "per-layer mix of H∞-score and h2-contribution mode selection (examples/layer_swap.rs)",
+        "what": "per-layer mix of H∞-score, bt and h2-contribution mode selection (examples/layer_swap.rs)",
         "git_commit": bench::manifest::git_commit(),
         "checkpoint": ckpt.display().to_string(),
         "checkpoint_sha256": loaded.sha256,
