@@ -331,6 +331,40 @@ fn data(cfg: &RunConfig, json: bool) -> Result<()> {
     }
     println!("{:<28} {:>12}", "texts in both splits", stats.overlap);
     println!("{:<28} {:>12}", "max_len", cfg.data.max_len);
+    if let Some(train) = &cfg.train {
+        epoch_cost(cfg, train, &imdb.train)?;
+    }
+    Ok(())
+}
+
+/// Prints the positions one training epoch computes (true tokens plus padding) with the
+/// configured length bucketing and with plain random batches (`train.bucket_batches = 1`, as
+/// the public S5 code trains), at the configured batch size and seed; epoch cost is proportional.
+fn epoch_cost(cfg: &RunConfig, train: &s5::train::TrainConfig, split: &lra::Split) -> Result<()> {
+    let tok = lra::build_tokenizer(&cfg.data, split).context("building the tokenizer")?;
+    let data = lra::Encoded::new(tok.as_ref(), split);
+    let true_tokens = data.num_tokens();
+    let batcher = lra::Batcher::new(data, train.batch_size, train.seed)?;
+    let bucketed = batcher
+        .clone()
+        .with_bucket_batches(train.bucket_batches)
+        .computed_tokens(0);
+    let random = batcher.with_bucket_batches(1).computed_tokens(0);
+    println!(
+        "positions per training epoch (batch {}, all {} training reviews, epoch 1):",
+        train.batch_size,
+        split.texts.len()
+    );
+    println!("{:<28} {:>12}", "  true tokens", true_tokens);
+    for (name, n) in [
+        (format!("  bucket_batches = {}", train.bucket_batches), bucketed),
+        ("  random batches".to_string(), random),
+    ] {
+        println!(
+            "{name:<28} {n:>12}  ({:.2}x the true tokens)",
+            n as f64 / true_tokens.max(1) as f64
+        );
+    }
     Ok(())
 }
 

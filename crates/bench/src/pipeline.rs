@@ -228,7 +228,8 @@ pub fn train(
         Encoded::new(tok.as_ref(), train_split),
         train_cfg.batch_size,
         train_cfg.seed,
-    )?;
+    )?
+    .with_bucket_batches(train_cfg.bucket_batches);
     let eval_b = match eval_split {
         Some(s) => Some(Batcher::new(
             Encoded::new(tok.as_ref(), s),

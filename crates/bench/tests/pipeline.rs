@@ -374,6 +374,10 @@ fn bad_configs_give_one_clear_message() {
             "unknown method `pca`",
         ),
         ("[eval]\nbatch_size = 0\n", "eval.batch_size"),
+        (
+            "[train]\nepochs = 1\nbatch_size = 2\nlr = 0.1\nssm_lr = 0.1\nweight_decay = 0.0\nseed = 1\nbucket_batches = 0\n",
+            "train.bucket_batches",
+        ),
     ];
     for (i, (body, needle)) in cases.iter().enumerate() {
         let p = root.join(format!("c{i}.toml"));

@@ -36,6 +36,11 @@ impl Encoded {
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
+
+    /// Number of true tokens (padding excluded) over all examples.
+    pub fn num_tokens(&self) -> usize {
+        self.tokens.iter().map(Vec::len).sum()
+    }
 }
 
 /// A padded batch.
@@ -152,6 +157,16 @@ impl Batcher {
         }
         batches.shuffle(&mut rng);
         batches
+    }
+
+    /// Positions a model computes in training epoch `epoch`: Σ over its batches of rows × row
+    /// length (the longest true length in the batch), i.e. the true tokens plus the padding. The
+    /// cost of an epoch is proportional to it; compare with [`Encoded::num_tokens`].
+    pub fn computed_tokens(&self, epoch: u64) -> usize {
+        self.train_order(epoch)
+            .iter()
+            .map(|ix| ix.len() * ix.iter().map(|&i| self.data.tokens[i].len()).max().unwrap_or(0))
+            .sum()
     }
 
     /// Example indices of each evaluation batch (deterministic, sorted by length).

@@ -51,6 +51,15 @@ pub struct TrainConfig {
     pub grad_clip: Option<f64>,
     /// Seed of the data order and the dropout masks.
     pub seed: u64,
+    /// Length bucketing of the training batches: each epoch's shuffled reviews are cut into chunks
+    /// of this many batches, each chunk sorted by length before it is cut into batches (see
+    /// [`lra::Batcher`]), so a batch is padded only to lengths close to its own. `1` gives plain
+    /// random batches, as the public S5 code trains (there padded to the maximum length): on LRA
+    /// IMDb at `max_len` 4,096 that is 3.1× the tokens per epoch of the default at batch 50 (99.4M
+    /// against 32.5M true tokens, measured on the training reviews). Default
+    /// [`lra::Batcher::BUCKET_BATCHES`] (100).
+    #[serde(default = "default_bucket_batches")]
+    pub bucket_batches: usize,
     /// Save a checkpoint every this many steps (0: only at epoch ends). Default 0.
     #[serde(default)]
     pub checkpoint_every: usize,
@@ -92,6 +101,9 @@ pub struct TrainConfig {
     pub log_step_group: LogStepGroup,
 }
 
+fn default_bucket_batches() -> usize {
+    lra::Batcher::BUCKET_BATCHES
+}
 fn default_keep() -> usize {
     2
 }
@@ -114,6 +126,9 @@ impl TrainConfig {
         }
         if self.batch_size == 0 {
             return bad("train.batch_size must be ≥ 1".into());
+        }
+        if self.bucket_batches == 0 {
+            return bad("train.bucket_batches must be ≥ 1 (1 = random batches, no bucketing)".into());
         }
         for (name, v) in [
             ("lr", self.lr),

@@ -469,4 +469,13 @@ fn bad_config_rejected() {
     let toml_like = r#"{"epochs": 1, "batch_size": 2, "lr": 0.1, "ssm_lr": 0.1, "weight_decay": 0.0, "seed": 1, "typo": 3}"#;
     let err = serde_json::from_str::<s5::train::TrainConfig>(toml_like).unwrap_err();
     assert!(err.to_string().contains("typo"));
+    // A config without `bucket_batches` (every run before the field existed) keeps the
+    // batcher's default bucketing, so resumed runs see the same batches.
+    let minimal = r#"{"epochs": 1, "batch_size": 2, "lr": 0.1, "ssm_lr": 0.1, "weight_decay": 0.0, "seed": 1}"#;
+    let cfg: s5::train::TrainConfig = serde_json::from_str(minimal).unwrap();
+    assert_eq!(cfg.bucket_batches, lra::Batcher::BUCKET_BATCHES);
+    let mut cfg = train_config();
+    cfg.bucket_batches = 0;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("train.bucket_batches"), "{err}");
 }

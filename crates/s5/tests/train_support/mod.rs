@@ -237,6 +237,7 @@ pub fn train_config() -> TrainConfig {
         warmup_steps: 2,
         grad_clip: Some(5.0),
         seed: 17,
+        bucket_batches: 100,
         checkpoint_every: 4,
         keep_checkpoints: 2,
         eval_each_epoch: true,
