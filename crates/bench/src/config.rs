@@ -147,7 +147,8 @@ pub fn resolve_in(base: &Path, path: &Path) -> Result<PathBuf> {
         String::new()
     };
     anyhow::bail!(
-        "configuration {} not found{also}; pass an existing file, e.g. --config imdb.toml",
+        "configuration {} not found{also}; run from the repository root (where configs/ is) or \
+         pass the path of an existing file, e.g. --config path/to/configs/imdb.toml",
         direct.display()
     )
 }

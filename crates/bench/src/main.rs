@@ -357,7 +357,10 @@ fn epoch_cost(cfg: &RunConfig, train: &s5::train::TrainConfig, split: &lra::Spli
     );
     println!("{:<28} {:>12}", "  true tokens", true_tokens);
     for (name, n) in [
-        (format!("  bucket_batches = {}", train.bucket_batches), bucketed),
+        (
+            format!("  bucket_batches = {}", train.bucket_batches),
+            bucketed,
+        ),
         ("  random batches".to_string(), random),
     ] {
         println!(
@@ -447,6 +450,18 @@ fn ensure_writable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A run directory this run created, removed when the run ends with it still empty (a run that
+/// fails before writing anything leaves no trace; `remove_dir` never removes a non-empty one).
+struct RemoveIfEmpty(Option<PathBuf>);
+
+impl Drop for RemoveIfEmpty {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 /// The main command.
 fn run(cfg: &RunConfig, config_path: &Path, args: &RunArgs) -> Result<()> {
     sweep_stage(cfg, config_path, args, true)
@@ -461,6 +476,7 @@ fn sweep_stage(
 ) -> Result<()> {
     let sweep = cfg.sweep()?.clone();
     let out = cfg.run_dir();
+    let _cleanup = RemoveIfEmpty((!out.exists()).then(|| out.clone()));
     ensure_writable(&out)?;
     // The previous run's manifest names the checkpoint the rows in results.csv came from; the new
     // manifest is written only once the checkpoint is known to match.
@@ -561,10 +577,12 @@ fn sweep_stage(
     let rows = store.rows()?;
     println!("{}", summary_table(&rows));
     println!(
-        "{} new rows, {} already present; wrote {} and {}",
+        "{} new rows, {} already present; wrote {}, {}, {} and {}",
         summary.written,
         summary.skipped,
         store.results.display(),
+        store.kept_modes.display(),
+        out.join(bench::manifest::MANIFEST_FILE).display(),
         files
             .iter()
             .map(|f| f.display().to_string())

@@ -10,6 +10,9 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+/// File name of the manifest in a run directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
 /// The machine a run ran on.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Machine {
@@ -123,14 +126,14 @@ impl Manifest {
 
     /// The `manifest.json` in `dir`, if there is a readable one (a previous run's).
     pub fn read(dir: &Path) -> Option<Self> {
-        let text = std::fs::read(dir.join("manifest.json")).ok()?;
+        let text = std::fs::read(dir.join(MANIFEST_FILE)).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
     /// Writes `manifest.json` into `dir` atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
-        write_atomic(&dir.join("manifest.json"), text.as_bytes())
+        write_atomic(&dir.join(MANIFEST_FILE), text.as_bytes())
     }
 }
 

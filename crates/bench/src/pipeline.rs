@@ -70,7 +70,8 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     let weights = find_weights(dir)?.with_context(|| {
         format!(
             "no checkpoint in {} (neither {} nor checkpoints/LATEST); train one with \
-             `bench train` or fix `checkpoint` in the config",
+             `bench train`, or point to an existing one (`checkpoint` in the config, or \
+             --checkpoint)",
             dir.display(),
             checkpoint::MODEL_FILE
         )

@@ -44,11 +44,14 @@ pub struct Row {
     pub ratio: f64,
     /// Complex modes kept, summed over layers (each stands for a conjugate pair of real states).
     pub kept_modes: usize,
-    /// Trainable parameters in the SSM blocks (Λ, B, C, C_rev, D, log Δ) of the model.
+    /// Trainable parameters in the SSM blocks of the model: Λ (re, im), B̃, `log_step`, C, C2, D
+    /// in the full model; `lambda_bar`, `b_bar`, C, C2, D in a reduced one (the discrete form
+    /// absorbs the timescales), counted by [`s5::S5Model::n_trainable_params`]'s rule.
     pub ssm_params: usize,
     /// All trainable parameters of the model.
     pub total_params: usize,
-    /// Fraction of trainable parameters removed, `1 − total_params / total_params(full)`.
+    /// Fraction of trainable parameters removed, `1 − total_params / total_params(full)`. Never 0
+    /// for a reduced model, even at ratio 0: it has no `log_step` (one parameter per mode).
     pub param_reduction: f64,
     /// Accuracy on the evaluation set (NaN if the logits were not finite).
     pub accuracy: f64,

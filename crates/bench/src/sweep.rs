@@ -312,7 +312,7 @@ pub fn markdown_summary(rows: &[Row]) -> String {
     let header = |s: &mut String| {
         s.push_str("| method |");
         for r in &ratios {
-            s.push_str(&format!(" {:.0} % modes |", r * 100.0));
+            s.push_str(&format!(" {:.0} % of modes removed |", r * 100.0));
         }
         s.push_str("\n|---|");
         s.push_str(&"---:|".repeat(ratios.len()));
@@ -460,7 +460,10 @@ mod tests {
         let md = markdown_summary(&rows);
         let lines: Vec<&str> = md.lines().collect();
         assert!(lines[0].contains("50.00 % ± 2.50"), "{md}");
-        assert!(md.contains("| method | 50 % modes | 90 % modes |"), "{md}");
+        assert!(
+            md.contains("| method | 50 % of modes removed | 90 % of modes removed |"),
+            "{md}"
+        );
         assert!(
             md.contains("| *parameters removed* | *25.0 %* | *45.0 %* |"),
             "{md}"

@@ -436,6 +436,8 @@ fn bad_checkpoint_and_unwritable_out_dir_are_reported() {
         err.contains("no checkpoint") && err.contains("[model]"),
         "{err}"
     );
+    // The failed run leaves no empty run directory behind.
+    assert!(!root.join("results/u").exists());
 
     // unwritable output directory
     let bad_out = root.join("badout.toml");

@@ -165,7 +165,13 @@ impl Batcher {
     pub fn computed_tokens(&self, epoch: u64) -> usize {
         self.train_order(epoch)
             .iter()
-            .map(|ix| ix.len() * ix.iter().map(|&i| self.data.tokens[i].len()).max().unwrap_or(0))
+            .map(|ix| {
+                ix.len()
+                    * ix.iter()
+                        .map(|&i| self.data.tokens[i].len())
+                        .max()
+                        .unwrap_or(0)
+            })
             .sum()
     }
 

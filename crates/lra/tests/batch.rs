@@ -73,7 +73,10 @@ fn bucketing_reduces_padding() {
     assert!(pb * 5 < pp, "bucketed padding {pb} vs unbucketed {pp}");
     // The computed positions of an epoch are its true tokens plus the padding of its batches.
     let true_tokens = bucketed.data().num_tokens();
-    assert_eq!(true_tokens, bucketed.data().tokens.iter().map(Vec::len).sum::<usize>());
+    assert_eq!(
+        true_tokens,
+        bucketed.data().tokens.iter().map(Vec::len).sum::<usize>()
+    );
     assert_eq!(bucketed.computed_tokens(0), true_tokens + pb);
     assert_eq!(plain.computed_tokens(0), true_tokens + pp);
     let assembled: usize = plain.train_epoch(0).map(|b| b.batch * b.len).sum();

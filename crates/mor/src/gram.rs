@@ -256,7 +256,7 @@ pub fn check_stable(block: &DiagBlock, what: &str) -> Result<()> {
     for (i, l) in block.lambda.iter().enumerate() {
         if l.norm() >= 1.0 || l.norm().is_nan() {
             return Err(Error::Unstable(format!(
-                "{what}: mode {i} has |lambda| = {} >= 1 (lambda = {} {:+}i); the infinite-horizon h2 norm is undefined, pass a horizon or a stable system",
+                "{what}: mode {i} has |lambda| = {} >= 1 (lambda = {} {:+}i), so the block is not stable; this needs every |lambda| < 1 (only the time-limited h2 norm and tlh2, given a horizon, accept an unstable block)",
                 l.norm(),
                 l.re,
                 l.im

@@ -36,11 +36,11 @@ pub const FORMAT: &str = "diag-ssm/1";
 #[serde(deny_unknown_fields)]
 struct JsonBlock {
     format: String,
-    lambda: Vec<[f64; 2]>,
-    b: Vec<Vec<[f64; 2]>>,
-    c: Vec<Vec<[f64; 2]>>,
+    lambda: Vec<Vec<f64>>,
+    b: Vec<Vec<Vec<f64>>>,
+    c: Vec<Vec<Vec<f64>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    c_rev: Option<Vec<Vec<[f64; 2]>>>,
+    c_rev: Option<Vec<Vec<Vec<f64>>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     d: Option<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,9 +56,21 @@ fn fmt_err(path: &str, msg: impl Into<String>) -> Error {
     }
 }
 
-fn cmat(path: &str, key: &str, rows: &[Vec<[f64; 2]>]) -> Result<Mat<c64>> {
+/// A complex number stored as `[re, im]`; `at` names it in the message.
+fn complex(path: &str, at: &str, v: &[f64]) -> Result<c64> {
+    match v {
+        [re, im] => Ok(c64::new(*re, *im)),
+        _ => Err(fmt_err(
+            path,
+            format!("{at} has {} numbers, expected [re, im]", v.len()),
+        )),
+    }
+}
+
+fn cmat(path: &str, key: &str, rows: &[Vec<Vec<f64>>]) -> Result<Mat<c64>> {
     let nr = rows.len();
     let nc = rows.first().map_or(0, |r| r.len());
+    let mut m = Mat::zeros(nr, nc);
     for (i, r) in rows.iter().enumerate() {
         if r.len() != nc {
             return Err(fmt_err(
@@ -66,10 +78,11 @@ fn cmat(path: &str, key: &str, rows: &[Vec<[f64; 2]>]) -> Result<Mat<c64>> {
                 format!("`{key}` row {i} has {} entries, row 0 has {nc}", r.len()),
             ));
         }
+        for (j, v) in r.iter().enumerate() {
+            m[(i, j)] = complex(path, &format!("`{key}`[{i}][{j}]"), v)?;
+        }
     }
-    Ok(Mat::from_fn(nr, nc, |i, j| {
-        c64::new(rows[i][j][0], rows[i][j][1])
-    }))
+    Ok(m)
 }
 
 fn rmat(path: &str, key: &str, rows: &[Vec<f64>]) -> Result<Mat<f64>> {
@@ -212,15 +225,28 @@ pub fn validate(block: &DiagBlock, path: &str) -> Result<()> {
 /// [`Error::Format`] (with `path` in the message) for bad JSON, a wrong `format` tag, ragged or
 /// mismatched shapes, asymmetric `N_i` or non-finite values.
 pub fn from_json_str(text: &str, path: &str) -> Result<DiagBlock> {
-    let j: JsonBlock = serde_json::from_str(text)
-        .map_err(|e| fmt_err(path, format!("not a valid diag-ssm/1 JSON document: {e}")))?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| fmt_err(path, format!("not a valid JSON document: {e}")))?;
+    if !value.is_object() {
+        return Err(fmt_err(
+            path,
+            "expected a JSON object {\"format\": \"diag-ssm/1\", \"lambda\": …, \"b\": …, \"c\": …}",
+        ));
+    }
+    let j: JsonBlock = serde_json::from_value(value)
+        .map_err(|e| fmt_err(path, format!("not a valid diag-ssm/1 document: {e}")))?;
     if j.format != FORMAT {
         return Err(fmt_err(
             path,
             format!("`format` is `{}`, expected `{FORMAT}`", j.format),
         ));
     }
-    let lambda = j.lambda.iter().map(|l| c64::new(l[0], l[1])).collect();
+    let lambda = j
+        .lambda
+        .iter()
+        .enumerate()
+        .map(|(i, l)| complex(path, &format!("`lambda`[{i}]"), l))
+        .collect::<Result<Vec<_>>>()?;
     let b = cmat(path, "b", &j.b)?;
     let c = cmat(path, "c", &j.c)?;
     let c_rev = j
@@ -258,11 +284,11 @@ pub fn from_json_str(text: &str, path: &str) -> Result<DiagBlock> {
 
 /// Serialises a block as a `diag-ssm/1` JSON document (pretty-printed).
 pub fn to_json_string(block: &DiagBlock) -> String {
-    let cm = |m: &Mat<c64>| -> Vec<Vec<[f64; 2]>> {
+    let cm = |m: &Mat<c64>| -> Vec<Vec<Vec<f64>>> {
         (0..m.nrows())
             .map(|i| {
                 (0..m.ncols())
-                    .map(|j| [m[(i, j)].re, m[(i, j)].im])
+                    .map(|j| vec![m[(i, j)].re, m[(i, j)].im])
                     .collect()
             })
             .collect()
@@ -274,7 +300,7 @@ pub fn to_json_string(block: &DiagBlock) -> String {
     };
     let j = JsonBlock {
         format: FORMAT.into(),
-        lambda: block.lambda.iter().map(|l| [l.re, l.im]).collect(),
+        lambda: block.lambda.iter().map(|l| vec![l.re, l.im]).collect(),
         b: cm(&block.b),
         c: cm(&block.c),
         c_rev: block.c_rev.as_ref().map(cm),
@@ -650,6 +676,22 @@ mod tests {
                 .contains("format")
         );
         assert!(from_json_str("{", "x").is_err());
+        // Malformed documents get a message naming what is wrong and where.
+        let three = s.replacen("\"lambda\": [\n    [", "\"lambda\": [\n    [7.0, ", 1);
+        let err = from_json_str(&three, "x").unwrap_err().to_string();
+        assert!(
+            err.contains("`lambda`[0] has 3 numbers, expected [re, im]"),
+            "{err}"
+        );
+        let err = from_json_str("[1, 2]", "x").unwrap_err().to_string();
+        assert!(err.contains("expected a JSON object"), "{err}");
+        let four = s.replacen(
+            "\"b\": [\n    [\n      [",
+            "\"b\": [\n    [\n      [9.0, 9.0, ",
+            1,
+        );
+        let err = from_json_str(&four, "x").unwrap_err().to_string();
+        assert!(err.contains("`b`[0][0] has 4 numbers"), "{err}");
         let mut asym = b.clone();
         asym.quadratic[0][(0, 1)] += 1.0;
         assert!(

@@ -25,8 +25,8 @@ enum Cmd {
     H2 {
         /// The system (`diag-ssm/1` JSON).
         sys: PathBuf,
-        /// Time-limited norm over lags |j| < T.
-        #[arg(long)]
+        /// Time-limited norm over lags |j| < T (T ≥ 1).
+        #[arg(long, value_parser = positive)]
         horizon: Option<usize>,
     },
     /// h2 error between a block and its reduction: `{"h2_error": x}`.
@@ -36,12 +36,13 @@ enum Cmd {
         full: PathBuf,
         /// The reduced system (same m, p, linear and quadratic outputs).
         red: PathBuf,
-        /// Time-limited error over lags |j| < T.
-        #[arg(long)]
+        /// Time-limited error over lags |j| < T (T ≥ 1).
+        #[arg(long, value_parser = positive)]
         horizon: Option<usize>,
     },
-    /// Certified upper bound on the H∞ norm of a stable block (kernel plus D, both scan
-    /// directions): `{"hinf_upper": x, "hinf_lower": y, "evaluations": k}`; the true norm lies in
+    /// Certified upper bound on the H∞ norm of a stable block's linear map u -> 2 Re(C x) + D u
+    /// (both scan directions; an LQO block's `linear` and `quadratic` outputs are not included):
+    /// `{"hinf_upper": x, "hinf_lower": y, "evaluations": k}`; the true norm lies in
     /// [lower, upper] (branch and bound on the frequency response, see crates/mor/BOUND.md).
     Hinf {
         /// The system.
@@ -53,7 +54,8 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         max_evals: usize,
     },
-    /// Hankel singular values of the causal part u -> s: `{"hsv": [...]}` (2n values, descending).
+    /// Hankel singular values of a stable block's causal part u -> s = 2 Re(C x) (D, the reverse
+    /// scan and LQO outputs do not enter): `{"hsv": [...]}` (2n values, descending).
     Hsv {
         /// The system.
         sys: PathBuf,
@@ -62,7 +64,9 @@ enum Cmd {
     Reduce {
         /// The system.
         sys: PathBuf,
-        /// One of modal, bt, last, global-hinf, uniform-hinf, h2, tlh2, lqo-h2.
+        /// One of modal, bt, last, global-hinf, uniform-hinf, h2, tlh2, lqo-h2. On a single block
+        /// last, global-hinf and uniform-hinf coincide (they differ only in how a model's modes
+        /// are shared among its layers), and lqo-h2 is h2 (its layer weights need a model).
         #[arg(long)]
         method: String,
         /// Reduced order r (stored complex modes kept).
@@ -71,17 +75,26 @@ enum Cmd {
         /// Output file (`diag-ssm/1` JSON; written atomically).
         #[arg(long)]
         out: PathBuf,
-        /// Horizon T of tlh2 (lags |j| < T); also makes the reported error time-limited.
-        #[arg(long)]
+        /// Horizon T ≥ 1 of tlh2 (lags |j| < T); also makes the reported error time-limited.
+        #[arg(long, value_parser = positive)]
         horizon: Option<usize>,
         /// Ranking of `modal`: `h2` (per-mode h2 contribution) or `abs-lambda`.
         #[arg(long, default_value = "h2")]
         modal_order: String,
         /// last / global-hinf / uniform-hinf: time-limited H∞ mode scores over this many steps
-        /// (default: LAST's infinite-horizon score).
-        #[arg(long)]
+        /// (T ≥ 1; default: LAST's infinite-horizon score).
+        #[arg(long, value_parser = positive)]
         hinf_horizon: Option<usize>,
     },
+}
+
+/// A horizon in steps: an integer ≥ 1 (a window of 0 steps holds nothing).
+fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 step (0 is an empty window)".into()),
+        Ok(t) => Ok(t),
+        Err(e) => Err(format!("{e}: expected a number of steps ≥ 1")),
+    }
 }
 
 fn read(path: &PathBuf) -> Result<mor::DiagBlock> {
@@ -118,6 +131,7 @@ fn run(cli: Cli) -> Result<serde_json::Value> {
         }
         Cmd::Hsv { sys } => {
             let b = read(&sys)?;
+            gram::check_stable(&b, &sys.display().to_string())?;
             json!({ "hsv": gram::hsv(&b).with_context(|| format!("HSV of {}", sys.display()))? })
         }
         Cmd::Reduce {

@@ -186,6 +186,20 @@ fn cli_errors_are_one_line_and_nonzero() {
     std::fs::write(&unstable, v.to_string()).unwrap();
     let (ok, _, err) = run(&["h2", unstable.to_str().unwrap()]);
     assert!(!ok && err.contains("unstable"), "{err}");
+    // HSV need a stable block: the message names the file and the mode, once.
+    let (ok, _, err) = run(&["hsv", unstable.to_str().unwrap()]);
+    assert!(
+        !ok && err.matches("u.json").count() == 1 && err.contains("mode 1 has |lambda| = 1.2"),
+        "{err}"
+    );
+    // A horizon of 0 steps is an empty window, not a norm.
+    let (ok, _, err) = run(&[
+        "h2",
+        fixture("lti.json").to_str().unwrap(),
+        "--horizon",
+        "0",
+    ]);
+    assert!(!ok && err.contains("at least 1 step"), "{err}");
 }
 
 #[test]

@@ -128,7 +128,9 @@ impl TrainConfig {
             return bad("train.batch_size must be ≥ 1".into());
         }
         if self.bucket_batches == 0 {
-            return bad("train.bucket_batches must be ≥ 1 (1 = random batches, no bucketing)".into());
+            return bad(
+                "train.bucket_batches must be ≥ 1 (1 = random batches, no bucketing)".into(),
+            );
         }
         for (name, v) in [
             ("lr", self.lr),
