@@ -614,11 +614,11 @@ fn plot(csv: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Training reviews whose measured activations set `lqo-h2`'s layer weights (seeded,
-/// class-balanced; never test reviews).
+/// Training reviews whose measured activations set `lqo-h2`'s layer weights and `ebt`'s empirical
+/// Gramians (seeded, class-balanced; never test reviews).
 const LQO_CALIBRATION_REVIEWS: usize = 64;
 
-/// The calibration set of `lqo-h2` ([`LQO_CALIBRATION_REVIEWS`] training reviews).
+/// The calibration set of `lqo-h2` and `ebt` ([`LQO_CALIBRATION_REVIEWS`] training reviews).
 fn calibration_set(cfg: &RunConfig, imdb: &lra::Imdb, tok: &dyn lra::Tokenize) -> Result<EvalSet> {
     EvalSet::new(
         &imdb.train,
@@ -629,7 +629,7 @@ fn calibration_set(cfg: &RunConfig, imdb: &lra::Imdb, tok: &dyn lra::Tokenize) -
             seed: cfg.eval.seed,
         },
     )
-    .context("building the lqo-h2 calibration set from the training reviews")
+    .context("building the calibration set (lqo-h2, ebt) from the training reviews")
 }
 
 /// `bench eval`.
@@ -789,15 +789,19 @@ fn compress(cfg: &RunConfig, method: &str, ratio: f64, out: Option<PathBuf>) -> 
         .as_ref()
         .map(|s| s.reduce_options())
         .unwrap_or_default();
-    if m == mor::Method::LqoH2 {
+    if m == mor::Method::LqoH2 || m == mor::Method::Ebt {
         let imdb = bench::data::load(&cfg.data)?;
         let tok = tokenizer(cfg, &loaded, &imdb.train)?;
         let cal = calibration_set(cfg, &imdb, tok.as_ref())?;
-        opts.lqo.layer_weights = Some(pipeline::calibrated_layer_weights(
-            &loaded.model,
-            &deep,
-            &cal,
-        )?);
+        if m == mor::Method::LqoH2 {
+            opts.lqo.layer_weights = Some(pipeline::calibrated_layer_weights(
+                &loaded.model,
+                &deep,
+                &cal,
+            )?);
+        } else {
+            opts.ctrb_gramians = pipeline::empirical_gramians(&loaded.model, &deep, &cal)?;
+        }
     }
     let red = mor::reduce::reduce_model(&deep, m, ratio, &opts)
         .with_context(|| format!("reducing with {method} at ratio {ratio}"))?;

@@ -584,6 +584,39 @@ pub fn param_counts(model: &S5Model) -> (usize, usize) {
     (ssm, all.iter().map(|(_, t)| t.elem_count()).sum())
 }
 
+/// The empirical controllability Gramian of every layer's SSM block (`[2n, 2n]` each, layer
+/// order; `mor::empirical`): the state covariance of the block under the inputs the full model
+/// feeds it on the `calibration` reviews (training reviews; their true positions, both scan
+/// directions of a bidirectional layer). What `ebt` balances with.
+///
+/// # Errors
+/// An empty calibration set; model or shape errors.
+pub fn empirical_gramians(
+    model: &S5Model,
+    deep: &mor::DeepSsm,
+    calibration: &EvalSet,
+) -> Result<Vec<faer::Mat<f64>>> {
+    if calibration.is_empty() {
+        bail!("the ebt calibration set is empty");
+    }
+    let mut acc: Vec<mor::empirical::EmpiricalGramian> = deep
+        .layers
+        .iter()
+        .map(|l| mor::empirical::EmpiricalGramian::new(&l.ssm))
+        .collect();
+    for tokens in &calibration.tokens {
+        let inputs = model.ssm_inputs(tokens)?;
+        for (a, u) in acc.iter_mut().zip(&inputs) {
+            let h = u.len() / tokens.len();
+            a.add(faer::MatRef::from_row_major_slice(u, tokens.len(), h))?;
+        }
+    }
+    Ok(acc
+        .iter()
+        .map(mor::empirical::EmpiricalGramian::gramian)
+        .collect::<mor::Result<_>>()?)
+}
+
 /// The sweep backend over a trained S5 model.
 pub struct S5Backend<'a> {
     /// The full model.
@@ -604,18 +637,22 @@ pub struct S5Backend<'a> {
     /// The full model's bound factors (with its certified H∞ gains), prepared at the first
     /// reduction and reused for every other.
     full_bound: Option<mor::bound::BoundPrep>,
+    /// Training reviews for the data-driven parts: `lqo-h2`'s layer weights (at construction)
+    /// and `ebt`'s empirical Gramians (at its first reduction).
+    calibration: Option<&'a EvalSet>,
 }
 
 impl<'a> S5Backend<'a> {
     /// Exports `model`, prepares the bound inputs and, with a calibration set (reviews of the
     /// training split), sets `lqo-h2`'s layer weights to the mean first-order factors of the
-    /// a-posteriori bound on those reviews ([`calibrated_layer_weights`]).
+    /// a-posteriori bound on those reviews ([`calibrated_layer_weights`]); `ebt` records its
+    /// empirical Gramians on the same reviews when first asked for ([`empirical_gramians`]).
     pub fn new(
         model: &'a S5Model,
         max_len: usize,
         set: &'a EvalSet,
         mut opts: ReduceOptions,
-        calibration: Option<&EvalSet>,
+        calibration: Option<&'a EvalSet>,
     ) -> Result<Self> {
         let deep = s5::to_mor(model, max_len)?;
         if let Some(cal) = calibration
@@ -641,6 +678,7 @@ impl<'a> S5Backend<'a> {
             pb: None,
             measured: Vec::new(),
             full_bound: None,
+            calibration,
         })
     }
 
@@ -681,6 +719,18 @@ impl SweepBackend for S5Backend<'_> {
             .parse()
             .map_err(|e: mor::Error| anyhow::anyhow!("{e}"))?;
         let t0 = Instant::now();
+        if m == mor::Method::Ebt && self.opts.ctrb_gramians.is_empty() {
+            let cal = self.calibration.context(
+                "ebt needs calibration reviews (training reviews) to record its empirical Gramians",
+            )?;
+            self.opts.ctrb_gramians = empirical_gramians(self.model, &self.deep, cal)?;
+            tracing::info!(
+                "ebt: empirical Gramians of {} layers from {} calibration reviews in {:.1} s",
+                self.opts.ctrb_gramians.len(),
+                cal.len(),
+                t0.elapsed().as_secs_f64()
+            );
+        }
         let red = reduce_model(&self.deep, m, ratio, &self.opts)?;
         let rebuilt = s5::with_reduced(self.model, &red.model)?;
         let reduce_seconds = t0.elapsed().as_secs_f64();

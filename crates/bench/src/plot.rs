@@ -36,7 +36,7 @@ pub fn register_fonts() {
 }
 
 /// Method names in plotting order (the order of `mor::Method::ALL`).
-const METHOD_ORDER: [&str; 8] = [
+const METHOD_ORDER: [&str; 9] = [
     "modal",
     "bt",
     "last",
@@ -45,6 +45,7 @@ const METHOD_ORDER: [&str; 8] = [
     "h2",
     "tlh2",
     "lqo-h2",
+    "ebt",
 ];
 
 /// A fixed colour per method (colour-blind friendly Tableau-10 hues), so the same method has the

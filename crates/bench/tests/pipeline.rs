@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const ALL_METHODS: [&str; 8] = [
+const ALL_METHODS: [&str; 9] = [
     "modal",
     "bt",
     "last",
@@ -14,6 +14,7 @@ const ALL_METHODS: [&str; 8] = [
     "h2",
     "tlh2",
     "lqo-h2",
+    "ebt",
 ];
 const RATIOS: [f64; 3] = [0.25, 0.5, 0.75];
 
@@ -117,8 +118,9 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
     let o = bench(&["run", "--config", cfg_s], root);
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
+    let new_rows = 1 + ALL_METHODS.len() * RATIOS.len() - 5;
     assert!(
-        stdout.contains("20 new rows, 4 already present"),
+        stdout.contains(&format!("{new_rows} new rows, 4 already present")),
         "{}",
         text(&o)
     );
@@ -187,8 +189,12 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
     // A third run has nothing to compute.
     let o = bench(&["--config", cfg_s], root);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("0 new rows, 24 already present"));
-    assert_eq!(read_rows(&csv).len(), 25);
+    let points = ALL_METHODS.len() * RATIOS.len();
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains(&format!("0 new rows, {points} already present"))
+    );
+    assert_eq!(read_rows(&csv).len(), 1 + points);
 
     // plot re-draws from the CSV.
     std::fs::remove_file(out.join("bound_vs_error.png")).unwrap();
@@ -196,47 +202,50 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(out.join("bound_vs_error.png").exists());
 
-    // compress writes a checkpoint that evaluates to the sweep's accuracy for that point.
-    let comp = root.join("bt-half");
-    let o = bench(
-        &[
-            "compress",
-            "--config",
-            cfg_s,
-            "--method",
-            "bt",
-            "--ratio",
-            "0.5",
-            "--out",
-            comp.to_str().unwrap(),
-        ],
-        root,
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    let o = bench(
-        &[
-            "eval",
-            "--config",
-            cfg_s,
-            "--checkpoint",
-            comp.to_str().unwrap(),
-            "--json",
-        ],
-        root,
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    let ev: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let bt = rows.iter().find(|x| x.has_key("bt", 0.5)).unwrap();
-    assert_eq!(ev["n_eval"], 40);
-    assert_eq!(
-        ev["total_params"].as_u64().unwrap() as usize,
-        bt.total_params
-    );
-    assert!(
-        (ev["accuracy"].as_f64().unwrap() - bt.accuracy).abs() < 1e-12,
-        "{ev} vs {bt:?}"
-    );
-    assert_eq!(ev["reduction"]["method"], "bt");
+    // compress writes a checkpoint that evaluates to the sweep's accuracy for that point (for
+    // ebt, whose Gramians compress records again from the calibration reviews, too).
+    for method in ["bt", "ebt"] {
+        let comp = root.join(format!("{method}-half"));
+        let o = bench(
+            &[
+                "compress",
+                "--config",
+                cfg_s,
+                "--method",
+                method,
+                "--ratio",
+                "0.5",
+                "--out",
+                comp.to_str().unwrap(),
+            ],
+            root,
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let o = bench(
+            &[
+                "eval",
+                "--config",
+                cfg_s,
+                "--checkpoint",
+                comp.to_str().unwrap(),
+                "--json",
+            ],
+            root,
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let ev: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let row = rows.iter().find(|x| x.has_key(method, 0.5)).unwrap();
+        assert_eq!(ev["n_eval"], 40);
+        assert_eq!(
+            ev["total_params"].as_u64().unwrap() as usize,
+            row.total_params
+        );
+        assert!(
+            (ev["accuracy"].as_f64().unwrap() - row.accuracy).abs() < 1e-12,
+            "{ev} vs {row:?}"
+        );
+        assert_eq!(ev["reduction"]["method"], method);
+    }
 
     // recalibrate-bn: one batch of the 40 training reviews `eval --split train` reads, so the
     // recalibrated model in evaluation mode reproduces batch-statistics mode on them.
@@ -347,7 +356,7 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
             "--config",
             cfg_s,
             "--checkpoint",
-            comp.to_str().unwrap(),
+            root.join("bt-half").to_str().unwrap(),
             "--out",
             root.join("pbn2").to_str().unwrap(),
         ],

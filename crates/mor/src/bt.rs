@@ -100,7 +100,19 @@ impl Balanced {
     /// # Errors
     /// [`Error::Unstable`] for `|λ| ≥ 1`, [`Error::LinAlg`] if a decomposition fails.
     pub fn new(block: &DiagBlock) -> Result<Self> {
-        let sb = gram::sqrt_balance(block, true)?;
+        Self::from_balance(block, gram::sqrt_balance(block, true)?)
+    }
+
+    /// [`Balanced::new`] with the controllability Gramian replaced by `ctrb` (`[2n, 2n]`; see
+    /// [`gram::sqrt_balance_with_ctrb`]): the balancing of empirical BT ([`ebt`]).
+    ///
+    /// # Errors
+    /// As [`gram::sqrt_balance_with_ctrb`].
+    pub fn with_ctrb(block: &DiagBlock, ctrb: &Mat<f64>) -> Result<Self> {
+        Self::from_balance(block, gram::sqrt_balance_with_ctrb(block, ctrb, true)?)
+    }
+
+    fn from_balance(block: &DiagBlock, sb: gram::SqrtBalance) -> Result<Self> {
         let (a, b, c, c_rev) = gram::real_realization(block);
         let s0 = sb.hsv.first().copied().unwrap_or(0.0);
         let rank = sb.hsv.iter().filter(|&&s| s > 1e-13 * s0).count();
@@ -267,13 +279,52 @@ pub fn bt(block: &DiagBlock, r: usize) -> Result<BlockReduction> {
 
 /// [`bt`] plus the details ([`BtInfo`]).
 pub fn bt_with_info(block: &DiagBlock, r: usize) -> Result<(BlockReduction, BtInfo)> {
+    check_order("bt", block, r)?;
+    let bal = Balanced::new(block)?;
+    let (red, info) = truncate_balanced(block, r, &bal)?;
+    let tail: f64 = bal.hsv()[info.real_order..].iter().sum();
+    let factor = if block.is_bidirectional() { 4.0 } else { 2.0 };
+    Ok((
+        BlockReduction {
+            hinf_bound: Some(factor * tail),
+            ..red
+        },
+        info,
+    ))
+}
+
+/// Empirical balanced truncation (`ebt`) of a stable block to `r` stored modes: [`bt`] with the
+/// controllability Gramian replaced by `ctrb` (`[2n, 2n]` in the real state `w = [Re x; Im x]`),
+/// the state covariance under the block's recorded inputs
+/// ([`crate::empirical::EmpiricalGramian`]; Lall, Marsden & Glavaški 2002). With the closed-form
+/// Gramian (white input) it is [`bt`]. The Enns H∞ bound assumes the white-input Gramian and is
+/// not reported (`hinf_bound = None`); `h2_error` is the block's infinite-horizon h2 error.
+///
+/// # Errors
+/// As [`bt`], and as [`gram::sqrt_balance_with_ctrb`] for a bad `ctrb`.
+pub fn ebt(block: &DiagBlock, r: usize, ctrb: &Mat<f64>) -> Result<BlockReduction> {
+    check_order("ebt", block, r)?;
+    let bal = Balanced::with_ctrb(block, ctrb)?;
+    Ok(truncate_balanced(block, r, &bal)?.0)
+}
+
+fn check_order(method: &str, block: &DiagBlock, r: usize) -> Result<()> {
     let n = block.n_modes();
     if r == 0 || r > n {
         return Err(Error::Argument(format!(
-            "bt: reduced order r = {r} must be in 1..={n} (the block's stored modes)"
+            "{method}: reduced order r = {r} must be in 1..={n} (the block's stored modes)"
         )));
     }
-    let bal = Balanced::new(block)?;
+    Ok(())
+}
+
+/// Truncates a balanced block to `r` stored modes and re-diagonalises it (module doc); the
+/// result's `hinf_bound` is `None`.
+fn truncate_balanced(
+    block: &DiagBlock,
+    r: usize,
+    bal: &Balanced,
+) -> Result<(BlockReduction, BtInfo)> {
     let qmax = (2 * r).min(bal.rank.max(1));
     let mut q = qmax;
     let (mut red, n_real, real) = loop {
@@ -286,8 +337,6 @@ pub fn bt_with_info(block: &DiagBlock, r: usize) -> Result<(BlockReduction, BtIn
     };
     let n_padded = r.saturating_sub(red.n_modes());
     pad(&mut red, n_padded);
-    let tail: f64 = bal.hsv()[q..].iter().sum();
-    let factor = if block.is_bidirectional() { 4.0 } else { 2.0 };
     let h2_error = gram::h2_error(block, &red, None)?;
     let info = BtInfo {
         real_order: q,
@@ -300,7 +349,7 @@ pub fn bt_with_info(block: &DiagBlock, r: usize) -> Result<(BlockReduction, BtIn
         BlockReduction {
             block: red,
             h2_error,
-            hinf_bound: Some(factor * tail),
+            hinf_bound: None,
         },
         info,
     ))
@@ -437,5 +486,60 @@ mod tests {
         let blk = random_block(25, 4, 1, 1, false, 0, None, 0.9);
         assert!(bt(&blk, 0).is_err());
         assert!(bt(&blk, 5).is_err());
+        let (pw, _) = gram::real_gramians(&blk, true);
+        assert!(ebt(&blk, 5, &pw).is_err());
+        assert!(ebt(&blk, 2, &Mat::zeros(3, 3)).is_err());
+    }
+
+    #[test]
+    fn ebt_with_the_white_input_gramian_is_bt() {
+        let blk = random_block(26, 6, 3, 2, true, 0, None, 0.9);
+        let (pw, _) = gram::real_gramians(&blk, true);
+        for r in [1, 3, 5] {
+            let a = bt(&blk, r).unwrap();
+            let b = ebt(&blk, r, &pw).unwrap();
+            let d = gram::h2_error(&a.block, &b.block, None).unwrap();
+            assert!(d < 1e-9 * gram::h2_norm(&blk, None), "r = {r}: {d}");
+            assert!((a.h2_error - b.h2_error).abs() < 1e-9 * a.h2_error.max(1e-300));
+            assert!(b.hinf_bound.is_none() && a.hinf_bound.is_some());
+        }
+    }
+
+    #[test]
+    fn ebt_keeps_exactly_what_the_recorded_inputs_excite() {
+        // Input channel 0 drives only modes 0..k; the recorded inputs use channel 0 only. Then
+        // the empirical Gramian has rank 2k and ebt to r = k reproduces the response to channel 0
+        // exactly, where bt (white input on every channel) does not.
+        let (n, m, k) = (6, 3, 2);
+        let mut blk = random_block(27, n, m, 2, true, 0, None, 0.9);
+        for i in k..n {
+            blk.b[(i, 0)] = c64::new(0.0, 0.0);
+        }
+        let mut acc = crate::empirical::EmpiricalGramian::new(&blk);
+        for seq in 0..3 {
+            let u = Mat::from_fn(80, m, |t, s| {
+                if s == 0 {
+                    (((t * 13 + seq * 5) % 17) as f64 - 8.0) / 8.0
+                } else {
+                    0.0
+                }
+            });
+            acc.add(u.as_ref()).unwrap();
+        }
+        let p_emp = acc.gramian().unwrap();
+        let channel0 = |x: &DiagBlock| {
+            let mut y = x.clone();
+            y.b = Mat::from_fn(x.n_modes(), 1, |i, _| x.b[(i, 0)]);
+            y.d = None;
+            y
+        };
+        let full0 = channel0(&blk);
+        let norm0 = gram::h2_norm(&full0, None);
+        let e = ebt(&blk, k, &p_emp).unwrap();
+        let b = bt(&blk, k).unwrap();
+        let err_ebt = gram::h2_error(&full0, &channel0(&e.block), None).unwrap() / norm0;
+        let err_bt = gram::h2_error(&full0, &channel0(&b.block), None).unwrap() / norm0;
+        assert!(err_ebt < 1e-8, "ebt: relative channel-0 error {err_ebt}");
+        assert!(err_bt > 1e-2, "bt: relative channel-0 error {err_bt}");
     }
 }

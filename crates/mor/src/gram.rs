@@ -535,8 +535,44 @@ pub struct SqrtBalance {
 pub fn sqrt_balance(block: &DiagBlock, joint: bool) -> Result<SqrtBalance> {
     check_stable(block, "block")?;
     let (pw, qw) = real_gramians(block, joint);
-    let lp = psd_factor(&pw)?;
-    let lq = psd_factor(&qw)?;
+    balance_factors(&pw, &qw)
+}
+
+/// [`sqrt_balance`] with the controllability Gramian `P_w` replaced by `ctrb` (`[2n, 2n]`,
+/// symmetric positive semi-definite; e.g. an [`crate::empirical::EmpiricalGramian`]); the
+/// observability Gramian is the block's own (joint for `joint`).
+///
+/// # Errors
+/// [`Error::Unstable`] for `|λ| ≥ 1`; [`Error::Shape`] if `ctrb` is not `[2n, 2n]`;
+/// [`Error::Argument`] if it is not finite; [`Error::LinAlg`] if a decomposition fails.
+pub fn sqrt_balance_with_ctrb(
+    block: &DiagBlock,
+    ctrb: &Mat<f64>,
+    joint: bool,
+) -> Result<SqrtBalance> {
+    check_stable(block, "block")?;
+    let n2 = 2 * block.n_modes();
+    if ctrb.nrows() != n2 || ctrb.ncols() != n2 {
+        return Err(Error::Shape(format!(
+            "controllability Gramian is {}×{}, the block's real state has {n2} entries",
+            ctrb.nrows(),
+            ctrb.ncols()
+        )));
+    }
+    if !ctrb.norm_max().is_finite() {
+        return Err(Error::Argument(
+            "controllability Gramian holds a non-finite value".into(),
+        ));
+    }
+    let (_, qw) = real_gramians(block, joint);
+    let sym = Mat::from_fn(n2, n2, |i, j| 0.5 * (ctrb[(i, j)] + ctrb[(j, i)]));
+    balance_factors(&sym, &qw)
+}
+
+/// Square-root factors of `P_w`, `Q_w` and the SVD of `L_qᵀ L_p`.
+fn balance_factors(pw: &Mat<f64>, qw: &Mat<f64>) -> Result<SqrtBalance> {
+    let lp = psd_factor(pw)?;
+    let lq = psd_factor(qw)?;
     let m = lq.transpose() * &lp;
     let svd = m
         .svd()

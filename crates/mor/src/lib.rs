@@ -5,9 +5,11 @@
 //! - [`gram`]: closed-form (Cauchy-like) Gramians, h2 norms and errors (also time-limited),
 //!   Hankel singular values, per-mode h2 and H∞ scores — each formula checked against brute-force
 //!   kernel sums in the tests.
+//! - [`empirical`]: empirical controllability Gramians (state covariances under recorded inputs).
 //! - [`io`]: `diag-ssm/1` JSON and safetensors reading/writing with validation, atomic writes.
 //! - Methods: [`modal`] (`modal`, `last`, `global-hinf`, `uniform-hinf` and the budget
-//!   allocations), [`bt`] (balanced truncation, re-diagonalised), `h2opt` (`h2`, `tlh2`), `lqo`
+//!   allocations), [`bt`] (balanced truncation, re-diagonalised; `ebt` with an empirical
+//!   Gramian), `h2opt` (`h2`, `tlh2`), `lqo`
 //!   (`lqo-h2`); [`reduce`] dispatches by [`Method`] for one block ([`reduce::reduce_block`]) or a
 //!   whole model ([`reduce::reduce_model`]).
 //! - `bound`: the output-error bound of a reduced model (see `BOUND.md`).
@@ -15,6 +17,7 @@
 pub mod block;
 pub mod bound;
 pub mod bt;
+pub mod empirical;
 pub mod error;
 pub mod gram;
 pub mod h2opt;

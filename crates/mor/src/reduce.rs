@@ -13,6 +13,10 @@ pub enum Method {
     /// Balanced truncation (square-root method), re-diagonalised.
     #[serde(rename = "bt")]
     Bt,
+    /// Empirical balanced truncation: `bt` with each layer's controllability Gramian replaced by
+    /// its state covariance under recorded layer inputs ([`crate::empirical`]).
+    #[serde(rename = "ebt")]
+    Ebt,
     /// LAST (Gwak et al., NeurIPS 2024): layer-normalised H∞ scores, one global threshold.
     #[serde(rename = "last")]
     Last,
@@ -35,7 +39,7 @@ pub enum Method {
 
 impl Method {
     /// All methods, in the order used in tables and plots.
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 9] = [
         Method::Modal,
         Method::Bt,
         Method::Last,
@@ -44,13 +48,15 @@ impl Method {
         Method::H2,
         Method::Tlh2,
         Method::LqoH2,
+        Method::Ebt,
     ];
 
-    /// The canonical name (`modal`, `bt`, `last`, `global-hinf`, `uniform-hinf`, `h2`, `tlh2`, `lqo-h2`).
+    /// The canonical name (`modal`, `bt`, `last`, `global-hinf`, `uniform-hinf`, `h2`, `tlh2`, `lqo-h2`, `ebt`).
     pub fn name(self) -> &'static str {
         match self {
             Method::Modal => "modal",
             Method::Bt => "bt",
+            Method::Ebt => "ebt",
             Method::Last => "last",
             Method::GlobalHinf => "global-hinf",
             Method::UniformHinf => "uniform-hinf",
@@ -136,6 +142,9 @@ pub struct ReduceOptions {
     pub h2: H2Options,
     /// Options of the model-level `lqo-h2` (bound-weighted allocation and per-layer refinement).
     pub lqo: crate::lqo::LqoOptions,
+    /// `ebt` only: the empirical controllability Gramian of each layer's block (`[2n, 2n]`, in
+    /// layer order; [`crate::empirical::EmpiricalGramian`]); [`reduce_block`] uses the first.
+    pub ctrb_gramians: Vec<faer::Mat<f64>>,
 }
 
 /// Reduces one block to `r` stored modes with `method`.
@@ -159,6 +168,16 @@ pub fn reduce_block(
     match method {
         Method::Modal => modal::modal(block, r, opts.modal_order),
         Method::Bt => crate::bt::bt(block, r),
+        Method::Ebt => {
+            let ctrb = opts.ctrb_gramians.first().ok_or_else(|| {
+                Error::Argument(
+                    "ebt needs the block's empirical controllability Gramian, recorded from its \
+                     inputs (`bench` records them on training reviews); none was given"
+                        .into(),
+                )
+            })?;
+            crate::bt::ebt(block, r, ctrb)
+        }
         Method::Last | Method::GlobalHinf | Method::UniformHinf => {
             modal::hinf_truncate(block, r, opts.hinf_horizon)
         }
@@ -190,7 +209,7 @@ pub fn mode_budget(layer_modes: &[usize], ratio: f64) -> Result<usize> {
 /// Reduces every layer's SSM block of `model`; `ratio` is the fraction of SSM modes removed
 /// across the model (budget [`mode_budget`]).
 ///
-/// Allocation: `modal`, `bt`, `h2`, `tlh2`, `uniform-hinf` remove the same ratio in every layer
+/// Allocation: `modal`, `bt`, `ebt`, `h2`, `tlh2`, `uniform-hinf` remove the same ratio in every layer
 /// (proportional shares of the budget, largest-remainder rounding, [`modal::uniform_allocation`]); `last` (layer-normalised H∞ scores, [`modal::last_normalise`]) and
 /// `global-hinf` (raw H∞ scores) use one global threshold ([`modal::allocate_global`]); `lqo-h2`
 /// allocates the budget by the output-error bound (`lqo::reduce_model_lqo`). `tlh2` uses the
@@ -237,13 +256,26 @@ pub fn reduce_model(
             if method == Method::Tlh2 && o.horizon.is_none() {
                 o.horizon = Some(model.max_len);
             }
+            if method == Method::Ebt && opts.ctrb_gramians.len() != model.layers.len() {
+                return Err(Error::Argument(format!(
+                    "ebt needs one empirical controllability Gramian per layer: {} given for {} \
+                     layers",
+                    opts.ctrb_gramians.len(),
+                    model.layers.len()
+                )));
+            }
             model
                 .layers
                 .par_iter()
                 .zip(orders.par_iter())
                 .enumerate()
                 .map(|(k, (l, &r))| {
-                    reduce_block(&l.ssm, method, r, &o).map_err(|e| match e {
+                    let red = if method == Method::Ebt {
+                        crate::bt::ebt(&l.ssm, r, &opts.ctrb_gramians[k])
+                    } else {
+                        reduce_block(&l.ssm, method, r, &o)
+                    };
+                    red.map_err(|e| match e {
                         Error::Argument(m) => Error::Argument(format!("layer {k}: {m}")),
                         Error::Unstable(m) => Error::Unstable(format!("layer {k}: {m}")),
                         other => other,

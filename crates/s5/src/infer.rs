@@ -305,6 +305,33 @@ fn add_gated<T: Real>(x: &mut [T], y: &[T], a: &[T], b: &[T], act: impl Fn(T) ->
     }
 }
 
+/// The SSM input `u_ℓ = norm_ℓ(x_ℓ)` of every layer (`[n_layers][len·H]`, row-major `[len, H]`,
+/// f64) for one sequence of true tokens, in evaluation mode (BatchNorm running statistics, no
+/// dropout), computed in f64.
+pub(crate) fn ssm_inputs(model: &S5Model, tokens: &[u32]) -> Result<Vec<Vec<f64>>> {
+    let h = model.config().d_model;
+    let layers = model
+        .layers
+        .iter()
+        .map(LayerArrays::<f64>::new)
+        .collect::<Result<Vec<_>>>()?;
+    let encoder: Vec<f64> = vec_of(&model.encoder)?;
+    let mut x = Vec::with_capacity(tokens.len() * h);
+    for &t in tokens {
+        x.extend_from_slice(&encoder[t as usize * h..(t as usize + 1) * h]);
+    }
+    let n_max = layers.iter().map(|la| la.n).max().unwrap_or(0);
+    let mut scratch = Scratch::new(tokens.len(), h, n_max);
+    let mut out = Vec::with_capacity(layers.len());
+    for layer in &layers {
+        let mut u = vec![0.0; x.len()];
+        layer.norm(&x, &mut u);
+        out.push(u);
+        layer.apply(&mut x, &mut scratch, false);
+    }
+    Ok(out)
+}
+
 /// Per-thread buffers, sized for the longest sequence and the largest layer.
 struct Scratch<T> {
     /// `v` `[len, 2n]` and the reverse states `[len, 2n]`.

@@ -250,6 +250,27 @@ impl S5Model {
         Ok((logits, measured))
     }
 
+    /// The input `u_ℓ = norm_ℓ(x_ℓ)` of every layer's SSM for one review's true tokens
+    /// (`tokens` `[len]`, no padding), in evaluation mode: `[n_layers]` row-major `[len, H]` f64
+    /// matrices, computed in f64. What empirical Gramians are recorded from
+    /// (`mor::empirical::EmpiricalGramian`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty sequence or a token outside the vocabulary; candle errors
+    /// reading the parameters.
+    pub fn ssm_inputs(&self, tokens: &[u32]) -> Result<Vec<Vec<f64>>> {
+        if tokens.is_empty() {
+            return Err(Error::Config("ssm_inputs: empty sequence".into()));
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(Error::Config(format!(
+                "ssm_inputs: token {t} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
+        }
+        crate::infer::ssm_inputs(self, tokens)
+    }
+
     /// Logits `[b, classes]` in batch-statistics mode: no dropout, and every BatchNorm normalises
     /// by the mean and biased variance of this batch's true positions (as in training) without
     /// recording them; returns those statistics per layer (`None` for LayerNorm layers). With

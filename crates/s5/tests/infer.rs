@@ -208,3 +208,33 @@ fn measured_activations_match_the_layers_applied_one_by_one() {
     let ops = values(&m.forward_ops(&t, &l, Mode::Eval).unwrap());
     assert!(rel_diff(&values(&logits), &ops) < 1e-11);
 }
+
+/// `ssm_inputs` (the fused kernel in f64, one review) equals each layer's `norm(x)` of the layers
+/// applied one by one, at every true position; bad tokens are refused.
+#[test]
+fn ssm_inputs_match_the_layers_applied_one_by_one() {
+    let c = cfg(NormKind::Batch, GateKind::HalfGlu2, true);
+    let (_vm, m) = model(&c, DType::F64);
+    let len = 129;
+    let (t, _) = batch(&[len], 5);
+    let tokens: Vec<u32> = t.flatten_all().unwrap().to_vec1().unwrap()[..len as usize].to_vec();
+    let got = m.ssm_inputs(&tokens).unwrap();
+    assert_eq!(got.len(), c.n_layers);
+    let mask = Mask::new(&[len], L, &m.encoder).unwrap();
+    let mut x = m
+        .encoder
+        .index_select(&t.flatten_all().unwrap(), 0)
+        .unwrap()
+        .reshape((1, L, H))
+        .unwrap();
+    for (li, layer) in m.layers.iter().enumerate() {
+        let u = layer.norm.forward(&x, &mask, false).unwrap();
+        let want = values(&u.narrow(1, 0, len as usize).unwrap());
+        assert_eq!(got[li].len(), len as usize * H);
+        assert!(rel_diff(&got[li], &want) < 1e-11, "layer {li}");
+        let y = layer.ssm.forward_t(&u, &[len], false).unwrap();
+        x = layer.gate.residual(&x, &y, None, None).unwrap();
+    }
+    assert!(m.ssm_inputs(&[]).is_err());
+    assert!(m.ssm_inputs(&[1, 40]).is_err());
+}
