@@ -614,11 +614,12 @@ fn plot(csv: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Training reviews whose measured activations set `lqo-h2`'s layer weights and `ebt`'s empirical
-/// Gramians (seeded, class-balanced; never test reviews).
+/// Training reviews whose measured activations set `lqo-h2`'s layer weights and the empirical
+/// Gramians of `ebt` and `emodal` (seeded, class-balanced; never test reviews).
 const LQO_CALIBRATION_REVIEWS: usize = 64;
 
-/// The calibration set of `lqo-h2` and `ebt` ([`LQO_CALIBRATION_REVIEWS`] training reviews).
+/// The calibration set of `lqo-h2`, `ebt` and `emodal` ([`LQO_CALIBRATION_REVIEWS`] training
+/// reviews).
 fn calibration_set(cfg: &RunConfig, imdb: &lra::Imdb, tok: &dyn lra::Tokenize) -> Result<EvalSet> {
     EvalSet::new(
         &imdb.train,
@@ -629,7 +630,7 @@ fn calibration_set(cfg: &RunConfig, imdb: &lra::Imdb, tok: &dyn lra::Tokenize) -
             seed: cfg.eval.seed,
         },
     )
-    .context("building the calibration set (lqo-h2, ebt) from the training reviews")
+    .context("building the calibration set (lqo-h2, ebt, emodal) from the training reviews")
 }
 
 /// `bench eval`.
@@ -789,7 +790,10 @@ fn compress(cfg: &RunConfig, method: &str, ratio: f64, out: Option<PathBuf>) -> 
         .as_ref()
         .map(|s| s.reduce_options())
         .unwrap_or_default();
-    if m == mor::Method::LqoH2 || m == mor::Method::Ebt {
+    if matches!(
+        m,
+        mor::Method::LqoH2 | mor::Method::Ebt | mor::Method::Emodal
+    ) {
         let imdb = bench::data::load(&cfg.data)?;
         let tok = tokenizer(cfg, &loaded, &imdb.train)?;
         let cal = calibration_set(cfg, &imdb, tok.as_ref())?;

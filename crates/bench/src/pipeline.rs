@@ -587,7 +587,7 @@ pub fn param_counts(model: &S5Model) -> (usize, usize) {
 /// The empirical controllability Gramian of every layer's SSM block (`[2n, 2n]` each, layer
 /// order; `mor::empirical`): the state covariance of the block under the inputs the full model
 /// feeds it on the `calibration` reviews (training reviews; their true positions, both scan
-/// directions of a bidirectional layer). What `ebt` balances with.
+/// directions of a bidirectional layer). What `ebt` balances with and `emodal` ranks by.
 ///
 /// # Errors
 /// An empty calibration set; model or shape errors.
@@ -638,15 +638,15 @@ pub struct S5Backend<'a> {
     /// reduction and reused for every other.
     full_bound: Option<mor::bound::BoundPrep>,
     /// Training reviews for the data-driven parts: `lqo-h2`'s layer weights (at construction)
-    /// and `ebt`'s empirical Gramians (at its first reduction).
+    /// and the empirical Gramians of `ebt` and `emodal` (at the first reduction that needs them).
     calibration: Option<&'a EvalSet>,
 }
 
 impl<'a> S5Backend<'a> {
     /// Exports `model`, prepares the bound inputs and, with a calibration set (reviews of the
     /// training split), sets `lqo-h2`'s layer weights to the mean first-order factors of the
-    /// a-posteriori bound on those reviews ([`calibrated_layer_weights`]); `ebt` records its
-    /// empirical Gramians on the same reviews when first asked for ([`empirical_gramians`]).
+    /// a-posteriori bound on those reviews ([`calibrated_layer_weights`]); `ebt` and `emodal`
+    /// record their empirical Gramians on the same reviews when first asked ([`empirical_gramians`]).
     pub fn new(
         model: &'a S5Model,
         max_len: usize,
@@ -719,13 +719,14 @@ impl SweepBackend for S5Backend<'_> {
             .parse()
             .map_err(|e: mor::Error| anyhow::anyhow!("{e}"))?;
         let t0 = Instant::now();
-        if m == mor::Method::Ebt && self.opts.ctrb_gramians.is_empty() {
-            let cal = self.calibration.context(
-                "ebt needs calibration reviews (training reviews) to record its empirical Gramians",
-            )?;
+        if matches!(m, mor::Method::Ebt | mor::Method::Emodal) && self.opts.ctrb_gramians.is_empty()
+        {
+            let cal = self.calibration.with_context(|| {
+                format!("{m} needs calibration reviews (training reviews) to record its empirical Gramians")
+            })?;
             self.opts.ctrb_gramians = empirical_gramians(self.model, &self.deep, cal)?;
             tracing::info!(
-                "ebt: empirical Gramians of {} layers from {} calibration reviews in {:.1} s",
+                "{m}: empirical Gramians of {} layers from {} calibration reviews in {:.1} s",
                 self.opts.ctrb_gramians.len(),
                 cal.len(),
                 t0.elapsed().as_secs_f64()

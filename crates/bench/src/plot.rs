@@ -36,7 +36,7 @@ pub fn register_fonts() {
 }
 
 /// Method names in plotting order (the order of `mor::Method::ALL`).
-const METHOD_ORDER: [&str; 9] = [
+const METHOD_ORDER: [&str; 10] = [
     "modal",
     "bt",
     "last",
@@ -46,6 +46,7 @@ const METHOD_ORDER: [&str; 9] = [
     "tlh2",
     "lqo-h2",
     "ebt",
+    "emodal",
 ];
 
 /// A fixed colour per method (colour-blind friendly Tableau-10 hues), so the same method has the

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const ALL_METHODS: [&str; 9] = [
+const ALL_METHODS: [&str; 10] = [
     "modal",
     "bt",
     "last",
@@ -15,6 +15,7 @@ const ALL_METHODS: [&str; 9] = [
     "tlh2",
     "lqo-h2",
     "ebt",
+    "emodal",
 ];
 const RATIOS: [f64; 3] = [0.25, 0.5, 0.75];
 
@@ -204,7 +205,7 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
 
     // compress writes a checkpoint that evaluates to the sweep's accuracy for that point (for
     // ebt, whose Gramians compress records again from the calibration reviews, too).
-    for method in ["bt", "ebt"] {
+    for method in ["bt", "ebt", "emodal"] {
         let comp = root.join(format!("{method}-half"));
         let o = bench(
             &[

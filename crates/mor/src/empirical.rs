@@ -132,6 +132,54 @@ impl EmpiricalGramian {
     }
 }
 
+/// Per-mode output energy under recorded inputs (the ranking of `emodal`): for stored mode `i`,
+/// the mean squared norm of its contribution `2 Re(c_i x_{t,i})` to the state output `s`
+/// (`c_i` the column of `C̃`; for a bidirectional block plus that of `C̃_rev`), from the `2×2`
+/// block of `P_emp` at `(Re x_i, Im x_i)`:
+///
+/// ```text
+/// e_i = Σ_{C ∈ {C̃, C̃_rev}} Σ_o 4 (Re(c_oi)² P_rr − 2 Re(c_oi) Im(c_oi) P_ri + Im(c_oi)² P_ii).
+/// ```
+///
+/// Cross-mode terms are left out, as in modal truncation; the block's LQO read-out (`E`, `N_i`)
+/// does not enter. With the white-input Gramian `P_w` a causal block's energies are its per-mode
+/// h2 contributions [`crate::gram::mode_h2_scores`] (tested); with recorded inputs they measure
+/// the output power each mode carries on those inputs. A bidirectional block's reverse part uses
+/// the same (averaged, see the module doc) covariance as its forward part.
+///
+/// # Errors
+/// [`Error::Shape`] if `p_emp` is not `[2n, 2n]`.
+pub fn mode_output_energies(block: &DiagBlock, p_emp: &Mat<f64>) -> Result<Vec<f64>> {
+    let n = block.n_modes();
+    if p_emp.nrows() != 2 * n || p_emp.ncols() != 2 * n {
+        return Err(Error::Shape(format!(
+            "empirical Gramian is {}×{}, the block's real state has {} entries",
+            p_emp.nrows(),
+            p_emp.ncols(),
+            2 * n
+        )));
+    }
+    let outputs: Vec<&Mat<faer::c64>> = std::iter::once(&block.c)
+        .chain(block.c_rev.as_ref())
+        .collect();
+    Ok((0..n)
+        .map(|i| {
+            let (prr, pri, pii) = (p_emp[(i, i)], p_emp[(i, n + i)], p_emp[(n + i, n + i)]);
+            outputs
+                .iter()
+                .map(|c| {
+                    (0..c.nrows())
+                        .map(|o| {
+                            let (a, b) = (c[(o, i)].re, c[(o, i)].im);
+                            4.0 * (a * a * prr - 2.0 * a * b * pri + b * b * pii)
+                        })
+                        .sum::<f64>()
+                })
+                .sum()
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +240,43 @@ mod tests {
         let got = both.gramian().unwrap();
         assert!((&got - &want).norm_max() < 1e-12 * want.norm_max());
         assert_eq!(both.positions(), 2 * 37);
+    }
+
+    #[test]
+    fn mode_energies_are_the_measured_output_power_of_each_mode() {
+        // Causal block: e_i · N is exactly Σ_t ‖2 Re(c_i x_{t,i})‖² of a simulation.
+        let mut block = random_block(6, 4, 3, 2, false, 0, None, 0.9);
+        block.c_rev = None;
+        let (n, m, len) = (4, 3, 50);
+        let u = Mat::from_fn(len, m, |t, s| (((t * 5 + s * 11) % 13) as f64 - 6.0) / 6.0);
+        let mut acc = EmpiricalGramian::new(&block);
+        acc.add(u.as_ref()).unwrap();
+        let e = mode_output_energies(&block, &acc.gramian().unwrap()).unwrap();
+        for i in 0..n {
+            let mut x = faer::c64::new(0.0, 0.0);
+            let mut power = 0.0;
+            for t in 0..len {
+                let bu: faer::c64 = (0..m).map(|s| block.b[(i, s)] * u[(t, s)]).sum();
+                x = block.lambda[i] * x + bu;
+                power += (0..block.n_outputs())
+                    .map(|o| (2.0 * (block.c[(o, i)] * x).re).powi(2))
+                    .sum::<f64>();
+            }
+            let want = power / len as f64;
+            assert!(
+                (e[i] - want).abs() <= 1e-12 * want,
+                "mode {i}: {} vs {want}",
+                e[i]
+            );
+        }
+        // With the white-input Gramian: the per-mode h2 contributions of `modal`.
+        let (pw, _) = crate::gram::real_gramians(&block, false);
+        let e = mode_output_energies(&block, &pw).unwrap();
+        let h2 = crate::gram::mode_h2_scores(&block);
+        for (a, b) in e.iter().zip(&h2) {
+            assert!((a - b).abs() <= 1e-10 * b, "{a} vs {b}");
+        }
+        assert!(mode_output_energies(&block, &Mat::zeros(3, 3)).is_err());
     }
 
     #[test]

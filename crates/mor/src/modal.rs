@@ -9,6 +9,7 @@ use crate::block::DiagBlock;
 use crate::error::{Error, Result};
 use crate::gram;
 use crate::reduce::BlockReduction;
+use faer::Mat;
 
 /// How `modal` ranks modes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -77,6 +78,19 @@ pub fn modal(block: &DiagBlock, r: usize, order: ModalOrder) -> Result<BlockRedu
         ModalOrder::H2 => gram::mode_h2_scores(block),
         ModalOrder::AbsLambda => block.lambda.iter().map(|l| l.norm()).collect(),
     };
+    truncate_modes(block, &top_r(&scores, r))
+}
+
+/// `emodal` (empirical modal truncation): keep the `r` modes that carry the most output power
+/// under the block's recorded inputs, [`crate::empirical::mode_output_energies`] with the
+/// empirical Gramian `p_emp` (`[2n, 2n]`). With the white-input Gramian it is `modal`.
+///
+/// # Errors
+/// As [`modal`], and [`Error::Shape`] for a `p_emp` of the wrong size.
+pub fn empirical_modal(block: &DiagBlock, r: usize, p_emp: &Mat<f64>) -> Result<BlockReduction> {
+    check_order(block, r, "emodal")?;
+    gram::check_stable(block, "emodal: block")?;
+    let scores = crate::empirical::mode_output_energies(block, p_emp)?;
     truncate_modes(block, &top_r(&scores, r))
 }
 

@@ -17,6 +17,10 @@ pub enum Method {
     /// its state covariance under recorded layer inputs ([`crate::empirical`]).
     #[serde(rename = "ebt")]
     Ebt,
+    /// Empirical modal truncation: keep the modes carrying the most output power under recorded
+    /// layer inputs ([`crate::empirical::mode_output_energies`]).
+    #[serde(rename = "emodal")]
+    Emodal,
     /// LAST (Gwak et al., NeurIPS 2024): layer-normalised H∞ scores, one global threshold.
     #[serde(rename = "last")]
     Last,
@@ -39,7 +43,7 @@ pub enum Method {
 
 impl Method {
     /// All methods, in the order used in tables and plots.
-    pub const ALL: [Method; 9] = [
+    pub const ALL: [Method; 10] = [
         Method::Modal,
         Method::Bt,
         Method::Last,
@@ -49,14 +53,16 @@ impl Method {
         Method::Tlh2,
         Method::LqoH2,
         Method::Ebt,
+        Method::Emodal,
     ];
 
-    /// The canonical name (`modal`, `bt`, `last`, `global-hinf`, `uniform-hinf`, `h2`, `tlh2`, `lqo-h2`, `ebt`).
+    /// The canonical name (`modal`, `bt`, `last`, `global-hinf`, `uniform-hinf`, `h2`, `tlh2`, `lqo-h2`, `ebt`, `emodal`).
     pub fn name(self) -> &'static str {
         match self {
             Method::Modal => "modal",
             Method::Bt => "bt",
             Method::Ebt => "ebt",
+            Method::Emodal => "emodal",
             Method::Last => "last",
             Method::GlobalHinf => "global-hinf",
             Method::UniformHinf => "uniform-hinf",
@@ -142,8 +148,9 @@ pub struct ReduceOptions {
     pub h2: H2Options,
     /// Options of the model-level `lqo-h2` (bound-weighted allocation and per-layer refinement).
     pub lqo: crate::lqo::LqoOptions,
-    /// `ebt` only: the empirical controllability Gramian of each layer's block (`[2n, 2n]`, in
-    /// layer order; [`crate::empirical::EmpiricalGramian`]); [`reduce_block`] uses the first.
+    /// `ebt` and `emodal` only: the empirical controllability Gramian of each layer's block
+    /// (`[2n, 2n]`, in layer order; [`crate::empirical::EmpiricalGramian`]); [`reduce_block`]
+    /// uses the first.
     pub ctrb_gramians: Vec<faer::Mat<f64>>,
 }
 
@@ -168,15 +175,14 @@ pub fn reduce_block(
     match method {
         Method::Modal => modal::modal(block, r, opts.modal_order),
         Method::Bt => crate::bt::bt(block, r),
-        Method::Ebt => {
+        Method::Ebt | Method::Emodal => {
             let ctrb = opts.ctrb_gramians.first().ok_or_else(|| {
-                Error::Argument(
-                    "ebt needs the block's empirical controllability Gramian, recorded from its \
-                     inputs (`bench` records them on training reviews); none was given"
-                        .into(),
-                )
+                Error::Argument(format!(
+                    "{method} needs the block's empirical controllability Gramian, recorded from \
+                     its inputs (`bench` records them on training reviews); none was given"
+                ))
             })?;
-            crate::bt::ebt(block, r, ctrb)
+            reduce_with_gramian(block, method, r, ctrb)
         }
         Method::Last | Method::GlobalHinf | Method::UniformHinf => {
             modal::hinf_truncate(block, r, opts.hinf_horizon)
@@ -188,6 +194,20 @@ pub fn reduce_block(
             })?;
             h2opt::tlh2_reduce(block, r, t, &opts.h2)
         }
+    }
+}
+
+/// `ebt` or `emodal` of one block with its empirical Gramian `ctrb`.
+fn reduce_with_gramian(
+    block: &DiagBlock,
+    method: Method,
+    r: usize,
+    ctrb: &faer::Mat<f64>,
+) -> Result<BlockReduction> {
+    if method == Method::Ebt {
+        crate::bt::ebt(block, r, ctrb)
+    } else {
+        modal::empirical_modal(block, r, ctrb)
     }
 }
 
@@ -209,7 +229,7 @@ pub fn mode_budget(layer_modes: &[usize], ratio: f64) -> Result<usize> {
 /// Reduces every layer's SSM block of `model`; `ratio` is the fraction of SSM modes removed
 /// across the model (budget [`mode_budget`]).
 ///
-/// Allocation: `modal`, `bt`, `ebt`, `h2`, `tlh2`, `uniform-hinf` remove the same ratio in every layer
+/// Allocation: `modal`, `bt`, `ebt`, `emodal`, `h2`, `tlh2`, `uniform-hinf` remove the same ratio in every layer
 /// (proportional shares of the budget, largest-remainder rounding, [`modal::uniform_allocation`]); `last` (layer-normalised H∞ scores, [`modal::last_normalise`]) and
 /// `global-hinf` (raw H∞ scores) use one global threshold ([`modal::allocate_global`]); `lqo-h2`
 /// allocates the budget by the output-error bound (`lqo::reduce_model_lqo`). `tlh2` uses the
@@ -256,9 +276,10 @@ pub fn reduce_model(
             if method == Method::Tlh2 && o.horizon.is_none() {
                 o.horizon = Some(model.max_len);
             }
-            if method == Method::Ebt && opts.ctrb_gramians.len() != model.layers.len() {
+            let empirical = matches!(method, Method::Ebt | Method::Emodal);
+            if empirical && opts.ctrb_gramians.len() != model.layers.len() {
                 return Err(Error::Argument(format!(
-                    "ebt needs one empirical controllability Gramian per layer: {} given for {} \
+                    "{method} needs one empirical controllability Gramian per layer: {} given for {} \
                      layers",
                     opts.ctrb_gramians.len(),
                     model.layers.len()
@@ -270,8 +291,8 @@ pub fn reduce_model(
                 .zip(orders.par_iter())
                 .enumerate()
                 .map(|(k, (l, &r))| {
-                    let red = if method == Method::Ebt {
-                        crate::bt::ebt(&l.ssm, r, &opts.ctrb_gramians[k])
+                    let red = if empirical {
+                        reduce_with_gramian(&l.ssm, method, r, &opts.ctrb_gramians[k])
                     } else {
                         reduce_block(&l.ssm, method, r, &o)
                     };

@@ -1,0 +1,183 @@
+//! Does `ebt` do what it is built for? Per layer of the reference model, the relative error of
+//! the reduced SSM block's output under the inputs the full model really feeds that layer,
+//! `‖y − y_r‖ / ‖y‖` over all true positions of held-out training reviews (not the 64 the
+//! Gramians are recorded on, never test reviews), for `modal`, `emodal`, `bt`, `ebt` and `h2` at
+//! the same order in every layer. `ebt` balances with the state covariance of such inputs, so on them it
+//! should beat `bt`; where it does and the model still fails, the layer error it minimises is not
+//! what the accuracy needs.
+//!
+//! ```text
+//! cargo run --release -p bench --example ebt_check -- [CHECKPOINT] [RATIOS] [REVIEWS]
+//! ```
+//!
+//! Defaults: `results/imdb/model`, ratios `0.5,0.6,0.8`, 32 held-out reviews. Prints a table
+//! (errors without the `D ⊙ u` feedthrough, which no method changes) and writes it atomically
+//! to `results/imdb/ebt-check.json` with the git commit and checkpoint digest.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use bench::pipeline::{self, EvalSet};
+use bench::sections::EvalConfig;
+use faer::{Mat, MatRef};
+use mor::reduce::{ReduceOptions, reduce_block};
+use mor::{DiagBlock, Method};
+
+/// The calibration reviews the sweep records on are the first 64 of the seed-0 sample; these
+/// come from another seed's sample, minus any review among those 64.
+const HELD_OUT_SEED: u64 = 1;
+
+/// `s = Σ_scans 2 Re(C x_t)` of a block for input `u` `[len, m]` (forward scan from `x = 0`,
+/// plus the reverse scan of a bidirectional block), `[len, p]`; `D ⊙ u` left out.
+fn block_output(block: &DiagBlock, u: MatRef<'_, f64>) -> Mat<f64> {
+    let (len, n, p) = (u.nrows(), block.n_modes(), block.n_outputs());
+    let b_re = Mat::from_fn(block.n_inputs(), n, |s, i| block.b[(i, s)].re);
+    let b_im = Mat::from_fn(block.n_inputs(), n, |s, i| block.b[(i, s)].im);
+    let (v_re, v_im) = (u * &b_re, u * &b_im);
+    let mut y = Mat::<f64>::zeros(len, p);
+    let scans = [Some(&block.c), block.c_rev.as_ref()];
+    for (dir, c) in scans.iter().enumerate() {
+        let Some(c) = c else { continue };
+        let (mut x_re, mut x_im) = (Mat::<f64>::zeros(len, n), Mat::<f64>::zeros(len, n));
+        let (mut sr, mut si) = (vec![0.0; n], vec![0.0; n]);
+        for k in 0..len {
+            let t = if dir == 0 { k } else { len - 1 - k };
+            for i in 0..n {
+                let l = block.lambda[i];
+                let r = l.re * sr[i] - l.im * si[i] + v_re[(t, i)];
+                let im = l.re * si[i] + l.im * sr[i] + v_im[(t, i)];
+                (sr[i], si[i]) = (r, im);
+                (x_re[(t, i)], x_im[(t, i)]) = (r, im);
+            }
+        }
+        // 2 Re(C x) = 2 (Re C Re x − Im C Im x), with x as rows: X_re Re Cᵀ − X_im Im Cᵀ.
+        let c_re = Mat::from_fn(n, p, |i, o| c[(o, i)].re);
+        let c_im = Mat::from_fn(n, p, |i, o| c[(o, i)].im);
+        y += (&x_re * &c_re - &x_im * &c_im) * 2.0;
+    }
+    y
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let ckpt = PathBuf::from(args.get(1).map_or("results/imdb/model", String::as_str));
+    let ratios: Vec<f64> = match args.get(2) {
+        Some(s) => s
+            .split(',')
+            .map(|r| {
+                r.parse()
+                    .with_context(|| format!("RATIOS: `{r}` is not a number"))
+            })
+            .collect::<Result<_>>()?,
+        None => vec![0.5, 0.6, 0.8],
+    };
+    let n_reviews: usize = match args.get(3) {
+        Some(s) => s
+            .parse()
+            .with_context(|| format!("REVIEWS `{s}` is not a count"))?,
+        None => 32,
+    };
+    let t0 = Instant::now();
+    let imdb = bench::data::load(&lra::DataConfig::default())?;
+    let loaded = pipeline::load(&ckpt)?;
+    let tok_path = loaded.dir.join(s5::checkpoint::TOKENIZER_FILE);
+    let tok = lra::load_tokenizer(&tok_path)
+        .with_context(|| format!("loading {}", tok_path.display()))?;
+    let cal_cfg = |n, seed| EvalConfig {
+        max_samples: n,
+        batch_size: 16,
+        seed,
+    };
+    let calibration = EvalSet::new(&imdb.train, tok.as_ref(), &cal_cfg(64, 0))?;
+    let mut held = EvalSet::new(
+        &imdb.train,
+        tok.as_ref(),
+        &cal_cfg(n_reviews + 64, HELD_OUT_SEED),
+    )?;
+    let keep: Vec<usize> = (0..held.len())
+        .filter(|&i| !calibration.indices.contains(&held.indices[i]))
+        .take(n_reviews)
+        .collect();
+    held.tokens = keep.iter().map(|&i| held.tokens[i].clone()).collect();
+    let deep = s5::to_mor(&loaded.model, loaded.meta.max_len)?;
+    let gramians = pipeline::empirical_gramians(&loaded.model, &deep, &calibration)?;
+    // Per layer, the full model's SSM inputs on the held-out reviews, [len, H] each.
+    let mut inputs: Vec<Vec<Mat<f64>>> = vec![Vec::new(); deep.layers.len()];
+    for tokens in &held.tokens {
+        for (l, u) in loaded.model.ssm_inputs(tokens)?.into_iter().enumerate() {
+            let h = u.len() / tokens.len();
+            inputs[l].push(MatRef::from_row_major_slice(&u, tokens.len(), h).to_owned());
+        }
+    }
+    let methods = [
+        Method::Modal,
+        Method::Emodal,
+        Method::Bt,
+        Method::Ebt,
+        Method::H2,
+    ];
+    let mut rows = Vec::new();
+    println!(
+        "relative layer output error on {} held-out training reviews",
+        held.tokens.len()
+    );
+    for &ratio in &ratios {
+        println!(
+            "ratio {ratio}: layer  {}",
+            methods.map(|m| format!("{:>8}", m.name())).join(" ")
+        );
+        for (l, layer) in deep.layers.iter().enumerate() {
+            let n = layer.ssm.n_modes();
+            let r = (((1.0 - ratio) * n as f64).round() as usize).clamp(1, n);
+            // reduce_block's ebt balances with the first Gramian given: this layer's.
+            let opts = ReduceOptions {
+                ctrb_gramians: vec![gramians[l].clone()],
+                ..ReduceOptions::default()
+            };
+            let mut errs = Vec::new();
+            for m in methods {
+                let red = reduce_block(&layer.ssm, m, r, &opts)?;
+                let (mut num, mut den) = (0.0, 0.0);
+                for u in &inputs[l] {
+                    let y = block_output(&layer.ssm, u.as_ref());
+                    let yr = block_output(&red.block, u.as_ref());
+                    num += (&y - &yr).squared_norm_l2();
+                    den += y.squared_norm_l2();
+                }
+                errs.push((num / den).sqrt());
+            }
+            println!(
+                "            {}  {}",
+                l + 1,
+                errs.iter()
+                    .map(|e| format!("{e:>8.4}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            rows.push(serde_json::json!({
+                "ratio": ratio, "layer": l + 1, "order": r,
+                "relative_output_error": methods.iter().map(|m| m.name()).zip(&errs)
+                    .map(|(m, e)| (m.to_string(), serde_json::json!(e))).collect::<serde_json::Map<_, _>>(),
+            }));
+        }
+    }
+    let out = serde_json::json!({
+        "what": "relative SSM-block output error per layer under the full model's inputs on held-out training reviews (D u left out)",
+        "checkpoint": ckpt.display().to_string(),
+        "checkpoint_sha256": loaded.sha256,
+        "git_commit": bench::manifest::git_commit(),
+        "calibration_reviews": calibration.len(),
+        "held_out_reviews": held.tokens.len(),
+        "seconds": t0.elapsed().as_secs_f64(),
+        "rows": rows,
+    });
+    let path = PathBuf::from("results/imdb/ebt-check.json");
+    bench::results::write_atomic(&path, serde_json::to_string_pretty(&out)?.as_bytes())?;
+    println!(
+        "wrote {} in {:.0} s",
+        path.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
