@@ -510,12 +510,11 @@ fn sweep_stage(
         );
     }
     let store = ResultsStore::new(&out);
-    bench::manifest::check_same_checkpoint(
-        &out,
-        previous.as_ref(),
-        !store.rows()?.is_empty(),
-        &loaded.sha256,
-    )?;
+    let has_rows = !store.rows()?.is_empty();
+    bench::manifest::check_same_checkpoint(&out, previous.as_ref(), has_rows, &loaded.sha256)?;
+    if let Some(prev) = previous.as_ref().filter(|_| has_rows) {
+        man.keep_history(prev);
+    }
     man.checkpoint = Some(loaded.dir.display().to_string());
     man.checkpoint_sha256 = Some(loaded.sha256.clone());
     man.write(&out)?;

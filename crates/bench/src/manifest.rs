@@ -87,6 +87,27 @@ pub struct Manifest {
     pub stage_seconds: BTreeMap<String, f64>,
     /// Version of the `bench` crate.
     pub bench_version: String,
+    /// The earlier runs whose rows this run kept (a sweep skips the rows `results.csv` already
+    /// holds and adds the missing ones): what each was made from and when, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_runs: Vec<EarlierRun>,
+}
+
+/// What an earlier run of the same directory was made from (its manifest's provenance fields).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EarlierRun {
+    /// Its command line.
+    pub command: Vec<String>,
+    /// Its source commit.
+    pub git_commit: String,
+    /// SHA-256 of its config file.
+    pub config_sha256: String,
+    /// Its start and end times (UTC, RFC 3339).
+    pub start_time: String,
+    /// End time; empty if it was interrupted.
+    pub end_time: String,
+    /// Its wall seconds per stage.
+    pub stage_seconds: BTreeMap<String, f64>,
 }
 
 impl Manifest {
@@ -110,7 +131,22 @@ impl Manifest {
             end_time: String::new(),
             stage_seconds: BTreeMap::new(),
             bench_version: env!("CARGO_PKG_VERSION").to_string(),
+            earlier_runs: Vec::new(),
         })
+    }
+
+    /// Records `previous` (the directory's manifest before this run, whose rows this run keeps)
+    /// and the runs it had recorded as this run's earlier runs.
+    pub fn keep_history(&mut self, previous: &Manifest) {
+        self.earlier_runs = previous.earlier_runs.clone();
+        self.earlier_runs.push(EarlierRun {
+            command: previous.command.clone(),
+            git_commit: previous.git_commit.clone(),
+            config_sha256: previous.config_sha256.clone(),
+            start_time: previous.start_time.clone(),
+            end_time: previous.end_time.clone(),
+            stage_seconds: previous.stage_seconds.clone(),
+        });
     }
 
     /// Adds the seconds elapsed since `t0` to stage `stage`.

@@ -186,6 +186,11 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
     }
     assert_eq!(man["threads"], 2);
     assert_eq!(man["data_sha256"].as_object().unwrap().len(), 2);
+    // The interrupted first run, whose 5 rows this run kept, is recorded (it never ended).
+    let earlier = man["earlier_runs"].as_array().expect("earlier_runs");
+    assert_eq!(earlier.len(), 1, "{man}");
+    assert_eq!(earlier[0]["end_time"], "");
+    assert!(earlier[0]["stage_seconds"]["sweep"].as_f64().unwrap() > 0.0);
 
     // A third run has nothing to compute.
     let o = bench(&["--config", cfg_s], root);
@@ -196,6 +201,9 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
             .contains(&format!("0 new rows, {points} already present"))
     );
     assert_eq!(read_rows(&csv).len(), 1 + points);
+    let man: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(man["earlier_runs"].as_array().unwrap().len(), 2, "{man}");
 
     // plot re-draws from the CSV.
     std::fs::remove_file(out.join("bound_vs_error.png")).unwrap();
