@@ -14,6 +14,8 @@
 //! (errors without the `D ⊙ u` feedthrough, which no method changes) and writes it atomically
 //! to `results/imdb/ebt-check.json` with the git commit and checkpoint digest.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -62,22 +64,8 @@ fn block_output(block: &DiagBlock, u: MatRef<'_, f64>) -> Mat<f64> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let ckpt = PathBuf::from(args.get(1).map_or("results/imdb/model", String::as_str));
-    let ratios: Vec<f64> = match args.get(2) {
-        Some(s) => s
-            .split(',')
-            .map(|r| {
-                r.parse()
-                    .with_context(|| format!("RATIOS: `{r}` is not a number"))
-            })
-            .collect::<Result<_>>()?,
-        None => vec![0.5, 0.6, 0.8],
-    };
-    let n_reviews: usize = match args.get(3) {
-        Some(s) => s
-            .parse()
-            .with_context(|| format!("REVIEWS `{s}` is not a count"))?,
-        None => 32,
-    };
+    let ratios = common::ratios(args.get(2), &[0.5, 0.6, 0.8])?;
+    let n_reviews = common::count(args.get(3), "REVIEWS", 32)?;
     let t0 = Instant::now();
     let imdb = bench::data::load(&lra::DataConfig::default())?;
     let loaded = pipeline::load(&ckpt)?;

@@ -16,6 +16,8 @@
 //! `n` the number of reviews, with the git commit, checkpoint digest and timings. Needs the IMDb
 //! data (fetched on first use like the main command).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -54,22 +56,8 @@ const MIXES: [(&str, Method, &[usize]); 8] = [
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let ckpt = PathBuf::from(args.get(1).map_or("results/imdb/model", String::as_str));
-    let max_samples: usize = match args.get(2) {
-        Some(s) => s
-            .parse()
-            .with_context(|| format!("MAX_SAMPLES `{s}` is not a count"))?,
-        None => 1000,
-    };
-    let ratios: Vec<f64> = match args.get(3) {
-        Some(s) => s
-            .split(',')
-            .map(|r| {
-                r.parse()
-                    .with_context(|| format!("RATIOS: `{r}` is not a number"))
-            })
-            .collect::<Result<_>>()?,
-        None => vec![0.4, 0.5],
-    };
+    let max_samples = common::count(args.get(2), "MAX_SAMPLES", 1000)?;
+    let ratios = common::ratios(args.get(3), &[0.4, 0.5])?;
     let mix_filter = args.get(4).map_or("", String::as_str);
     let defaults = max_samples == 1000 && args.len() <= 3;
     let t0 = Instant::now();

@@ -305,22 +305,33 @@ fn add_gated<T: Real>(x: &mut [T], y: &[T], a: &[T], b: &[T], act: impl Fn(T) ->
     }
 }
 
+/// Every layer's arrays in `T`, the embedding table `[vocab, H]` and the largest mode count.
+fn arrays<T: Real>(model: &S5Model) -> Result<(Vec<LayerArrays<T>>, Vec<T>, usize)> {
+    let layers = model
+        .layers
+        .iter()
+        .map(LayerArrays::<T>::new)
+        .collect::<Result<Vec<_>>>()?;
+    let n_max = layers.iter().map(|la| la.n).max().unwrap_or(0);
+    Ok((layers, vec_of(&model.encoder)?, n_max))
+}
+
+/// The embedded sequence `[len, H]` (row-major) of `tokens`.
+fn embed<T: Real>(encoder: &[T], tokens: &[u32], h: usize) -> Vec<T> {
+    let mut x = Vec::with_capacity(tokens.len() * h);
+    for &t in tokens {
+        x.extend_from_slice(&encoder[t as usize * h..(t as usize + 1) * h]);
+    }
+    x
+}
+
 /// The SSM input `u_ℓ = norm_ℓ(x_ℓ)` of every layer (`[n_layers][len·H]`, row-major `[len, H]`,
 /// f64) for one sequence of true tokens, in evaluation mode (BatchNorm running statistics, no
 /// dropout), computed in f64.
 pub(crate) fn ssm_inputs(model: &S5Model, tokens: &[u32]) -> Result<Vec<Vec<f64>>> {
     let h = model.config().d_model;
-    let layers = model
-        .layers
-        .iter()
-        .map(LayerArrays::<f64>::new)
-        .collect::<Result<Vec<_>>>()?;
-    let encoder: Vec<f64> = vec_of(&model.encoder)?;
-    let mut x = Vec::with_capacity(tokens.len() * h);
-    for &t in tokens {
-        x.extend_from_slice(&encoder[t as usize * h..(t as usize + 1) * h]);
-    }
-    let n_max = layers.iter().map(|la| la.n).max().unwrap_or(0);
+    let (layers, encoder, n_max) = arrays::<f64>(model)?;
+    let mut x = embed(&encoder, tokens, h);
     let mut scratch = Scratch::new(tokens.len(), h, n_max);
     let mut out = Vec::with_capacity(layers.len());
     for layer in &layers {
@@ -395,24 +406,15 @@ fn forward_t<T: Real>(
 ) -> Result<(Tensor, Vec<Vec<LayerStats>>)> {
     let cfg = model.config();
     let (h, classes) = (cfg.d_model, cfg.n_classes);
-    let layers = model
-        .layers
-        .iter()
-        .map(LayerArrays::<T>::new)
-        .collect::<Result<Vec<_>>>()?;
-    let encoder: Vec<T> = vec_of(&model.encoder)?;
+    let (layers, encoder, n_max) = arrays::<T>(model)?;
     let dec_w = f64s(&model.decoder_w)?;
     let dec_b = f64s(&model.decoder_b)?;
-    let n_max = layers.iter().map(|la| la.n).max().unwrap_or(0);
     let per_seq: Vec<(Vec<T>, Vec<LayerStats>)> = lengths
         .par_iter()
         .enumerate()
         .map(|(i, &len)| {
             let len = len as usize;
-            let mut x = Vec::with_capacity(len * h);
-            for &t in &tokens[i * l..i * l + len] {
-                x.extend_from_slice(&encoder[t as usize * h..(t as usize + 1) * h]);
-            }
+            let mut x = embed(&encoder, &tokens[i * l..i * l + len], h);
             let mut scratch = Scratch::new(len, h, n_max);
             let stats = layers
                 .iter()
