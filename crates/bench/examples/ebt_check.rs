@@ -67,6 +67,8 @@ fn main() -> Result<()> {
     let ratios = common::ratios(args.get(2), &[0.5, 0.6, 0.8])?;
     let n_reviews = common::count(args.get(3), "REVIEWS", 32)?;
     let t0 = Instant::now();
+    // The source the binary was built from: read before the run, which may outlast a commit.
+    let git_commit = bench::manifest::git_commit();
     let imdb = bench::data::load(&lra::DataConfig::default())?;
     let loaded = pipeline::load(&ckpt)?;
     let tok_path = loaded.dir.join(s5::checkpoint::TOKENIZER_FILE);
@@ -154,7 +156,7 @@ fn main() -> Result<()> {
         "what": "relative SSM-block output error per layer under the full model's inputs on held-out training reviews (D u left out)",
         "checkpoint": ckpt.display().to_string(),
         "checkpoint_sha256": loaded.sha256,
-        "git_commit": bench::manifest::git_commit(),
+        "git_commit": git_commit,
         "calibration_reviews": calibration.len(),
         "held_out_reviews": held.tokens.len(),
         "seconds": t0.elapsed().as_secs_f64(),

@@ -61,6 +61,8 @@ fn main() -> Result<()> {
     let mix_filter = args.get(4).map_or("", String::as_str);
     let defaults = max_samples == 1000 && args.len() <= 3;
     let t0 = Instant::now();
+    // The source the binary was built from: read before the run, which may outlast a commit.
+    let git_commit = bench::manifest::git_commit();
     let imdb = bench::data::load(&lra::DataConfig::default())?;
     let loaded = pipeline::load(&ckpt)?;
     let tok_path = loaded.dir.join(s5::checkpoint::TOKENIZER_FILE);
@@ -116,7 +118,7 @@ fn main() -> Result<()> {
     }
     let out = serde_json::json!({
         "what": "per-layer mix of H∞-score, bt and h2-contribution mode selection (examples/layer_swap.rs)",
-        "git_commit": bench::manifest::git_commit(),
+        "git_commit": git_commit,
         "checkpoint": ckpt.display().to_string(),
         "checkpoint_sha256": loaded.sha256,
         "eval": { "max_samples": max_samples, "seed": eval.seed, "n": set.len() },
