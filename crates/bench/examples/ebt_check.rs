@@ -12,14 +12,15 @@
 //!
 //! Defaults: `results/imdb/model`, ratios `0.5,0.6,0.8`, 32 held-out reviews. Prints a table
 //! (errors without the `D ⊙ u` feedthrough, which no method changes) and writes it atomically
-//! to `results/imdb/ebt-check.json` with the git commit and checkpoint digest.
+//! to `results/imdb/ebt-check.json` (with arguments: `ebt-check-<reviews>-<ratios>.json`) with the
+//! git commit and checkpoint digest.
 
 mod common;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bench::pipeline::{self, EvalSet};
 use bench::sections::EvalConfig;
 use faer::{Mat, MatRef};
@@ -67,13 +68,12 @@ fn main() -> Result<()> {
     let ratios = common::ratios(args.get(2), &[0.5, 0.6, 0.8])?;
     let n_reviews = common::count(args.get(3), "REVIEWS", 32)?;
     let t0 = Instant::now();
-    // The source the binary was built from: read before the run, which may outlast a commit.
-    let git_commit = bench::manifest::git_commit();
-    let imdb = bench::data::load(&lra::DataConfig::default())?;
-    let loaded = pipeline::load(&ckpt)?;
-    let tok_path = loaded.dir.join(s5::checkpoint::TOKENIZER_FILE);
-    let tok = lra::load_tokenizer(&tok_path)
-        .with_context(|| format!("loading {}", tok_path.display()))?;
+    let common::Setup {
+        git_commit,
+        imdb,
+        loaded,
+        tok,
+    } = common::setup(&ckpt)?;
     let cal_cfg = |n, seed| EvalConfig {
         max_samples: n,
         batch_size: 16,
@@ -162,7 +162,17 @@ fn main() -> Result<()> {
         "seconds": t0.elapsed().as_secs_f64(),
         "rows": rows,
     });
-    let path = PathBuf::from("results/imdb/ebt-check.json");
+    // Only the default run writes the committed file; others say what they ran in the name.
+    let path = if args.len() <= 1 {
+        PathBuf::from("results/imdb/ebt-check.json")
+    } else {
+        let r: Vec<String> = ratios.iter().map(f64::to_string).collect();
+        PathBuf::from(format!(
+            "results/imdb/ebt-check-{}-{}.json",
+            held.tokens.len(),
+            r.join("_")
+        ))
+    };
     bench::results::write_atomic(&path, serde_json::to_string_pretty(&out)?.as_bytes())?;
     println!(
         "wrote {} in {:.0} s",

@@ -61,13 +61,12 @@ fn main() -> Result<()> {
     let mix_filter = args.get(4).map_or("", String::as_str);
     let defaults = max_samples == 1000 && args.len() <= 3;
     let t0 = Instant::now();
-    // The source the binary was built from: read before the run, which may outlast a commit.
-    let git_commit = bench::manifest::git_commit();
-    let imdb = bench::data::load(&lra::DataConfig::default())?;
-    let loaded = pipeline::load(&ckpt)?;
-    let tok_path = loaded.dir.join(s5::checkpoint::TOKENIZER_FILE);
-    let tok = lra::load_tokenizer(&tok_path)
-        .with_context(|| format!("loading {}", tok_path.display()))?;
+    let common::Setup {
+        git_commit,
+        imdb,
+        loaded,
+        tok,
+    } = common::setup(&ckpt)?;
     let eval = EvalConfig {
         max_samples,
         ..EvalConfig::default()

@@ -26,3 +26,33 @@ pub fn count(arg: Option<&String>, name: &str, default: usize) -> Result<usize> 
         None => Ok(default),
     }
 }
+
+/// What every example starts from: the source commit (read before the run, which may outlast a
+/// commit), the IMDb reviews (fetched on first use like the main command), the checkpoint and
+/// its tokenizer.
+pub struct Setup {
+    /// `git rev-parse HEAD` (with `-dirty`) at the start.
+    pub git_commit: String,
+    /// The reviews.
+    pub imdb: lra::Imdb,
+    /// The checkpoint.
+    pub loaded: bench::pipeline::Loaded,
+    /// Its tokenizer.
+    pub tok: Box<dyn lra::Tokenize>,
+}
+
+/// Loads [`Setup`] for the checkpoint directory `ckpt`.
+pub fn setup(ckpt: &std::path::Path) -> Result<Setup> {
+    let git_commit = bench::manifest::git_commit();
+    let imdb = bench::data::load(&lra::DataConfig::default())?;
+    let loaded = bench::pipeline::load(ckpt)?;
+    let tok_path = loaded.dir.join(s5::checkpoint::TOKENIZER_FILE);
+    let tok = lra::load_tokenizer(&tok_path)
+        .with_context(|| format!("loading {}", tok_path.display()))?;
+    Ok(Setup {
+        git_commit,
+        imdb,
+        loaded,
+        tok,
+    })
+}
