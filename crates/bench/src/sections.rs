@@ -166,7 +166,7 @@ mod tests {
             lqo_floor_fraction: None,
             hinf_horizon: None,
         };
-        assert_eq!(s.validate().unwrap().len(), 8);
+        assert_eq!(s.validate().unwrap().len(), mor::Method::ALL.len());
         assert_eq!(
             s.reduce_options().lqo.floor_fraction,
             mor::lqo::LqoOptions::default().floor_fraction
