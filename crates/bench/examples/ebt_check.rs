@@ -33,33 +33,13 @@ const HELD_OUT_SEED: u64 = 1;
 
 /// `s = Σ_scans 2 Re(C x_t)` of a block for input `u` `[len, m]` (forward scan from `x = 0`,
 /// plus the reverse scan of a bidirectional block), `[len, p]`; `D ⊙ u` left out.
-fn block_output(block: &DiagBlock, u: MatRef<'_, f64>) -> Mat<f64> {
-    let (len, n, p) = (u.nrows(), block.n_modes(), block.n_outputs());
-    let b_re = Mat::from_fn(block.n_inputs(), n, |s, i| block.b[(i, s)].re);
-    let b_im = Mat::from_fn(block.n_inputs(), n, |s, i| block.b[(i, s)].im);
-    let (v_re, v_im) = (u * &b_re, u * &b_im);
-    let mut y = Mat::<f64>::zeros(len, p);
-    let scans = [Some(&block.c), block.c_rev.as_ref()];
-    for (dir, c) in scans.iter().enumerate() {
-        let Some(c) = c else { continue };
-        let (mut x_re, mut x_im) = (Mat::<f64>::zeros(len, n), Mat::<f64>::zeros(len, n));
-        let (mut sr, mut si) = (vec![0.0; n], vec![0.0; n]);
-        for k in 0..len {
-            let t = if dir == 0 { k } else { len - 1 - k };
-            for i in 0..n {
-                let l = block.lambda[i];
-                let r = l.re * sr[i] - l.im * si[i] + v_re[(t, i)];
-                let im = l.re * si[i] + l.im * sr[i] + v_im[(t, i)];
-                (sr[i], si[i]) = (r, im);
-                (x_re[(t, i)], x_im[(t, i)]) = (r, im);
-            }
-        }
-        // 2 Re(C x) = 2 (Re C Re x − Im C Im x), with x as rows: X_re Re Cᵀ − X_im Im Cᵀ.
-        let c_re = Mat::from_fn(n, p, |i, o| c[(o, i)].re);
-        let c_im = Mat::from_fn(n, p, |i, o| c[(o, i)].im);
-        y += (&x_re * &c_re - &x_im * &c_im) * 2.0;
+fn block_output(block: &DiagBlock, u: MatRef<'_, f64>) -> Result<Mat<f64>> {
+    let (_, _, c_w, c_rev_w) = mor::gram::real_realization(block);
+    let mut y = mor::empirical::real_states(block, u, false)? * c_w.transpose();
+    if let Some(c) = c_rev_w {
+        y += mor::empirical::real_states(block, u, true)? * c.transpose();
     }
-    y
+    Ok(y)
 }
 
 fn main() -> Result<()> {
@@ -80,21 +60,25 @@ fn main() -> Result<()> {
         seed,
     };
     let calibration = EvalSet::new(&imdb.train, tok.as_ref(), &cal_cfg(64, 0))?;
-    let mut held = EvalSet::new(
+    // A larger sample of another seed, minus the calibration reviews: their true tokens.
+    let candidates = EvalSet::new(
         &imdb.train,
         tok.as_ref(),
         &cal_cfg(n_reviews + 64, HELD_OUT_SEED),
     )?;
-    let keep: Vec<usize> = (0..held.len())
-        .filter(|&i| !calibration.indices.contains(&held.indices[i]))
+    let held: Vec<&Vec<u32>> = candidates
+        .indices
+        .iter()
+        .zip(&candidates.tokens)
+        .filter(|(i, _)| !calibration.indices.contains(i))
+        .map(|(_, t)| t)
         .take(n_reviews)
         .collect();
-    held.tokens = keep.iter().map(|&i| held.tokens[i].clone()).collect();
     let deep = s5::to_mor(&loaded.model, loaded.meta.max_len)?;
     let gramians = pipeline::empirical_gramians(&loaded.model, &deep, &calibration)?;
     // Per layer, the full model's SSM inputs on the held-out reviews, [len, H] each.
     let mut inputs: Vec<Vec<Mat<f64>>> = vec![Vec::new(); deep.layers.len()];
-    for tokens in &held.tokens {
+    for tokens in &held {
         for (l, u) in loaded.model.ssm_inputs(tokens)?.into_iter().enumerate() {
             let h = u.len() / tokens.len();
             inputs[l].push(MatRef::from_row_major_slice(&u, tokens.len(), h).to_owned());
@@ -110,7 +94,7 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     println!(
         "relative layer output error on {} held-out training reviews",
-        held.tokens.len()
+        held.len()
     );
     for &ratio in &ratios {
         println!(
@@ -130,8 +114,8 @@ fn main() -> Result<()> {
                 let red = reduce_block(&layer.ssm, m, r, &opts)?;
                 let (mut num, mut den) = (0.0, 0.0);
                 for u in &inputs[l] {
-                    let y = block_output(&layer.ssm, u.as_ref());
-                    let yr = block_output(&red.block, u.as_ref());
+                    let y = block_output(&layer.ssm, u.as_ref())?;
+                    let yr = block_output(&red.block, u.as_ref())?;
                     num += (&y - &yr).squared_norm_l2();
                     den += y.squared_norm_l2();
                 }
@@ -158,7 +142,7 @@ fn main() -> Result<()> {
         "checkpoint_sha256": loaded.sha256,
         "git_commit": git_commit,
         "calibration_reviews": calibration.len(),
-        "held_out_reviews": held.tokens.len(),
+        "held_out_reviews": held.len(),
         "seconds": t0.elapsed().as_secs_f64(),
         "rows": rows,
     });
@@ -169,7 +153,7 @@ fn main() -> Result<()> {
         let r: Vec<String> = ratios.iter().map(f64::to_string).collect();
         PathBuf::from(format!(
             "results/imdb/ebt-check-{}-{}.json",
-            held.tokens.len(),
+            held.len(),
             r.join("_")
         ))
     };

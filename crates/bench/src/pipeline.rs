@@ -597,7 +597,7 @@ pub fn empirical_gramians(
     calibration: &EvalSet,
 ) -> Result<Vec<faer::Mat<f64>>> {
     if calibration.is_empty() {
-        bail!("the ebt calibration set is empty");
+        bail!("no calibration reviews to record the empirical Gramians on");
     }
     let mut acc: Vec<mor::empirical::EmpiricalGramian> = deep
         .layers

@@ -90,23 +90,9 @@ impl EmpiricalGramian {
 
     /// Runs one scan over the driven terms `v = B̄ u` and adds `Σ_t w_t w_tᵀ` to the sum.
     fn scan(&mut self, v_re: &Mat<f64>, v_im: &Mat<f64>, reverse: bool) {
-        let (len, n) = (v_re.nrows(), v_re.ncols());
-        let mut w = Mat::<f64>::zeros(len, 2 * n);
-        let (mut xr, mut xi) = (vec![0.0; n], vec![0.0; n]);
-        for k in 0..len {
-            let t = if reverse { len - 1 - k } else { k };
-            for i in 0..n {
-                let (lr, li) = (self.lambda_re[i], self.lambda_im[i]);
-                let r = lr * xr[i] - li * xi[i] + v_re[(t, i)];
-                let im = lr * xi[i] + li * xr[i] + v_im[(t, i)];
-                xr[i] = r;
-                xi[i] = im;
-                w[(t, i)] = r;
-                w[(t, n + i)] = im;
-            }
-        }
+        let w = scan(&self.lambda_re, &self.lambda_im, v_re, v_im, reverse);
         self.sum += w.transpose() * &w;
-        self.count += len;
+        self.count += w.nrows();
     }
 
     /// Recorded positions so far (counted once per scan direction).
@@ -130,6 +116,54 @@ impl EmpiricalGramian {
             0.5 * s * (self.sum[(i, j)] + self.sum[(j, i)])
         }))
     }
+}
+
+/// The real states `w_t = [Re x_t; Im x_t]` of `block` driven by `u` `[len, m]` from `x = 0`, as
+/// rows `[len, 2n]`: the forward scan `x_t = Λ̄ x_{t−1} + B̄ u_t`, or with `reverse` the reverse
+/// scan `x_t = Λ̄ x_{t+1} + B̄ u_t` from the last row. The block's output is `w_t C_wᵀ` with the
+/// `C_w` (or `C_rev,w`) of [`crate::gram::real_realization`].
+///
+/// # Errors
+/// [`Error::Shape`] if `u` does not have `m` columns.
+pub fn real_states(block: &DiagBlock, u: MatRef<'_, f64>, reverse: bool) -> Result<Mat<f64>> {
+    let (n, m) = (block.n_modes(), block.n_inputs());
+    if u.ncols() != m {
+        return Err(Error::Shape(format!(
+            "input has {} channels, the block has m = {m}",
+            u.ncols()
+        )));
+    }
+    let v_re = u * Mat::from_fn(m, n, |s, i| block.b[(i, s)].re);
+    let v_im = u * Mat::from_fn(m, n, |s, i| block.b[(i, s)].im);
+    let (lr, li): (Vec<f64>, Vec<f64>) = block.lambda.iter().map(|l| (l.re, l.im)).unzip();
+    Ok(scan(&lr, &li, &v_re, &v_im, reverse))
+}
+
+/// One diagonal scan over the driven terms `v = B̄ u` (`[len, n]`, real and imaginary parts):
+/// the states `[len, 2n]` as `[Re x_t, Im x_t]` rows.
+fn scan(
+    lambda_re: &[f64],
+    lambda_im: &[f64],
+    v_re: &Mat<f64>,
+    v_im: &Mat<f64>,
+    reverse: bool,
+) -> Mat<f64> {
+    let (len, n) = (v_re.nrows(), v_re.ncols());
+    let mut w = Mat::<f64>::zeros(len, 2 * n);
+    let (mut xr, mut xi) = (vec![0.0; n], vec![0.0; n]);
+    for k in 0..len {
+        let t = if reverse { len - 1 - k } else { k };
+        for i in 0..n {
+            let (lr, li) = (lambda_re[i], lambda_im[i]);
+            let r = lr * xr[i] - li * xi[i] + v_re[(t, i)];
+            let im = lr * xi[i] + li * xr[i] + v_im[(t, i)];
+            xr[i] = r;
+            xi[i] = im;
+            w[(t, i)] = r;
+            w[(t, n + i)] = im;
+        }
+    }
+    w
 }
 
 /// Per-mode output energy under recorded inputs (the ranking of `emodal`): for stored mode `i`,
