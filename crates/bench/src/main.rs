@@ -537,14 +537,15 @@ fn sweep_stage(
         "sweep  ",
     ));
     let eval_bar = mp.add(bar(set.len() as u64, "reviews"));
-    let calibration = calibration_set(cfg, &imdb, tok.as_ref())?;
-    let mut backend = S5Backend::new(
+    let (calibration, refit_set) = calibration_sets(cfg, &imdb, tok.as_ref())?;
+    let reducer = pipeline::Reducer::new(
         &loaded.model,
         loaded.meta.max_len,
-        &set,
         sweep.reduce_options(),
-        Some(&calibration),
+        sweep.refit_options(),
+        Some((&calibration, &refit_set)),
     )?;
+    let mut backend = S5Backend::new(reducer, &set)?;
     backend.pb = Some(eval_bar.clone());
     let summary = run_sweep(
         &store,
@@ -613,23 +614,41 @@ fn plot(csv: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Training reviews whose measured activations set `lqo-h2`'s layer weights and the empirical
-/// Gramians of `ebt` and `emodal` (seeded, class-balanced; never test reviews).
-const LQO_CALIBRATION_REVIEWS: usize = 64;
-
-/// The calibration set of `lqo-h2`, `ebt` and `emodal` ([`LQO_CALIBRATION_REVIEWS`] training
-/// reviews).
-fn calibration_set(cfg: &RunConfig, imdb: &lra::Imdb, tok: &dyn lra::Tokenize) -> Result<EvalSet> {
+/// `n` training reviews, seeded with `eval.seed` and class-balanced (never test reviews): the
+/// calibration set of the data-driven reducers (`lqo-h2`, `ebt`, `emodal`;
+/// [`bench::sections::CALIBRATION_REVIEWS`]) or the refit set (`sweep.refit_reviews`).
+fn training_sample(
+    cfg: &RunConfig,
+    imdb: &lra::Imdb,
+    tok: &dyn lra::Tokenize,
+    n: usize,
+) -> Result<EvalSet> {
     EvalSet::new(
         &imdb.train,
         tok,
         &bench::sections::EvalConfig {
-            max_samples: LQO_CALIBRATION_REVIEWS,
+            max_samples: n,
             batch_size: cfg.eval.batch_size,
             seed: cfg.eval.seed,
         },
     )
-    .context("building the calibration set (lqo-h2, ebt, emodal) from the training reviews")
+    .with_context(|| format!("building a sample of {n} training reviews (calibration or refit)"))
+}
+
+/// The calibration set and the refit set of a run.
+fn calibration_sets(
+    cfg: &RunConfig,
+    imdb: &lra::Imdb,
+    tok: &dyn lra::Tokenize,
+) -> Result<(EvalSet, EvalSet)> {
+    let n_refit = cfg.sweep.as_ref().map_or(
+        bench::sections::DEFAULT_REFIT_REVIEWS,
+        bench::sections::SweepConfig::refit_reviews,
+    );
+    Ok((
+        training_sample(cfg, imdb, tok, bench::sections::CALIBRATION_REVIEWS)?,
+        training_sample(cfg, imdb, tok, n_refit)?,
+    ))
 }
 
 /// `bench eval`.
@@ -771,7 +790,7 @@ fn recalibrate_bn(
 
 /// `bench compress`.
 fn compress(cfg: &RunConfig, method: &str, ratio: f64, out: Option<PathBuf>) -> Result<()> {
-    let m: mor::Method = method
+    let recipe: mor::recipe::Recipe = method
         .parse()
         .map_err(|e: mor::Error| anyhow::anyhow!("--method: {e}"))?;
     bench::sections::validate_ratio(ratio).context("--ratio")?;
@@ -782,36 +801,29 @@ fn compress(cfg: &RunConfig, method: &str, ratio: f64, out: Option<PathBuf>) -> 
             loaded.dir.display()
         );
     }
-    let deep = s5::to_mor(&loaded.model, loaded.meta.max_len)?;
     let t = Instant::now();
-    let mut opts = cfg
-        .sweep
-        .as_ref()
-        .map(|s| s.reduce_options())
-        .unwrap_or_default();
-    if matches!(
-        m,
-        mor::Method::LqoH2 | mor::Method::Ebt | mor::Method::Emodal
-    ) {
+    let (opts, refit) = cfg.sweep.as_ref().map_or_else(Default::default, |s| {
+        (s.reduce_options(), s.refit_options())
+    });
+    let cal = if recipe.needs_calibration() {
         let imdb = bench::data::load(&cfg.data)?;
         let tok = tokenizer(cfg, &loaded, &imdb.train)?;
-        let cal = calibration_set(cfg, &imdb, tok.as_ref())?;
-        if m == mor::Method::LqoH2 {
-            opts.lqo.layer_weights = Some(pipeline::calibrated_layer_weights(
-                &loaded.model,
-                &deep,
-                &cal,
-            )?);
-        } else {
-            opts.ctrb_gramians = pipeline::empirical_gramians(&loaded.model, &deep, &cal)?;
-        }
-    }
-    let red = mor::reduce::reduce_model(&deep, m, ratio, &opts)
-        .with_context(|| format!("reducing with {method} at ratio {ratio}"))?;
+        Some(calibration_sets(cfg, &imdb, tok.as_ref())?)
+    } else {
+        None
+    };
+    let mut reducer = pipeline::Reducer::new(
+        &loaded.model,
+        loaded.meta.max_len,
+        opts,
+        refit,
+        cal.as_ref().map(|(c, r)| (c, r)),
+    )?;
+    let red = reducer.reduce(recipe, ratio)?.reduction;
     let rebuilt = s5::with_reduced(&loaded.model, &red.model)?;
     let (_, total) = pipeline::param_counts(&rebuilt);
     let info = pipeline::ReductionInfo {
-        method: m.name().to_string(),
+        method: recipe.to_string(),
         ratio,
         kept_modes: red.kept_modes.clone(),
         stable: red.stable,
@@ -821,13 +833,13 @@ fn compress(cfg: &RunConfig, method: &str, ratio: f64, out: Option<PathBuf>) -> 
     let out = out.unwrap_or_else(|| {
         cfg.run_dir()
             .join("compressed")
-            .join(format!("{}-{ratio}", m.name()))
+            .join(format!("{recipe}-{ratio}"))
     });
     pipeline::write_compressed(&loaded.dir, &red.model, &info, &out)?;
     println!(
         "wrote {} ({} in {:.2} s: kept modes {:?}, {} params, stable {})",
         out.display(),
-        m.name(),
+        recipe,
         t.elapsed().as_secs_f64(),
         red.kept_modes,
         total,

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use lra::{Batch, Batcher, Encoded, Split, Tokenize};
 use mor::bound::{BoundInput, MeasuredLayer, prepare_bound};
+use mor::recipe::{PostStep, Recipe};
 use mor::reduce::{ReduceOptions, reduce_model};
 use s5::checkpoint::{self, CheckpointMeta};
 use s5::{Mode, S5Model};
@@ -617,48 +618,67 @@ pub fn empirical_gramians(
         .collect::<mor::Result<_>>()?)
 }
 
-/// The sweep backend over a trained S5 model.
-pub struct S5Backend<'a> {
+/// A reduced model and what its post-step did.
+pub struct Reduced {
+    /// The reduction (after the post-step, if any).
+    pub reduction: mor::ModelReduction,
+    /// Per-layer reports of a refit post-step.
+    pub refit: Option<Vec<mor::refit::BlockRefitReport>>,
+}
+
+/// Reduces an S5 model by any [`Recipe`]: computes the calibration data a recipe needs once, on
+/// first need (the `lqo-h2` layer weights, the empirical Gramians of `ebt`/`emodal`), runs the
+/// reducer, then the post-step on the calibration (training) reviews. Used by the sweep and by
+/// `bench compress`, so both reduce identically.
+pub struct Reducer<'a> {
     /// The full model.
     pub model: &'a S5Model,
     /// Its export to `mor`.
     pub deep: mor::DeepSsm,
-    /// The evaluation set.
-    pub set: &'a EvalSet,
-    /// The bound inputs of the evaluation set.
-    pub inputs: Vec<BoundInput>,
-    /// Options of the reduction methods.
+    /// Options of the reducers (calibration data is filled in here when first computed).
     pub opts: ReduceOptions,
-    /// Progress bar of the current evaluation (reviews), if drawn.
-    pub pb: Option<indicatif::ProgressBar>,
-    /// The full model's measured activations per evaluated review (set by `full`), for the
-    /// a-posteriori bound.
-    pub measured: Vec<Vec<MeasuredLayer>>,
-    /// The full model's bound factors (with its certified H∞ gains), prepared at the first
-    /// reduction and reused for every other.
-    full_bound: Option<mor::bound::BoundPrep>,
-    /// Training reviews for the data-driven parts: `lqo-h2`'s layer weights (at construction)
-    /// and the empirical Gramians of `ebt` and `emodal` (at the first reduction that needs them).
-    calibration: Option<&'a EvalSet>,
+    /// Options of the refit post-steps.
+    pub refit: mor::refit::RefitOptions,
+    /// Training reviews for the data-driven parts, if any: the reducers' calibration set and
+    /// the refit set.
+    calibration: Option<(&'a EvalSet, &'a EvalSet)>,
 }
 
-impl<'a> S5Backend<'a> {
-    /// Exports `model`, prepares the bound inputs and, with a calibration set (reviews of the
-    /// training split), sets `lqo-h2`'s layer weights to the mean first-order factors of the
-    /// a-posteriori bound on those reviews ([`calibrated_layer_weights`]); `ebt` and `emodal`
-    /// record their empirical Gramians on the same reviews when first asked ([`empirical_gramians`]).
+impl<'a> Reducer<'a> {
+    /// Exports `model` (sequences up to `max_len`); `calibration` holds the training reviews
+    /// of the data-driven reducers and those of the refit post-steps.
     pub fn new(
         model: &'a S5Model,
         max_len: usize,
-        set: &'a EvalSet,
-        mut opts: ReduceOptions,
-        calibration: Option<&'a EvalSet>,
+        opts: ReduceOptions,
+        refit: mor::refit::RefitOptions,
+        calibration: Option<(&'a EvalSet, &'a EvalSet)>,
     ) -> Result<Self> {
-        let deep = s5::to_mor(model, max_len)?;
-        if let Some(cal) = calibration
-            && opts.lqo.layer_weights.is_none()
-        {
-            let w = calibrated_layer_weights(model, &deep, cal)?;
+        refit.validate()?;
+        Ok(Reducer {
+            model,
+            deep: s5::to_mor(model, max_len)?,
+            opts,
+            refit,
+            calibration,
+        })
+    }
+
+    fn calibration(&self, recipe: Recipe) -> Result<(&'a EvalSet, &'a EvalSet)> {
+        self.calibration.with_context(|| {
+            format!("{recipe} needs calibration reviews (training reviews); none were given")
+        })
+    }
+
+    /// Reduces with `recipe`, removing the fraction `ratio` of the SSM modes.
+    ///
+    /// # Errors
+    /// A recipe that needs calibration data without a calibration set; reduction errors.
+    pub fn reduce(&mut self, recipe: Recipe, ratio: f64) -> Result<Reduced> {
+        let m = recipe.reducer;
+        if m == mor::Method::LqoH2 && self.opts.lqo.layer_weights.is_none() {
+            let cal = self.calibration(recipe)?.0;
+            let w = calibrated_layer_weights(self.model, &self.deep, cal)?;
             tracing::info!(
                 "lqo-h2 layer weights from {} calibration reviews: {}",
                 cal.len(),
@@ -667,18 +687,167 @@ impl<'a> S5Backend<'a> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            opts.lqo.layer_weights = Some(w);
+            self.opts.lqo.layer_weights = Some(w);
         }
+        if matches!(m, mor::Method::Ebt | mor::Method::Emodal) && self.opts.ctrb_gramians.is_empty()
+        {
+            let t0 = Instant::now();
+            let cal = self.calibration(recipe)?.0;
+            self.opts.ctrb_gramians = empirical_gramians(self.model, &self.deep, cal)?;
+            tracing::info!(
+                "{m}: empirical Gramians of {} layers from {} calibration reviews in {:.1} s",
+                self.opts.ctrb_gramians.len(),
+                cal.len(),
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        let mut reduction = reduce_model(&self.deep, m, ratio, &self.opts)
+            .with_context(|| format!("reducing with {m} at ratio {ratio}"))?;
+        let refit = match recipe.post {
+            None => None,
+            Some(post) => {
+                let t0 = Instant::now();
+                let cal = self.calibration(recipe)?.1;
+                let (model, reports) = match post {
+                    PostStep::Refit => {
+                        refit(self.model, &self.deep, &reduction.model, cal, &self.refit)?
+                    }
+                    PostStep::RefitSeq => refit_sequential(
+                        self.model,
+                        &self.deep,
+                        &reduction.model,
+                        cal,
+                        &self.refit,
+                    )?,
+                };
+                tracing::info!(
+                    "{recipe} @ {ratio}: relative calibration output error per layer {} in {:.1} s",
+                    reports
+                        .iter()
+                        .map(|r| format!("{:.3}→{:.3}", r.error_before, r.error_after))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    t0.elapsed().as_secs_f64()
+                );
+                reduction.model = model;
+                Some(reports)
+            }
+        };
+        Ok(Reduced { reduction, refit })
+    }
+}
+
+/// Each layer's SSM input on `tokens` as `[len, m]` matrices (layer order).
+fn layer_inputs(model: &S5Model, tokens: &[u32]) -> Result<Vec<faer::Mat<f64>>> {
+    let len = tokens.len();
+    Ok(model
+        .ssm_inputs(tokens)?
+        .into_iter()
+        .map(|u| {
+            let h = u.len() / len;
+            faer::MatRef::from_row_major_slice(&u, len, h).to_owned()
+        })
+        .collect())
+}
+
+/// The `refit` post-step ([`mor::refit`]): every layer of `reduced` refitted to the full model's
+/// layer outputs on the layer inputs the full model records on `calibration`.
+///
+/// # Errors
+/// An empty calibration set; model, shape or solver errors.
+pub fn refit(
+    model: &S5Model,
+    deep: &mor::DeepSsm,
+    reduced: &mor::DeepSsm,
+    calibration: &EvalSet,
+    opts: &mor::refit::RefitOptions,
+) -> Result<(mor::DeepSsm, Vec<mor::refit::BlockRefitReport>)> {
+    if calibration.is_empty() {
+        bail!("no calibration reviews to refit on");
+    }
+    let mut fit = mor::refit::ModelRefit::new(deep, reduced)?;
+    for tokens in &calibration.tokens {
+        let inputs = layer_inputs(model, tokens)?;
+        let refs: Vec<_> = inputs.iter().map(faer::Mat::as_ref).collect();
+        fit.add(&refs)?;
+    }
+    Ok(fit.solve(opts)?)
+}
+
+/// The `refit-seq` post-step: layers refitted in order, layer ℓ driven by the inputs of the
+/// reduced model whose layers `< ℓ` are already refitted, and fitted to the full model's layer
+/// output `s_ℓ + D u_ℓ` (its target for the state output is `s_ℓ + D (u_ℓ − û_ℓ)`), so it
+/// compensates the upstream error as far as a read-out can.
+///
+/// # Errors
+/// As [`refit`].
+pub fn refit_sequential(
+    model: &S5Model,
+    deep: &mor::DeepSsm,
+    reduced: &mor::DeepSsm,
+    calibration: &EvalSet,
+    opts: &mor::refit::RefitOptions,
+) -> Result<(mor::DeepSsm, Vec<mor::refit::BlockRefitReport>)> {
+    if calibration.is_empty() {
+        bail!("no calibration reviews to refit on");
+    }
+    let mut current = reduced.clone();
+    let mut reports = Vec::with_capacity(deep.layers.len());
+    for l in 0..deep.layers.len() {
+        let upstream = s5::with_reduced(model, &current)?;
+        let full_block = &deep.layers[l].ssm;
+        let mut fit = mor::refit::BlockRefit::new(full_block, &current.layers[l].ssm)?;
+        for tokens in &calibration.tokens {
+            let u = layer_inputs(model, tokens)?.swap_remove(l);
+            let u_hat = layer_inputs(&upstream, tokens)?.swap_remove(l);
+            let mut target = mor::refit::state_output(full_block, u.as_ref())?;
+            if let Some(d) = &full_block.d {
+                for t in 0..target.nrows() {
+                    for (o, &dk) in d.iter().enumerate() {
+                        target[(t, o)] += dk * (u[(t, o)] - u_hat[(t, o)]);
+                    }
+                }
+            }
+            fit.add_target(u_hat.as_ref(), target.as_ref())?;
+        }
+        let (block, rep) = fit
+            .solve(opts)
+            .with_context(|| format!("refit-seq of layer {l}"))?;
+        current.layers[l].ssm = block;
+        reports.push(rep);
+    }
+    Ok((current, reports))
+}
+
+/// The sweep backend over a trained S5 model.
+pub struct S5Backend<'a> {
+    /// Reduces the full model by any recipe.
+    pub reducer: Reducer<'a>,
+    /// The evaluation set.
+    pub set: &'a EvalSet,
+    /// The bound inputs of the evaluation set.
+    pub inputs: Vec<BoundInput>,
+    /// Progress bar of the current evaluation (reviews), if drawn.
+    pub pb: Option<indicatif::ProgressBar>,
+    /// The full model's measured activations per evaluated review (set by `full`), for the
+    /// a-posteriori bound.
+    pub measured: Vec<Vec<MeasuredLayer>>,
+    /// The full model's bound factors (with its certified H∞ gains), prepared at the first
+    /// reduction and reused for every other.
+    full_bound: Option<mor::bound::BoundPrep>,
+}
+
+impl<'a> S5Backend<'a> {
+    /// Prepares the bound inputs of `set`; `reducer` computes any calibration data a recipe
+    /// needs when first asked.
+    pub fn new(reducer: Reducer<'a>, set: &'a EvalSet) -> Result<Self> {
         Ok(S5Backend {
-            model,
-            deep,
+            inputs: bound_inputs(reducer.model, set)?,
+            reducer,
             set,
-            inputs: bound_inputs(model, set)?,
-            opts,
             pb: None,
             measured: Vec::new(),
             full_bound: None,
-            calibration,
         })
     }
 
@@ -694,17 +863,24 @@ impl<'a> S5Backend<'a> {
 
 impl SweepBackend for S5Backend<'_> {
     fn full(&mut self) -> Result<Point> {
-        let mut ev = self.eval(self.model, true)?;
+        let mut ev = self.eval(self.reducer.model, true)?;
         self.measured = std::mem::take(&mut ev.measured);
-        let (ssm, total) = param_counts(self.model);
+        let (ssm, total) = param_counts(self.reducer.model);
         Ok(Point {
-            kept_per_layer: self.deep.layers.iter().map(|l| l.ssm.n_modes()).collect(),
+            kept_per_layer: self
+                .reducer
+                .deep
+                .layers
+                .iter()
+                .map(|l| l.ssm.n_modes())
+                .collect(),
             ssm_params: ssm,
             total_params: total,
             accuracy: ev.accuracy,
             logits: ev.logits,
             bounds: Vec::new(),
             stable: self
+                .reducer
                 .deep
                 .layers
                 .iter()
@@ -715,25 +891,12 @@ impl SweepBackend for S5Backend<'_> {
     }
 
     fn reduced(&mut self, method: &str, ratio: f64) -> Result<Point> {
-        let m: mor::Method = method
+        let recipe: Recipe = method
             .parse()
             .map_err(|e: mor::Error| anyhow::anyhow!("{e}"))?;
         let t0 = Instant::now();
-        if matches!(m, mor::Method::Ebt | mor::Method::Emodal) && self.opts.ctrb_gramians.is_empty()
-        {
-            let cal = self.calibration.with_context(|| {
-                format!("{m} needs calibration reviews (training reviews) to record its empirical Gramians")
-            })?;
-            self.opts.ctrb_gramians = empirical_gramians(self.model, &self.deep, cal)?;
-            tracing::info!(
-                "{m}: empirical Gramians of {} layers from {} calibration reviews in {:.1} s",
-                self.opts.ctrb_gramians.len(),
-                cal.len(),
-                t0.elapsed().as_secs_f64()
-            );
-        }
-        let red = reduce_model(&self.deep, m, ratio, &self.opts)?;
-        let rebuilt = s5::with_reduced(self.model, &red.model)?;
+        let red = self.reducer.reduce(recipe, ratio)?.reduction;
+        let rebuilt = s5::with_reduced(self.reducer.model, &red.model)?;
         let reduce_seconds = t0.elapsed().as_secs_f64();
         let ev = self.eval(&rebuilt, false)?;
         let (ssm, total) = param_counts(&rebuilt);
@@ -743,10 +906,10 @@ impl SweepBackend for S5Backend<'_> {
             .as_ref()
             .is_none_or(|p| p.horizon() != horizon)
         {
-            self.full_bound = Some(prepare_bound(&self.deep, None, horizon)?);
+            self.full_bound = Some(prepare_bound(&self.reducer.deep, None, horizon)?);
         }
         let full_bound = self.full_bound.as_ref().expect("prepared just above");
-        let bounds = match full_bound.with_reduced(&self.deep, &red.model) {
+        let bounds = match full_bound.with_reduced(&self.reducer.deep, &red.model) {
             Ok(prep) => self
                 .inputs
                 .iter()

@@ -50,8 +50,10 @@ const METHOD_ORDER: [&str; 10] = [
 ];
 
 /// A fixed colour per method (colour-blind friendly Tableau-10 hues), so the same method has the
-/// same colour in every figure.
+/// same colour in every figure. A recipe with a post-step (`emodal+refit`) has its reducer's
+/// colour and is drawn dashed ([`has_post_step`]).
 pub fn method_color(method: &str) -> RGBColor {
+    let method = method.split_once('+').map_or(method, |(m, _)| m);
     const COLORS: [RGBColor; 10] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
@@ -74,6 +76,11 @@ pub fn method_color(method: &str) -> RGBColor {
             COLORS[8 + h % 2]
         }
     }
+}
+
+/// Whether `method` names a recipe with a post-step (`<method>+<post-step>`), drawn dashed.
+pub fn has_post_step(method: &str) -> bool {
+    method.contains('+')
 }
 
 /// Methods present in `rows` (without `full`), in plotting order, unknown names last.
@@ -226,13 +233,25 @@ pub fn accuracy_vs_params<DB: DrawingBackend>(
             pts.push((f.total_params as f64, f.accuracy * 100.0));
         }
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(err)?;
+        let dashed = has_post_step(&m);
+        if dashed {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    pts.clone(),
+                    6,
+                    4,
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?;
+        } else {
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(err)?;
+        }
         chart
             .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
             .map_err(err)?;
-        legend.push((m, color, false));
+        legend.push((m, color, dashed));
     }
     draw_legend(&legend_area, &legend)?;
     root.present().map_err(err)?;
@@ -525,6 +544,7 @@ mod tests {
             ssm_params: total / 2,
             total_params: total,
             param_reduction: 1.0 - total as f64 / 1000.0,
+            ssm_param_reduction: 1.0 - total as f64 / 1000.0,
             accuracy: acc,
             n_eval: 64,
             logit_err_mean: err / 2.0,

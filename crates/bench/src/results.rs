@@ -16,13 +16,14 @@ use std::path::{Path, PathBuf};
 pub const FULL: &str = "full";
 
 /// The columns of `results.csv`, in order.
-pub const COLUMNS: [&str; 15] = [
+pub const COLUMNS: [&str; 16] = [
     "method",
     "ratio",
     "kept_modes",
     "ssm_params",
     "total_params",
     "param_reduction",
+    "ssm_param_reduction",
     "accuracy",
     "n_eval",
     "logit_err_mean",
@@ -53,6 +54,12 @@ pub struct Row {
     /// Fraction of trainable parameters removed, `1 − total_params / total_params(full)`. Never 0
     /// for a reduced model, even at ratio 0: it has no `log_step` (one parameter per mode).
     pub param_reduction: f64,
+    /// Fraction of the SSM blocks' trainable parameters removed,
+    /// `1 − ssm_params / ssm_params(full)`: the reading of "parameters" of Sakamoto & Sato and of
+    /// LAST (≈ the fraction of modes removed). Files written before this column existed get it
+    /// from `ssm_params` when read ([`read_rows`]).
+    #[serde(default = "nan")]
+    pub ssm_param_reduction: f64,
     /// Accuracy on the evaluation set (NaN if the logits were not finite).
     pub accuracy: f64,
     /// Number of evaluated reviews.
@@ -71,6 +78,10 @@ pub struct Row {
     pub reduce_seconds: f64,
     /// Wall seconds spent evaluating the model.
     pub eval_seconds: f64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 impl Row {
@@ -149,7 +160,27 @@ pub fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
     Ok(out)
 }
 
-/// Reads `results.csv`, checking the header is exactly [`COLUMNS`].
+/// The columns of `results.csv` before `ssm_param_reduction` was added (still read).
+const COLUMNS_WITHOUT_SSM_REDUCTION: [&str; 15] = [
+    "method",
+    "ratio",
+    "kept_modes",
+    "ssm_params",
+    "total_params",
+    "param_reduction",
+    "accuracy",
+    "n_eval",
+    "logit_err_mean",
+    "logit_err_max",
+    "bound_max",
+    "bound_holds",
+    "stable",
+    "reduce_seconds",
+    "eval_seconds",
+];
+
+/// Reads `results.csv`, checking the header is exactly [`COLUMNS`] (or the earlier columns
+/// without `ssm_param_reduction`, which is then derived from `ssm_params` and the full row).
 pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
     if path.exists() {
         let mut reader = csv::Reader::from_path(path)
@@ -160,7 +191,7 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
             .iter()
             .map(str::to_string)
             .collect();
-        if header != COLUMNS {
+        if header != COLUMNS && header != COLUMNS_WITHOUT_SSM_REDUCTION {
             bail!(
                 "{}: unexpected columns {:?}; expected {:?} (move the file away to start afresh)",
                 path.display(),
@@ -169,7 +200,13 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
             );
         }
     }
-    read_csv(path)
+    let mut rows: Vec<Row> = read_csv(path)?;
+    if let Some(full_ssm) = rows.iter().find(|r| r.method == FULL).map(|r| r.ssm_params) {
+        for r in rows.iter_mut().filter(|r| r.ssm_param_reduction.is_nan()) {
+            r.ssm_param_reduction = 1.0 - r.ssm_params as f64 / full_ssm as f64;
+        }
+    }
+    Ok(rows)
 }
 
 /// Writes a whole CSV atomically: temp file in the same directory, fsync, rename.
@@ -285,6 +322,7 @@ mod tests {
             ssm_params: 100,
             total_params: 1000,
             param_reduction: 0.1,
+            ssm_param_reduction: 0.2,
             accuracy: 0.5,
             n_eval: 8,
             logit_err_mean: 0.01,

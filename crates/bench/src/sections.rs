@@ -48,8 +48,9 @@ impl EvalConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SweepConfig {
-    /// Reduction methods, any of `modal`, `bt`, `last`, `global-hinf`, `uniform-hinf`, `h2`,
-    /// `tlh2`, `lqo-h2` (default: all, in that order).
+    /// Reduction recipes: a method of `mor::Method::ALL`, optionally followed by a post-step,
+    /// `<method>+refit` or `<method>+refit-seq` (`mor::recipe`). Default: every method, in the
+    /// order of `mor::Method::ALL`.
     #[serde(default = "default_methods")]
     pub methods: Vec<String>,
     /// Fractions of SSM modes removed, each in `[0, 1)`.
@@ -65,7 +66,22 @@ pub struct SweepConfig {
     /// infinite-horizon score as published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hinf_horizon: Option<usize>,
+    /// `+refit` and `+refit-seq` only: the relative ridge of the least-squares refit
+    /// (`mor::refit::RefitOptions::ridge`, default 1e-6; finite, ≥ 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refit_ridge: Option<f64>,
+    /// `+refit` and `+refit-seq` only: training reviews the refit is fitted on (a seeded,
+    /// class-balanced sample with `eval.seed`; never test reviews). Default
+    /// [`DEFAULT_REFIT_REVIEWS`]; ≥ 1. The reducers' own calibration (`lqo-h2`'s layer weights,
+    /// the Gramians of `ebt`/`emodal`) always uses [`CALIBRATION_REVIEWS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refit_reviews: Option<usize>,
 }
+
+/// Training reviews that calibrate the data-driven reducers (`lqo-h2`, `ebt`, `emodal`).
+pub const CALIBRATION_REVIEWS: usize = 64;
+/// Default `sweep.refit_reviews`.
+pub const DEFAULT_REFIT_REVIEWS: usize = 64;
 
 fn default_methods() -> Vec<String> {
     mor::Method::ALL
@@ -75,8 +91,8 @@ fn default_methods() -> Vec<String> {
 }
 
 impl SweepConfig {
-    /// Checks the method names and the ratios; returns the parsed methods.
-    pub fn validate(&self) -> Result<Vec<mor::Method>> {
+    /// Checks the recipe names and the ratios; returns the parsed recipes.
+    pub fn validate(&self) -> Result<Vec<mor::recipe::Recipe>> {
         if self.methods.is_empty() {
             bail!("sweep.methods is empty; list at least one method");
         }
@@ -85,7 +101,7 @@ impl SweepConfig {
         }
         let mut out = Vec::new();
         for m in &self.methods {
-            let parsed: mor::Method = m
+            let parsed: mor::recipe::Recipe = m
                 .parse()
                 .map_err(|e: mor::Error| anyhow::anyhow!("sweep.methods: {e}"))?;
             if out.contains(&parsed) {
@@ -101,6 +117,15 @@ impl SweepConfig {
                  share of modes every layer keeps; 1 = uniform)"
             );
         }
+        if self.refit_reviews == Some(0) {
+            bail!(
+                "sweep.refit_reviews = 0: the refit needs at least one training review \
+                 (default {DEFAULT_REFIT_REVIEWS})"
+            );
+        }
+        self.refit_options()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("sweep.refit_ridge: {e}"))?;
         if self.hinf_horizon == Some(0) {
             bail!(
                 "sweep.hinf_horizon = 0: the H∞ score horizon is a number of steps ≥ 1 (e.g. \
@@ -123,6 +148,20 @@ impl SweepConfig {
             opts.lqo.floor_fraction = f;
         }
         opts.hinf_horizon = self.hinf_horizon;
+        opts
+    }
+
+    /// Training reviews of the refit.
+    pub fn refit_reviews(&self) -> usize {
+        self.refit_reviews.unwrap_or(DEFAULT_REFIT_REVIEWS)
+    }
+
+    /// The refit options this section asks for (mor's defaults otherwise).
+    pub fn refit_options(&self) -> mor::refit::RefitOptions {
+        let mut opts = mor::refit::RefitOptions::default();
+        if let Some(r) = self.refit_ridge {
+            opts.ridge = r;
+        }
         opts
     }
 }
@@ -149,6 +188,8 @@ mod tests {
             ratios: vec![0.5, 1.0],
             lqo_floor_fraction: None,
             hinf_horizon: None,
+            refit_ridge: None,
+            refit_reviews: None,
         };
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("sweep.ratios[1]") && e.contains("[0, 1)"), "{e}");
@@ -157,6 +198,8 @@ mod tests {
             ratios: vec![0.5],
             lqo_floor_fraction: None,
             hinf_horizon: None,
+            refit_ridge: None,
+            refit_reviews: None,
         };
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("pca") && e.contains("lqo-h2"), "{e}");
@@ -165,6 +208,8 @@ mod tests {
             ratios: vec![0.0, 0.5, 0.95],
             lqo_floor_fraction: None,
             hinf_horizon: None,
+            refit_ridge: None,
+            refit_reviews: None,
         };
         assert_eq!(s.validate().unwrap().len(), mor::Method::ALL.len());
         assert_eq!(
@@ -176,12 +221,44 @@ mod tests {
     }
 
     #[test]
+    fn recipes_and_refit_ridge_are_checked_and_passed_on() {
+        let mut s = SweepConfig {
+            methods: vec![
+                "emodal+refit".into(),
+                "h2+refit-seq".into(),
+                "emodal".into(),
+            ],
+            ratios: vec![0.5],
+            lqo_floor_fraction: None,
+            hinf_horizon: None,
+            refit_ridge: Some(1e-3),
+            refit_reviews: None,
+        };
+        let r = s.validate().unwrap();
+        assert_eq!(r[0].to_string(), "emodal+refit");
+        assert_eq!(r[1].post, Some(mor::recipe::PostStep::RefitSeq));
+        assert_eq!(s.refit_options().ridge, 1e-3);
+        s.refit_ridge = Some(-1.0);
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("sweep.refit_ridge") && e.contains("≥ 0"), "{e}");
+        s.refit_ridge = None;
+        s.methods.push("emodal+refit".into());
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("twice"), "{e}");
+        s.methods = vec!["emodal+refti".into()];
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("refti") && e.contains("refit-seq"), "{e}");
+    }
+
+    #[test]
     fn lqo_floor_fraction_is_checked_and_passed_on() {
         let mut s = SweepConfig {
             methods: vec!["lqo-h2".into()],
             ratios: vec![0.5],
             lqo_floor_fraction: Some(1.5),
             hinf_horizon: None,
+            refit_ridge: None,
+            refit_reviews: None,
         };
         let e = s.validate().unwrap_err().to_string();
         assert!(
@@ -200,6 +277,8 @@ mod tests {
             ratios: vec![0.5],
             lqo_floor_fraction: None,
             hinf_horizon: None,
+            refit_ridge: None,
+            refit_reviews: None,
         };
         assert_eq!(s.reduce_options().hinf_horizon, None);
         s.hinf_horizon = Some(0);

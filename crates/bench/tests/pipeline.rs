@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const ALL_METHODS: [&str; 10] = [
+const ALL_METHODS: [&str; 12] = [
     "modal",
     "bt",
     "last",
@@ -16,6 +16,8 @@ const ALL_METHODS: [&str; 10] = [
     "lqo-h2",
     "ebt",
     "emodal",
+    "emodal+refit",
+    "h2+refit-seq",
 ];
 const RATIOS: [f64; 3] = [0.25, 0.5, 0.75];
 
@@ -138,7 +140,8 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
     let header = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(
         header.lines().next().unwrap(),
-        "method,ratio,kept_modes,ssm_params,total_params,param_reduction,accuracy,n_eval,\
+        "method,ratio,kept_modes,ssm_params,total_params,param_reduction,ssm_param_reduction,\
+         accuracy,n_eval,\
          logit_err_mean,logit_err_max,bound_max,bound_holds,stable,reduce_seconds,eval_seconds"
     );
     let full = &rows[0];
@@ -157,6 +160,17 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
     let k = |m: &str, r: f64| rows.iter().find(|x| x.has_key(m, r)).unwrap().kept_modes;
     assert_eq!(k("modal", 0.5), k("bt", 0.5));
     assert_eq!(k("modal", 0.5), 4); // 2 layers × 4 modes, half removed
+    // A post-step keeps the reducer's orders and changes the model.
+    for r in RATIOS {
+        let row = |m: &str| rows.iter().find(|x| x.has_key(m, r)).unwrap();
+        assert_eq!(row("emodal+refit").kept_modes, row("emodal").kept_modes);
+        assert_eq!(row("h2+refit-seq").kept_modes, row("h2").kept_modes);
+        assert!(row("emodal+refit").logit_err_mean.is_finite());
+        assert_ne!(
+            row("emodal+refit").logit_err_mean,
+            row("emodal").logit_err_mean
+        );
+    }
 
     for f in [
         "accuracy_vs_params.png",
@@ -213,7 +227,7 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
 
     // compress writes a checkpoint that evaluates to the sweep's accuracy for that point (for
     // ebt, whose Gramians compress records again from the calibration reviews, too).
-    for method in ["bt", "ebt", "emodal"] {
+    for method in ["bt", "ebt", "emodal", "emodal+refit"] {
         let comp = root.join(format!("{method}-half"));
         let o = bench(
             &[

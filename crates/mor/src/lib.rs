@@ -26,7 +26,9 @@ pub mod io;
 pub mod lqo;
 pub mod modal;
 pub mod model;
+pub mod recipe;
 pub mod reduce;
+pub mod refit;
 
 pub use block::DiagBlock;
 pub use error::{Error, Result};

@@ -1,0 +1,129 @@
+//! A reduction recipe: a reducer ([`Method`]) followed by an optional post-step, named
+//! `<method>` or `<method>+<post-step>` everywhere (configs, CLI, CSV, plots), e.g. `emodal`,
+//! `emodal+refit`, `h2+refit-seq`.
+//!
+//! The post-steps change a reduced model without changing its orders:
+//! - `refit`: the least-squares refit of every layer's output matrices on the layer inputs the
+//!   full model records on calibration (training) sequences ([`crate::refit`]);
+//! - `refit-seq`: the same, layer after layer, each fitted on the inputs of the already
+//!   refitted reduced upstream layers to the full model's layer output, so it also compensates
+//!   upstream error (reported separately: it is "error-compensating", not a pure block fit).
+
+use crate::error::{Error, Result};
+use crate::reduce::Method;
+
+/// A post-step applied to the reduced model ([module doc](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PostStep {
+    /// Per-layer least-squares refit of `C̃`, `C̃_rev` on the full model's recorded inputs.
+    Refit,
+    /// Sequential refit on the reduced upstream's inputs (error-compensating).
+    RefitSeq,
+}
+
+impl PostStep {
+    /// Every post-step, in table order.
+    pub const ALL: [PostStep; 2] = [PostStep::Refit, PostStep::RefitSeq];
+
+    /// The name after the `+` (`refit`, `refit-seq`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PostStep::Refit => "refit",
+            PostStep::RefitSeq => "refit-seq",
+        }
+    }
+}
+
+/// A reducer and an optional post-step ([module doc](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Recipe {
+    /// The block reducer and its order allocation.
+    pub reducer: Method,
+    /// Applied after the reduction, if any.
+    pub post: Option<PostStep>,
+}
+
+impl Recipe {
+    /// Whether the recipe needs calibration (training) data beyond the model itself.
+    pub fn needs_calibration(&self) -> bool {
+        self.post.is_some() || matches!(self.reducer, Method::Ebt | Method::Emodal | Method::LqoH2)
+    }
+}
+
+impl From<Method> for Recipe {
+    fn from(reducer: Method) -> Self {
+        Recipe {
+            reducer,
+            post: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Recipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reducer.name())?;
+        if let Some(p) = self.post {
+            write!(f, "+{}", p.name())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Recipe {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (method, post) = match s.split_once('+') {
+            None => (s, None),
+            Some((m, p)) => {
+                let post = PostStep::ALL
+                    .into_iter()
+                    .find(|q| q.name() == p)
+                    .ok_or_else(|| {
+                        let names: Vec<_> = PostStep::ALL.iter().map(|q| q.name()).collect();
+                        Error::Argument(format!(
+                            "unknown post-step `{p}` in `{s}`; expected `<method>+<post-step>` \
+                             with a post-step among: {}",
+                            names.join(", ")
+                        ))
+                    })?;
+                (m, Some(post))
+            }
+        };
+        Ok(Recipe {
+            reducer: method.parse()?,
+            post,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for m in Method::ALL {
+            let plain: Recipe = m.name().parse().unwrap();
+            assert_eq!(plain, Recipe::from(m));
+            assert_eq!(plain.to_string(), m.name());
+            for p in PostStep::ALL {
+                let name = format!("{m}+{}", p.name());
+                let r: Recipe = name.parse().unwrap();
+                assert_eq!(r.reducer, m);
+                assert_eq!(r.post, Some(p));
+                assert_eq!(r.to_string(), name);
+                assert!(r.needs_calibration());
+            }
+        }
+        assert!(!Recipe::from(Method::Modal).needs_calibration());
+        for bad in [
+            "emodal+",
+            "emodal+fit",
+            "nope+refit",
+            "+refit",
+            "emodal+refit+refit",
+        ] {
+            assert!(bad.parse::<Recipe>().is_err(), "{bad}");
+        }
+    }
+}
