@@ -100,7 +100,10 @@ pub fn verify(
                 f.is_bidirectional()
             );
         }
-        let finite = b.lambda.iter().all(|z| z.re.is_finite() && z.im.is_finite())
+        let finite = b
+            .lambda
+            .iter()
+            .all(|z| z.re.is_finite() && z.im.is_finite())
             && [Some(&b.b), Some(&b.c), b.c_rev.as_ref()]
                 .into_iter()
                 .flatten()

@@ -401,7 +401,10 @@ fn epoch_cost(cfg: &RunConfig, train: &s5::train::TrainConfig, split: &lra::Spli
 /// [`move_aside_for_retrain`]'s backup before training starts (the user is told where).
 fn ensure_checkpoint(cfg: &RunConfig, imdb: &lra::Imdb, retrain: bool) -> Result<PathBuf> {
     let dir = cfg.checkpoint_dir();
-    checkpoint_dir_arg(&dir, "the checkpoint directory (`checkpoint` in the configuration)")?;
+    checkpoint_dir_arg(
+        &dir,
+        "the checkpoint directory (`checkpoint` in the configuration)",
+    )?;
     let (Some(model), Some(train)) = (&cfg.model, &cfg.train) else {
         if retrain {
             bail!(
@@ -893,7 +896,10 @@ fn compress(cfg: &RunConfig, method: &str, ratio: f64, out: Option<PathBuf>) -> 
         .map_err(|e: mor::Error| anyhow::anyhow!("--method: {e}"))?;
     bench::sections::validate_ratio(ratio).context("--ratio")?;
     let source = cfg.checkpoint_dir();
-    checkpoint_dir_arg(&source, "the checkpoint (`checkpoint` in the configuration)")?;
+    checkpoint_dir_arg(
+        &source,
+        "the checkpoint (`checkpoint` in the configuration)",
+    )?;
     let out = out.unwrap_or_else(|| {
         cfg.run_dir()
             .join("compressed")
@@ -901,7 +907,11 @@ fn compress(cfg: &RunConfig, method: &str, ratio: f64, out: Option<PathBuf>) -> 
     });
     // Refuse an output directory that may not be replaced before the reduction's work (the
     // check is repeated when the result is written).
-    drop(bench::outdir::OutDir::prepare(&out, "compress", &[&source])?);
+    drop(bench::outdir::OutDir::prepare(
+        &out,
+        "compress",
+        &[&source],
+    )?);
     let loaded = pipeline::load(&source)?;
     if loaded.reduction.is_some() {
         bail!(

@@ -224,8 +224,7 @@ impl OutDir {
         let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
         if tmp.exists() {
             // Ours by name and pid: a leftover of this very process.
-            fs::remove_dir_all(&tmp)
-                .with_context(|| format!("cannot remove {}", tmp.display()))?;
+            fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
         }
         fs::create_dir(&tmp).with_context(|| {
             format!(

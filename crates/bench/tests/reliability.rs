@@ -226,7 +226,11 @@ fn compress_out_replaces_only_its_own_output() {
     let after = std::fs::read_to_string(out.join("reduction.json")).unwrap();
     assert!(after.contains("\"ratio\": 0.25"), "{after}");
     assert!(!stale.exists() && !stale_empty.exists());
-    assert!(hidden(&root.join("out")).is_empty(), "{:?}", hidden(&root.join("out")));
+    assert!(
+        hidden(&root.join("out")).is_empty(),
+        "{:?}",
+        hidden(&root.join("out"))
+    );
 
     // Another command's output is not replaced by compress.
     let other = root.join("out/other");
@@ -379,7 +383,11 @@ fn a_locked_run_directory_is_refused() {
             .open(run.join(bench::outdir::LOCK_FILE))
             .unwrap();
         lock.try_lock().unwrap();
-        std::fs::write(run.join(bench::outdir::LOCK_FILE), b"pid 4242 (`bench sweep`)").unwrap();
+        std::fs::write(
+            run.join(bench::outdir::LOCK_FILE),
+            b"pid 4242 (`bench sweep`)",
+        )
+        .unwrap();
         for cmd in ["sweep", "run", "train"] {
             let err = fails(&[cmd, "--config", cfg_s], root);
             assert!(
@@ -391,7 +399,12 @@ fn a_locked_run_directory_is_refused() {
     }
     // Released: the sweep runs and removes its lock file.
     succeeds(&["sweep", "--config", cfg_s], root);
-    assert_eq!(bench::results::read_rows(&run.join("results.csv")).unwrap().len(), 2);
+    assert_eq!(
+        bench::results::read_rows(&run.join("results.csv"))
+            .unwrap()
+            .len(),
+        2
+    );
     assert!(!run.join(bench::outdir::LOCK_FILE).exists());
 }
 
@@ -509,7 +522,13 @@ fn bad_values_get_clear_messages_at_the_command_line() {
     let cfg_s = cfg.to_str().unwrap();
     let file = root.join("results/t/model/model.safetensors");
     let err = fails(
-        &["eval", "--config", cfg_s, "--checkpoint", file.to_str().unwrap()],
+        &[
+            "eval",
+            "--config",
+            cfg_s,
+            "--checkpoint",
+            file.to_str().unwrap(),
+        ],
         root,
     );
     assert!(
@@ -518,7 +537,10 @@ fn bad_values_get_clear_messages_at_the_command_line() {
         "{err}"
     );
     let err = fails(&["perf", "--config", cfg_s, "--batch", "0"], root);
-    assert!(err.contains("--batch 0: the batch size must be at least 1"), "{err}");
+    assert!(
+        err.contains("--batch 0: the batch size must be at least 1"),
+        "{err}"
+    );
     let err = fails(&["perf", "--config", cfg_s, "--len", "0"], root);
     assert!(err.contains("--len 0"), "{err}");
     let many = root.join("many.toml");

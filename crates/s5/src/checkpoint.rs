@@ -423,7 +423,9 @@ fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<()> {
         return Err(ck_err(
             path,
             format!(
-                "tensor `{name}` has {bad} non-finite values of {} (the first, at flat index {i},                  is {}): the weights are damaged or training diverged; pick an earlier step                  checkpoint or retrain",
+                "tensor `{name}` has {bad} non-finite values of {} (the first, at flat index {i}, \
+                 is {}): the weights are damaged or training diverged; pick an earlier step \
+                 checkpoint or retrain",
                 values.len(),
                 values[i]
             ),
