@@ -568,8 +568,11 @@ impl RunGuard {
     fn acquire(dir: &Path, what: &str) -> Result<RunGuard> {
         let cleanup = RemoveIfEmpty((!dir.exists()).then(|| dir.to_path_buf()));
         ensure_writable(dir)?;
+        let lock = bench::outdir::RunLock::acquire(dir, what)?;
+        // Temporaries of atomic writes by a killed run (results.csv, manifest.json, ...).
+        bench::outdir::clean_stale_temp_files(dir);
         Ok(RunGuard {
-            _lock: bench::outdir::RunLock::acquire(dir, what)?,
+            _lock: lock,
             _cleanup: cleanup,
         })
     }

@@ -195,19 +195,21 @@ impl OutDir {
         for src in sources {
             let src_abs = resolve(src);
             let relation = if dest_abs == src_abs {
-                Some("is")
+                Some(("is", "it would replace the model this command reads"))
             } else if src_abs.starts_with(&dest_abs) {
-                Some("contains")
+                Some(("contains", "it would replace the model this command reads"))
             } else if dest_abs.starts_with(&src_abs) {
-                Some("is inside")
+                Some((
+                    "is inside",
+                    "an output never goes into the checkpoint it is made from",
+                ))
             } else {
                 None
             };
-            if let Some(relation) = relation {
+            if let Some((relation, why)) = relation {
                 bail!(
-                    "--out {} {relation} the source checkpoint {}; refusing to write there (it \
-                     would replace the model this command reads); choose a new directory for \
-                     --out",
+                    "--out {} {relation} the source checkpoint {}; refusing to write there \
+                     ({why}); nothing was changed: choose a new directory for --out",
                     dest.display(),
                     src.display()
                 );
@@ -377,6 +379,12 @@ impl RunLock {
                         path.display()
                     );
                 }
+                Err(fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                    tracing::warn!(
+                        "this file system cannot lock {} ({e}); running without the run lock",
+                        path.display()
+                    );
+                }
                 Err(fs::TryLockError::Error(e)) => {
                     return Err(e)
                         .with_context(|| format!("cannot lock the run lock {}", path.display()));
@@ -401,6 +409,34 @@ impl RunLock {
             path.display()
         )
     }
+}
+
+/// Removes the temporary files that atomic writes (`.<name>.<pid>.tmp`, `.<name>.tmp-<pid>`)
+/// of processes that no longer run left directly in `dir` (call it while holding `dir`'s
+/// [`RunLock`]). Returns the files removed.
+pub fn clean_stale_temp_files(dir: &Path) -> Vec<PathBuf> {
+    let mut done = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return done;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if !n.starts_with('.') || !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let pid = if let Some(rest) = n.strip_suffix(".tmp") {
+            rest.rsplit_once('.').map(|(_, p)| p)
+        } else {
+            n.rsplit_once(".tmp-").map(|(_, p)| p)
+        };
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !process_alive(pid) && fs::remove_file(e.path()).is_ok() {
+            done.push(e.path());
+        }
+    }
+    done
 }
 
 #[cfg(unix)]

@@ -397,8 +397,11 @@ fn a_locked_run_directory_is_refused() {
         }
         assert!(!run.join("results.csv").exists());
     }
-    // Released: the sweep runs and removes its lock file.
+    // Released: the sweep runs, cleans a killed run's temporary file and removes its lock file.
+    let stale = run.join(format!(".results.csv.{}.tmp", dead_pid()));
+    std::fs::write(&stale, b"method,ratio\n").unwrap();
     succeeds(&["sweep", "--config", cfg_s], root);
+    assert!(!stale.exists());
     assert_eq!(
         bench::results::read_rows(&run.join("results.csv"))
             .unwrap()
