@@ -35,7 +35,8 @@ struct Cli {
 
 #[derive(Debug, Args, Clone, Default)]
 struct RunArgs {
-    /// Train the checkpoint again even if it exists.
+    /// Train the checkpoint again even if it exists (the old one is moved aside to
+    /// `<checkpoint>.before-retrain-<unix seconds>`, not deleted).
     #[arg(long)]
     retrain: bool,
     /// Stop after writing this many new result rows (for testing interruption and resume).
@@ -69,7 +70,8 @@ enum Command {
     },
     /// Train the checkpoint named by the config (resumes an interrupted run).
     Train {
-        /// Start over even if a checkpoint exists.
+        /// Start over even if a checkpoint exists (the old one is moved aside to
+        /// `<checkpoint>.before-retrain-<unix seconds>`, not deleted).
         #[arg(long)]
         retrain: bool,
     },
@@ -93,7 +95,8 @@ enum Command {
         /// Checkpoint directory (plain, not compressed; default: the config's).
         #[arg(long)]
         checkpoint: Option<PathBuf>,
-        /// Output checkpoint directory (replaced atomically if it exists).
+        /// Output checkpoint directory: new, empty, or an earlier output of this same command
+        /// (then replaced atomically); never a source checkpoint or a directory holding one.
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -108,7 +111,8 @@ enum Command {
         /// directory stands for its latest step checkpoint).
         #[arg(long, num_args = 2.., required = true)]
         checkpoints: Vec<PathBuf>,
-        /// Output checkpoint directory (replaced atomically if it exists).
+        /// Output checkpoint directory: new, empty, or an earlier output of this same command
+        /// (then replaced atomically); never a source checkpoint or a directory holding one.
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -122,7 +126,9 @@ enum Command {
         /// Fraction of SSM modes removed, in [0, 1).
         #[arg(long)]
         ratio: f64,
-        /// Output directory (default `<out_dir>/<name>/compressed/<method>-<ratio>`).
+        /// Output directory (default `<out_dir>/<name>/compressed/<method>-<ratio>`): new, empty,
+        /// or an earlier `compress` output (then replaced atomically); never the source checkpoint
+        /// or a directory holding it.
         #[arg(long)]
         out: Option<PathBuf>,
     },
