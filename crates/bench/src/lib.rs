@@ -2,8 +2,10 @@
 //! resumable), figures and the run manifest. The `bench` binary (`src/main.rs`) wires these to
 //! the `lra`, `s5` and `mor` crates.
 
+pub mod compressed;
 pub mod data;
 pub mod manifest;
+pub mod outdir;
 pub mod pipeline;
 pub mod plot;
 pub mod results;

@@ -35,7 +35,8 @@ struct Cli {
 
 #[derive(Debug, Args, Clone, Default)]
 struct RunArgs {
-    /// Train the checkpoint again even if it exists.
+    /// Train the checkpoint again even if it exists (the old one is moved aside to
+    /// `<checkpoint>.before-retrain-<unix seconds>`, not deleted).
     #[arg(long)]
     retrain: bool,
     /// Stop after writing this many new result rows (for testing interruption and resume).
@@ -69,7 +70,8 @@ enum Command {
     },
     /// Train the checkpoint named by the config (resumes an interrupted run).
     Train {
-        /// Start over even if a checkpoint exists.
+        /// Start over even if a checkpoint exists (the old one is moved aside to
+        /// `<checkpoint>.before-retrain-<unix seconds>`, not deleted).
         #[arg(long)]
         retrain: bool,
     },
@@ -93,7 +95,8 @@ enum Command {
         /// Checkpoint directory (plain, not compressed; default: the config's).
         #[arg(long)]
         checkpoint: Option<PathBuf>,
-        /// Output checkpoint directory (replaced atomically if it exists).
+        /// Output checkpoint directory: new, empty, or an earlier output of this same command
+        /// (then replaced atomically); never a source checkpoint or a directory holding one.
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -108,7 +111,8 @@ enum Command {
         /// directory stands for its latest step checkpoint).
         #[arg(long, num_args = 2.., required = true)]
         checkpoints: Vec<PathBuf>,
-        /// Output checkpoint directory (replaced atomically if it exists).
+        /// Output checkpoint directory: new, empty, or an earlier output of this same command
+        /// (then replaced atomically); never a source checkpoint or a directory holding one.
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -122,7 +126,9 @@ enum Command {
         /// Fraction of SSM modes removed, in [0, 1).
         #[arg(long)]
         ratio: f64,
-        /// Output directory (default `<out_dir>/<name>/compressed/<method>-<ratio>`).
+        /// Output directory (default `<out_dir>/<name>/compressed/<method>-<ratio>`): new, empty,
+        /// or an earlier `compress` output (then replaced atomically); never the source checkpoint
+        /// or a directory holding it.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -201,6 +207,7 @@ fn real_main() -> Result<()> {
         Some(Command::Run(args)) => run(&cfg, &config_path, &args),
         Some(Command::Data { json }) => data(&cfg, json),
         Some(Command::Train { retrain }) => {
+            let _run = RunGuard::acquire(&cfg.run_dir(), "train")?;
             let imdb = bench::data::load(&cfg.data)?;
             let t = Instant::now();
             let dir = ensure_checkpoint(&cfg, &imdb, retrain)?;
@@ -215,20 +222,31 @@ fn real_main() -> Result<()> {
             checkpoint,
             json,
             split,
-        }) => eval_cmd(&cfg, checkpoint, json, &split),
+        }) => {
+            if let Some(c) = &checkpoint {
+                checkpoint_dir_arg(c, "--checkpoint")?;
+            }
+            eval_cmd(&cfg, checkpoint, json, &split)
+        }
         Some(Command::RecalibrateBn {
             checkpoint,
             out,
             calibration,
         }) => {
             let checkpoint = checkpoint.unwrap_or_else(|| cfg.checkpoint_dir());
-            recalibrate_bn(&cfg, &[checkpoint], &out, &calibration)
+            checkpoint_dir_arg(&checkpoint, "--checkpoint")?;
+            recalibrate_bn(&cfg, &[checkpoint], &out, &calibration, "recalibrate-bn")
         }
         Some(Command::Swa {
             checkpoints,
             out,
             calibration,
-        }) => recalibrate_bn(&cfg, &checkpoints, &out, &calibration),
+        }) => {
+            for c in &checkpoints {
+                checkpoint_dir_arg(c, "--checkpoints")?;
+            }
+            recalibrate_bn(&cfg, &checkpoints, &out, &calibration, "swa")
+        }
         Some(Command::Compress { method, ratio, out }) => compress(&cfg, &method, ratio, out),
         Some(Command::Sweep { stop_after_rows }) => {
             let args = RunArgs {
@@ -255,8 +273,21 @@ fn real_main() -> Result<()> {
     }
 }
 
-/// Sizes rayon's global pool (and candle's CPU kernels, which read `RAYON_NUM_THREADS`).
+/// Most worker threads `threads` may ask for: more than this is a typo (each thread also gets a
+/// 64 MiB stack), not a tuning choice.
+const MAX_THREADS: usize = 256;
+
+/// Sizes rayon's global pool (and candle's CPU kernels, which read `RAYON_NUM_THREADS`); refuses
+/// more than [`MAX_THREADS`].
 fn set_threads(n: usize) -> Result<()> {
+    if n > MAX_THREADS {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        bail!(
+            "threads = {n} in the configuration is more than the {MAX_THREADS} allowed (this \
+             machine has {cores} cores); set `threads` to at most {MAX_THREADS}, or to 0 for one \
+             per core"
+        );
+    }
     // SAFETY: called once at start-up, before any other thread exists.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     rayon::ThreadPoolBuilder::new()
@@ -372,34 +403,37 @@ fn epoch_cost(cfg: &RunConfig, train: &s5::train::TrainConfig, split: &lra::Spli
 }
 
 /// Makes sure the checkpoint exists (training it if missing or if `retrain`); returns its dir.
+/// With `retrain`, the previous model is never deleted: its directory is moved aside to
+/// [`move_aside_for_retrain`]'s backup before training starts (the user is told where).
 fn ensure_checkpoint(cfg: &RunConfig, imdb: &lra::Imdb, retrain: bool) -> Result<PathBuf> {
     let dir = cfg.checkpoint_dir();
-    if retrain {
-        for f in [
-            s5::checkpoint::MODEL_FILE,
-            s5::checkpoint::CONFIG_FILE,
-            s5::checkpoint::TOKENIZER_FILE,
-        ] {
-            let p = dir.join(f);
-            if p.exists() {
-                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-            }
-        }
-        let ck = dir.join("checkpoints");
-        if ck.exists() {
-            std::fs::remove_dir_all(&ck).with_context(|| format!("removing {}", ck.display()))?;
-        }
-    }
-    if dir.join(s5::checkpoint::MODEL_FILE).exists() {
-        return Ok(dir);
-    }
+    checkpoint_dir_arg(
+        &dir,
+        "the checkpoint directory (`checkpoint` in the configuration)",
+    )?;
     let (Some(model), Some(train)) = (&cfg.model, &cfg.train) else {
+        if retrain {
+            bail!(
+                "--retrain: the configuration has no [model] and [train] sections to train {} \
+                 from; nothing was changed",
+                dir.display()
+            );
+        }
+        if dir.join(s5::checkpoint::MODEL_FILE).exists() {
+            return Ok(dir);
+        }
         bail!(
             "no checkpoint at {} and the configuration has no [model] and [train] sections to \
              train one; set `checkpoint` to a trained model directory or add those sections",
             dir.display()
         );
     };
+    if retrain {
+        move_aside_for_retrain(&dir, &cfg.run_dir())?;
+    }
+    if dir.join(s5::checkpoint::MODEL_FILE).exists() {
+        return Ok(dir);
+    }
     let slice = bench::data::slice(&imdb.train, cfg.train_samples, train.seed);
     tracing::info!(
         "training {} on {} reviews into {}",
@@ -420,6 +454,72 @@ fn ensure_checkpoint(cfg: &RunConfig, imdb: &lra::Imdb, retrain: bool) -> Result
         tracing::info!("test accuracy per epoch: {:?}", summary.epoch_accuracy);
     }
     Ok(dir)
+}
+
+/// `--retrain`: moves a non-empty checkpoint directory `dir` aside to the sibling
+/// `<name>.before-retrain-<unix seconds>` (nothing is deleted; the new model is trained into a
+/// fresh `dir`) and says so on stderr. Refused if `dir` holds the run directory `run_dir`.
+fn move_aside_for_retrain(dir: &Path, run_dir: &Path) -> Result<()> {
+    if !dir.exists() || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
+        return Ok(());
+    }
+    let abs = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    if abs(run_dir).starts_with(abs(dir)) {
+        bail!(
+            "--retrain: the checkpoint directory {} holds the run directory {}; give the \
+             checkpoint its own directory (`checkpoint` in the configuration); nothing was changed",
+            dir.display(),
+            run_dir.display()
+        );
+    }
+    let name = dir
+        .file_name()
+        .with_context(|| format!("--retrain: {} has no directory name", dir.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut backup = parent.join(format!("{name}.before-retrain-{secs}"));
+    let mut k = 1;
+    while backup.exists() {
+        backup = parent.join(format!("{name}.before-retrain-{secs}-{k}"));
+        k += 1;
+    }
+    std::fs::rename(dir, &backup).with_context(|| {
+        format!(
+            "--retrain: cannot move the previous model {} aside to {}; nothing was changed",
+            dir.display(),
+            backup.display()
+        )
+    })?;
+    eprintln!(
+        "--retrain: moved the previous model {} to {}; it is not deleted: remove it once the new \
+         model is satisfactory, or move it back to keep it",
+        dir.display(),
+        backup.display()
+    );
+    Ok(())
+}
+
+/// Refuses a checkpoint *file* where a checkpoint directory is expected, naming the directory.
+fn checkpoint_dir_arg(path: &Path, what: &str) -> Result<()> {
+    if path.is_file() {
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        bail!(
+            "{what} {} is a file; a checkpoint is the directory holding {} and {} (pass {} \
+             instead)",
+            path.display(),
+            s5::checkpoint::MODEL_FILE,
+            s5::checkpoint::CONFIG_FILE,
+            parent.display()
+        );
+    }
+    Ok(())
 }
 
 /// The tokenizer of a checkpoint (its `tokenizer.json`), or the config's.
@@ -462,6 +562,28 @@ impl Drop for RemoveIfEmpty {
     }
 }
 
+/// A run directory locked for writing ([`bench::outdir::RunLock`]), created if missing and
+/// removed again at the end if the run left it empty. Fields drop in order: the lock file first.
+struct RunGuard {
+    _lock: bench::outdir::RunLock,
+    _cleanup: RemoveIfEmpty,
+}
+
+impl RunGuard {
+    /// Creates (if missing), checks writable and locks `dir` for `what`.
+    fn acquire(dir: &Path, what: &str) -> Result<RunGuard> {
+        let cleanup = RemoveIfEmpty((!dir.exists()).then(|| dir.to_path_buf()));
+        ensure_writable(dir)?;
+        let lock = bench::outdir::RunLock::acquire(dir, what)?;
+        // Temporaries of atomic writes by a killed run (results.csv, manifest.json, ...).
+        bench::outdir::clean_stale_temp_files(dir);
+        Ok(RunGuard {
+            _lock: lock,
+            _cleanup: cleanup,
+        })
+    }
+}
+
 /// The main command.
 fn run(cfg: &RunConfig, config_path: &Path, args: &RunArgs) -> Result<()> {
     sweep_stage(cfg, config_path, args, true)
@@ -476,8 +598,7 @@ fn sweep_stage(
 ) -> Result<()> {
     let sweep = cfg.sweep()?.clone();
     let out = cfg.run_dir();
-    let _cleanup = RemoveIfEmpty((!out.exists()).then(|| out.clone()));
-    ensure_writable(&out)?;
+    let _run = RunGuard::acquire(&out, if train_if_missing { "run" } else { "sweep" })?;
     // The previous run's manifest names the checkpoint the rows in results.csv came from; the new
     // manifest is written only once the checkpoint is known to match.
     let previous = Manifest::read(&out);
@@ -498,7 +619,9 @@ fn sweep_stage(
     let dir = if train_if_missing {
         ensure_checkpoint(cfg, &imdb, args.retrain)?
     } else {
-        cfg.checkpoint_dir()
+        let dir = cfg.checkpoint_dir();
+        checkpoint_dir_arg(&dir, "the checkpoint (`checkpoint` in the configuration)")?;
+        dir
     };
     man.add_stage("checkpoint", t);
     let t = Instant::now();
@@ -655,6 +778,7 @@ fn calibration_sets(
 fn eval_cmd(cfg: &RunConfig, checkpoint: Option<PathBuf>, json: bool, split: &str) -> Result<()> {
     let imdb = bench::data::load(&cfg.data)?;
     let dir = checkpoint.unwrap_or_else(|| cfg.checkpoint_dir());
+    checkpoint_dir_arg(&dir, "the checkpoint")?;
     let loaded = pipeline::load(&dir)?;
     let tok = tokenizer(cfg, &loaded, &imdb.train)?;
     let reviews = if split == "train" {
@@ -706,12 +830,16 @@ fn recalibrate_bn(
     checkpoints: &[PathBuf],
     out: &Path,
     calibration: &CalibrationArgs,
+    command: &str,
 ) -> Result<()> {
     let CalibrationArgs {
         reviews,
         seed,
         batch,
     } = *calibration;
+    // Refuse an output that would replace a member or a directory not ours before any work.
+    let sources: Vec<&Path> = checkpoints.iter().map(PathBuf::as_path).collect();
+    let out_dir = bench::outdir::OutDir::prepare(out, command, &sources)?;
     // (weights directory, SHA-256 of its model.safetensors) of every member.
     let mut members = Vec::with_capacity(checkpoints.len());
     for dir in checkpoints {
@@ -760,7 +888,7 @@ fn recalibrate_bn(
     let rec = pipeline::recalibrate_batch_norm(&model, enc, batch, seed, Some(&pb))?;
     pb.finish_and_clear();
     let tok_json = s5::checkpoint::read_tokenizer(weights[0])?;
-    s5::checkpoint::save(out, &meta, &varmap, tok_json.as_deref(), None)
+    s5::checkpoint::write_files(out_dir.path(), &meta, &varmap, tok_json.as_deref(), None)
         .with_context(|| format!("writing {}", out.display()))?;
     let mut record = serde_json::json!({
         "source": loaded.dir.display().to_string(),
@@ -781,9 +909,10 @@ fn recalibrate_bn(
         record["source_sha256"] = serde_json::Value::Null;
     }
     bench::results::write_atomic(
-        &out.join("recalibration.json"),
+        &out_dir.path().join("recalibration.json"),
         serde_json::to_string_pretty(&record)?.as_bytes(),
     )?;
+    out_dir.commit()?;
     println!("{}", serde_json::to_string_pretty(&record)?);
     Ok(())
 }
@@ -794,7 +923,24 @@ fn compress(cfg: &RunConfig, method: &str, ratio: f64, out: Option<PathBuf>) -> 
         .parse()
         .map_err(|e: mor::Error| anyhow::anyhow!("--method: {e}"))?;
     bench::sections::validate_ratio(ratio).context("--ratio")?;
-    let loaded = pipeline::load(&cfg.checkpoint_dir())?;
+    let source = cfg.checkpoint_dir();
+    checkpoint_dir_arg(
+        &source,
+        "the checkpoint (`checkpoint` in the configuration)",
+    )?;
+    let out = out.unwrap_or_else(|| {
+        cfg.run_dir()
+            .join("compressed")
+            .join(format!("{recipe}-{ratio}"))
+    });
+    // Refuse an output directory that may not be replaced before the reduction's work (the
+    // check is repeated when the result is written).
+    drop(bench::outdir::OutDir::prepare(
+        &out,
+        "compress",
+        &[&source],
+    )?);
+    let loaded = pipeline::load(&source)?;
     if loaded.reduction.is_some() {
         bail!(
             "{} is already compressed; compress the full checkpoint",
@@ -820,6 +966,14 @@ fn compress(cfg: &RunConfig, method: &str, ratio: f64, out: Option<PathBuf>) -> 
         cal.as_ref().map(|(c, r)| (c, r)),
     )?;
     let red = reducer.reduce(recipe, ratio)?.reduction;
+    if !red.stable {
+        bail!(
+            "{recipe} at ratio {ratio} gave an unstable reduction (some |λ̄| ≥ 1, kept modes {:?}); \
+             nothing was written (a compressed checkpoint must be stable): choose another method \
+             (e.g. h2) or ratio",
+            red.kept_modes
+        );
+    }
     let rebuilt = s5::with_reduced(&loaded.model, &red.model)?;
     let (_, total) = pipeline::param_counts(&rebuilt);
     let info = pipeline::ReductionInfo {
@@ -830,11 +984,6 @@ fn compress(cfg: &RunConfig, method: &str, ratio: f64, out: Option<PathBuf>) -> 
         total_params: total,
         source_sha256: loaded.sha256.clone(),
     };
-    let out = out.unwrap_or_else(|| {
-        cfg.run_dir()
-            .join("compressed")
-            .join(format!("{recipe}-{ratio}"))
-    });
     pipeline::write_compressed(&loaded.dir, &red.model, &info, &out)?;
     println!(
         "wrote {} ({} in {:.2} s: kept modes {:?}, {} params, stable {})",
@@ -854,6 +1003,12 @@ fn perf(cfg: &RunConfig, json: bool, batch: usize, len: Option<usize>, reps: usi
         .model
         .as_ref()
         .context("the configuration has no [model] section to measure")?;
+    if batch == 0 {
+        bail!("--batch 0: the batch size must be at least 1");
+    }
+    if len == Some(0) {
+        bail!("--len 0: the sequence length must be at least 1 token");
+    }
     let len = len.unwrap_or(cfg.data.max_len);
     let r = s5::perf::measure(model, batch, len, None, reps.max(1))?;
     if json {

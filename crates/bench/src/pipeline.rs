@@ -81,7 +81,7 @@ pub fn load(dir: &Path) -> Result<Loaded> {
         .with_context(|| format!("loading the checkpoint {}", weights.display()))?;
     let mut sha = crate::manifest::sha256_file(&weights.join(checkpoint::MODEL_FILE))?;
     let blocks_path = weights.join(REDUCED_BLOCKS_FILE);
-    if !blocks_path.exists() {
+    if !crate::compressed::is_compressed(&weights)? {
         return Ok(Loaded {
             model,
             full: None,
@@ -99,14 +99,7 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     let blocks = mor::io::read_blocks_safetensors(&blocks_path)
         .with_context(|| format!("reading the reduced blocks {}", blocks_path.display()))?;
     let mut deep = s5::to_mor(&model, meta.max_len)?;
-    if blocks.len() != deep.layers.len() {
-        bail!(
-            "{}: {} reduced blocks for a model of {} layers; recreate it with `bench compress`",
-            blocks_path.display(),
-            blocks.len(),
-            deep.layers.len()
-        );
-    }
+    crate::compressed::verify(&weights, &info, &sha, &deep, &blocks)?;
     for (l, b) in deep.layers.iter_mut().zip(blocks) {
         l.ssm = b;
     }
@@ -126,29 +119,16 @@ pub fn load(dir: &Path) -> Result<Loaded> {
 
 /// Writes a compressed checkpoint into `out`: the full checkpoint's files (so it loads with the
 /// same code), the reduced SSM blocks and `reduction.json`. Assembled in a temporary sibling
-/// directory and renamed into place.
+/// directory and renamed into place; `out` is replaced only if `bench compress` wrote it (see
+/// [`crate::outdir`]), never if it is, contains or is inside `full_dir`.
 pub fn write_compressed(
     full_dir: &Path,
     reduced: &mor::DeepSsm,
     info: &ReductionInfo,
     out: &Path,
 ) -> Result<()> {
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create {} (is it writable?)", parent.display()))?;
-    let name = out
-        .file_name()
-        .context("the output checkpoint path has no directory name")?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let dir = crate::outdir::OutDir::prepare(out, "compress", &[full_dir])?;
+    let tmp = dir.path();
     for f in [
         checkpoint::MODEL_FILE,
         checkpoint::CONFIG_FILE,
@@ -166,10 +146,7 @@ pub fn write_compressed(
         &tmp.join(REDUCTION_FILE),
         serde_json::to_string_pretty(info)?.as_bytes(),
     )?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
-    }
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot create {}", out.display()))?;
+    dir.commit()?;
     Ok(())
 }
 

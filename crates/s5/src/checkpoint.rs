@@ -10,8 +10,9 @@
 //!
 //! Every write is atomic: the directory is assembled under a temporary name beside its target
 //! and renamed into place, so a reader never sees a half-written checkpoint. Loading validates
-//! every tensor name, shape and dtype against the variables of a freshly built model and reports
-//! the first problem with the file, the tensor, what was expected and what was found.
+//! every tensor name, shape and dtype against the variables of a freshly built model, and that
+//! every weight is finite, and reports the first problem with the file, the tensor, what was
+//! expected and what was found.
 
 use std::collections::HashMap;
 use std::fs;
@@ -161,27 +162,15 @@ pub fn save(
         .ok_or_else(|| ck_err(dir, "checkpoint path has no directory name"))?
         .to_string_lossy()
         .into_owned();
+    clean_stale_siblings(parent, &name);
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
     }
     fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
-
-    let model_path = tmp.join(MODEL_FILE);
-    write_atomic(
-        &model_path,
-        &tensors_to_bytes(&varmap_tensors(varmap), &model_path)?,
-    )?;
-    let json = serde_json::to_vec_pretty(meta).expect("meta serialises");
-    write_atomic(&tmp.join(CONFIG_FILE), &json)?;
-    if let Some(tok) = tokenizer_json {
-        write_atomic(&tmp.join(TOKENIZER_FILE), tok)?;
-    }
-    if let Some(train) = train {
-        let json = serde_json::to_vec_pretty(train.state).expect("state serialises");
-        write_atomic(&tmp.join(TRAIN_STATE_FILE), &json)?;
-        let opt_path = tmp.join(OPTIMIZER_FILE);
-        write_atomic(&opt_path, &tensors_to_bytes(train.optimizer, &opt_path)?)?;
+    if let Err(e) = write_files(&tmp, meta, varmap, tokenizer_json, train) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
     }
     if dir.exists() {
         let old = parent.join(format!(".{name}.old-{}", std::process::id()));
@@ -192,6 +181,83 @@ pub fn save(
         fs::rename(&tmp, dir).map_err(|e| io_err(dir, e))?;
     }
     Ok(())
+}
+
+/// Write the files of a checkpoint into the existing directory `dir` (each file atomically, the
+/// directory as a whole not: use [`save`] for that, or write into a temporary directory and
+/// rename it).
+///
+/// # Errors
+/// [`Error::Io`] / [`Error::Checkpoint`] naming the file that could not be written.
+pub fn write_files(
+    dir: &Path,
+    meta: &CheckpointMeta,
+    varmap: &VarMap,
+    tokenizer_json: Option<&[u8]>,
+    train: Option<TrainPart<'_>>,
+) -> Result<()> {
+    let model_path = dir.join(MODEL_FILE);
+    write_atomic(
+        &model_path,
+        &tensors_to_bytes(&varmap_tensors(varmap), &model_path)?,
+    )?;
+    let json = serde_json::to_vec_pretty(meta).expect("meta serialises");
+    write_atomic(&dir.join(CONFIG_FILE), &json)?;
+    if let Some(tok) = tokenizer_json {
+        write_atomic(&dir.join(TOKENIZER_FILE), tok)?;
+    }
+    if let Some(train) = train {
+        let json = serde_json::to_vec_pretty(train.state).expect("state serialises");
+        write_atomic(&dir.join(TRAIN_STATE_FILE), &json)?;
+        let opt_path = dir.join(OPTIMIZER_FILE);
+        write_atomic(&opt_path, &tensors_to_bytes(train.optimizer, &opt_path)?)?;
+    }
+    Ok(())
+}
+
+/// Whether process `pid` is running (without `/proc`, every process counts as running).
+fn process_alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    pid == std::process::id() || !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+}
+
+/// Removes the temporary (`.{name}.tmp-{pid}`) and replaced (`.{name}.old-{pid}`) siblings that
+/// [`save`] of `parent/name` left when its process was killed; a replaced one is moved back
+/// instead if `parent/name` is missing (the kill fell between the two renames).
+fn clean_stale_siblings(parent: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    let dest = parent.join(name);
+    for e in entries.flatten() {
+        let file_name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file_name
+            .strip_prefix('.')
+            .and_then(|r| r.strip_prefix(name))
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            continue;
+        };
+        let (old, pid) = if let Some(p) = rest.strip_prefix("tmp-") {
+            (false, p)
+        } else if let Some(p) = rest.strip_prefix("old-") {
+            (true, p)
+        } else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        let path = e.path();
+        if process_alive(pid) || !path.is_dir() {
+            continue;
+        }
+        if old && !dest.exists() {
+            let _ = fs::rename(&path, &dest);
+        } else {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
 }
 
 /// Read and validate `config.json` of a checkpoint.
@@ -322,6 +388,9 @@ pub fn load_params(dir: &Path, varmap: &VarMap) -> Result<()> {
             ));
         }
     }
+    for name in &names {
+        check_finite(&path, name, &tensors[*name])?;
+    }
     let mut extra: Vec<&String> = tensors.keys().filter(|k| !data.contains_key(*k)).collect();
     if !extra.is_empty() {
         extra.sort();
@@ -335,6 +404,32 @@ pub fn load_params(dir: &Path, varmap: &VarMap) -> Result<()> {
     }
     for name in names {
         data[name].set(&tensors[name])?;
+    }
+    Ok(())
+}
+
+/// Checks that every value of a floating-point tensor is finite.
+///
+/// # Errors
+/// [`Error::Checkpoint`] naming the file, the tensor, how many values are not finite and the
+/// first of them.
+fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<()> {
+    if !t.dtype().is_float() {
+        return Ok(());
+    }
+    let values: Vec<f64> = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+    let bad = values.iter().filter(|v| !v.is_finite()).count();
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(ck_err(
+            path,
+            format!(
+                "tensor `{name}` has {bad} non-finite values of {} (the first, at flat index {i}, \
+                 is {}): the weights are damaged or training diverged; pick an earlier step \
+                 checkpoint or retrain",
+                values.len(),
+                values[i]
+            ),
+        ));
     }
     Ok(())
 }

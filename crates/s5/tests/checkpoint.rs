@@ -127,6 +127,61 @@ fn missing_tensor_rejected() {
 }
 
 #[test]
+fn non_finite_weight_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    saved(dir.path());
+    rewrite(dir.path(), |t| {
+        let b = &t["layers.0.seq.B"];
+        let mut v = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v[3] = f32::NAN;
+        v[5] = f32::INFINITY;
+        let nan = Tensor::from_vec(v, b.dims(), &Device::Cpu).unwrap();
+        t.insert("layers.0.seq.B".into(), nan);
+    });
+    let msg = load_err(dir.path());
+    assert!(
+        msg.contains("model.safetensors")
+            && msg.contains("tensor `layers.0.seq.B` has 2 non-finite values")
+            && msg.contains("flat index 3, is NaN"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn save_cleans_the_temporaries_of_a_killed_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    saved(&ck);
+    // A process that ended (its pid is free) left a temporary; another one died between its two
+    // renames, leaving the previous checkpoint aside with the destination missing.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let tmp = dir.path().join(format!(".ck.tmp-{dead}"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(tmp.join(MODEL_FILE), b"partial").unwrap();
+    saved(&ck);
+    assert!(!tmp.exists());
+    let other = dir.path().join("other");
+    saved(&other);
+    let aside = dir.path().join(format!(".other.old-{dead}"));
+    std::fs::rename(&other, &aside).unwrap();
+    saved(&dir.path().join("third"));
+    assert!(
+        aside.exists() && !other.exists(),
+        "unrelated names are left alone"
+    );
+    saved(&other);
+    assert!(!aside.exists());
+    let entries: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(entries.is_empty(), "{entries:?}");
+}
+
+#[test]
 fn wrong_shape_rejected() {
     let dir = tempfile::tempdir().unwrap();
     saved(dir.path());
