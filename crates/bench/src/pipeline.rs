@@ -796,6 +796,24 @@ pub fn refit_sequential(
     Ok((current, reports))
 }
 
+/// Batch size of the fixed synthetic batch every row's inference throughput is measured on.
+pub const INFER_BATCH: usize = 4;
+/// Sequence length of that batch (tokens).
+pub const INFER_LEN: usize = 2048;
+/// Timed passes (after one warm-up) of which the median is reported.
+const INFER_REPS: usize = 3;
+
+/// Inference throughput (tokens/s) of `model` on the fixed synthetic batch of every row.
+pub fn infer_speed(model: &S5Model) -> Result<f64> {
+    Ok(s5::perf::infer_tokens_per_s(
+        model,
+        model.config().vocab_size,
+        INFER_BATCH,
+        INFER_LEN,
+        INFER_REPS,
+    )?)
+}
+
 /// The sweep backend over a trained S5 model.
 pub struct S5Backend<'a> {
     /// Reduces the full model by any recipe.
@@ -841,6 +859,7 @@ impl<'a> S5Backend<'a> {
 impl SweepBackend for S5Backend<'_> {
     fn full(&mut self) -> Result<Point> {
         let mut ev = self.eval(self.reducer.model, true)?;
+        let infer_tokens_per_s = infer_speed(self.reducer.model)?;
         self.measured = std::mem::take(&mut ev.measured);
         let (ssm, total) = param_counts(self.reducer.model);
         Ok(Point {
@@ -864,6 +883,7 @@ impl SweepBackend for S5Backend<'_> {
                 .all(|l| l.ssm.max_abs_lambda() < 1.0),
             reduce_seconds: 0.0,
             eval_seconds: ev.seconds,
+            infer_tokens_per_s,
         })
     }
 
@@ -876,6 +896,7 @@ impl SweepBackend for S5Backend<'_> {
         let rebuilt = s5::with_reduced(self.reducer.model, &red.model)?;
         let reduce_seconds = t0.elapsed().as_secs_f64();
         let ev = self.eval(&rebuilt, false)?;
+        let infer_tokens_per_s = infer_speed(&rebuilt)?;
         let (ssm, total) = param_counts(&rebuilt);
         let horizon = self.set.max_len().max(1);
         if self
@@ -914,6 +935,7 @@ impl SweepBackend for S5Backend<'_> {
             stable: red.stable,
             reduce_seconds,
             eval_seconds: ev.seconds,
+            infer_tokens_per_s,
         })
     }
 }

@@ -834,6 +834,7 @@ mod tests {
             stable: true,
             reduce_seconds: 0.1,
             eval_seconds: 0.1,
+            infer_tokens_per_s: 1000.0,
         }
     }
 
@@ -876,7 +877,7 @@ mod tests {
         let rows = store.rows().unwrap();
         let kept = store.kept().unwrap();
         let files = plot_all(&rows, &kept, dir.path()).unwrap();
-        assert_eq!(files.len(), 4);
+        assert_eq!(files.len(), 8);
         for f in &files {
             let len = std::fs::metadata(f).unwrap().len();
             assert!(len > 5_000, "{} is only {len} bytes", f.display());
@@ -886,6 +887,12 @@ mod tests {
         let svg = std::fs::read_to_string(dir.path().join("accuracy_vs_params.svg")).unwrap();
         assert!(svg.contains("<svg") && svg.contains("lqo-h2"));
         assert!(svg.contains("total trainable parameters"));
+        // The paper's figure on both readings, with the published anchors on the SSM one.
+        let ssm = std::fs::read_to_string(dir.path().join("paper_figure_ssm.svg")).unwrap();
+        assert!(ssm.contains("SSM parameters removed") && ssm.contains("LAST (published)"));
+        let total = std::fs::read_to_string(dir.path().join("paper_figure_total.svg")).unwrap();
+        assert!(total.contains("all trainable parameters removed"));
+        assert!(!total.contains("LAST (published)") && total.contains("paper v2 claim"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 pub const FULL: &str = "full";
 
 /// The columns of `results.csv`, in order.
-pub const COLUMNS: [&str; 16] = [
+pub const COLUMNS: [&str; 17] = [
     "method",
     "ratio",
     "kept_modes",
@@ -33,6 +33,7 @@ pub const COLUMNS: [&str; 16] = [
     "stable",
     "reduce_seconds",
     "eval_seconds",
+    "infer_tokens_per_s",
 ];
 
 /// One row of `results.csv`: one model (full or reduced) evaluated on the evaluation set.
@@ -78,6 +79,12 @@ pub struct Row {
     pub reduce_seconds: f64,
     /// Wall seconds spent evaluating the model.
     pub eval_seconds: f64,
+    /// Inference throughput of the model on one fixed synthetic batch, the same for every row
+    /// and measured with the same threads (`s5::perf::infer_tokens_per_s` at
+    /// [`crate::pipeline::INFER_BATCH`] × [`crate::pipeline::INFER_LEN`] tokens), tokens/s;
+    /// empty (NaN) in files written before the column existed.
+    #[serde(default = "nan")]
+    pub infer_tokens_per_s: f64,
 }
 
 fn nan() -> f64 {
@@ -160,27 +167,13 @@ pub fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
     Ok(out)
 }
 
-/// The columns of `results.csv` before `ssm_param_reduction` was added (still read).
-const COLUMNS_WITHOUT_SSM_REDUCTION: [&str; 15] = [
-    "method",
-    "ratio",
-    "kept_modes",
-    "ssm_params",
-    "total_params",
-    "param_reduction",
-    "accuracy",
-    "n_eval",
-    "logit_err_mean",
-    "logit_err_max",
-    "bound_max",
-    "bound_holds",
-    "stable",
-    "reduce_seconds",
-    "eval_seconds",
-];
+/// Columns added to `results.csv` after its first layout; files without some of them are still
+/// read (the missing values are derived, as [`Row::ssm_param_reduction`], or NaN), and the next
+/// write adds them.
+const ADDED_COLUMNS: [&str; 2] = ["ssm_param_reduction", "infer_tokens_per_s"];
 
-/// Reads `results.csv`, checking the header is exactly [`COLUMNS`] (or the earlier columns
-/// without `ssm_param_reduction`, which is then derived from `ssm_params` and the full row).
+/// Reads `results.csv`, checking the header is exactly [`COLUMNS`], or [`COLUMNS`] without some
+/// of the [`ADDED_COLUMNS`] (a file from before they existed).
 pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
     if path.exists() {
         let mut reader = csv::Reader::from_path(path)
@@ -191,7 +184,11 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
             .iter()
             .map(str::to_string)
             .collect();
-        if header != COLUMNS && header != COLUMNS_WITHOUT_SSM_REDUCTION {
+        let expected: Vec<&str> = COLUMNS
+            .into_iter()
+            .filter(|c| !ADDED_COLUMNS.contains(c) || header.iter().any(|h| h == c))
+            .collect();
+        if header != expected {
             bail!(
                 "{}: unexpected columns {:?}; expected {:?} (move the file away to start afresh)",
                 path.display(),
@@ -332,6 +329,7 @@ mod tests {
             stable: false,
             reduce_seconds: 0.1,
             eval_seconds: 0.2,
+            infer_tokens_per_s: 5000.0,
         }
     }
 
@@ -374,6 +372,27 @@ mod tests {
         std::fs::write(&p, "method,ratio\nbt,0.5\n").unwrap();
         let err = read_rows(&p).unwrap_err().to_string();
         assert!(err.contains("unexpected columns"), "{err}");
+        // The first layout (without the added columns) is read; the SSM reduction is derived.
+        let first: Vec<&str> = COLUMNS
+            .into_iter()
+            .filter(|c| !ADDED_COLUMNS.contains(c))
+            .collect();
+        std::fs::write(
+            &p,
+            format!(
+                "{}\nfull,0,10,100,1000,0,0.9,4,0,0,0,true,true,0,1\nbt,0.5,5,40,940,0.06,0.8,4,1,2,3,true,true,0.1,1\n",
+                first.join(",")
+            ),
+        )
+        .unwrap();
+        let rows = read_rows(&p).unwrap();
+        assert!((rows[1].ssm_param_reduction - 0.6).abs() < 1e-12);
+        assert!(rows[1].infer_tokens_per_s.is_nan());
+        // A column order that is not a known layout is refused.
+        let mut swapped = COLUMNS.to_vec();
+        swapped.swap(0, 1);
+        std::fs::write(&p, format!("{}\n", swapped.join(","))).unwrap();
+        assert!(read_rows(&p).is_err());
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Point {
     pub reduce_seconds: f64,
     /// Wall seconds of evaluation.
     pub eval_seconds: f64,
+    /// Inference throughput on one fixed synthetic batch (tokens/s; NaN if not measured).
+    pub infer_tokens_per_s: f64,
 }
 
 /// What a sweep needs from the model side.
@@ -143,6 +145,7 @@ pub fn run_sweep(
         stable: full.stable,
         reduce_seconds: 0.0,
         eval_seconds: full.eval_seconds,
+        infer_tokens_per_s: full.infer_tokens_per_s,
     };
     if let Some(old) = existing.iter().find(|r| r.method == FULL)
         && (old.n_eval != full_row.n_eval || old.total_params != full_row.total_params)
@@ -222,6 +225,7 @@ pub fn run_sweep(
             stable: p.stable,
             reduce_seconds: p.reduce_seconds,
             eval_seconds: p.eval_seconds,
+            infer_tokens_per_s: p.infer_tokens_per_s,
         };
         store.upsert(&row, &KeptModes::new(&method, ratio, &p.kept_per_layer))?;
         written += 1;
@@ -381,6 +385,7 @@ mod tests {
                 stable: true,
                 reduce_seconds: 0.0,
                 eval_seconds: 0.1,
+                infer_tokens_per_s: f64::NAN,
             })
         }
         fn reduced(&mut self, method: &str, ratio: f64) -> Result<Point> {
@@ -396,6 +401,7 @@ mod tests {
                 stable: method != "tlh2",
                 reduce_seconds: 0.01,
                 eval_seconds: 0.01,
+                infer_tokens_per_s: f64::NAN,
             })
         }
     }
@@ -453,6 +459,7 @@ mod tests {
             stable: true,
             reduce_seconds: 0.0,
             eval_seconds: 0.0,
+            infer_tokens_per_s: 1.0,
         };
         let rows = vec![
             row(FULL, 0.0, 0.5, 0.0),

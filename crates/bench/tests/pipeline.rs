@@ -142,7 +142,8 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
         header.lines().next().unwrap(),
         "method,ratio,kept_modes,ssm_params,total_params,param_reduction,ssm_param_reduction,\
          accuracy,n_eval,\
-         logit_err_mean,logit_err_max,bound_max,bound_holds,stable,reduce_seconds,eval_seconds"
+         logit_err_mean,logit_err_max,bound_max,bound_holds,stable,reduce_seconds,eval_seconds,\
+         infer_tokens_per_s"
     );
     let full = &rows[0];
     assert_eq!(full.n_eval, 40);

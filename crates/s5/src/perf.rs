@@ -187,6 +187,39 @@ pub fn synthetic_batch(
     ))
 }
 
+/// Inference throughput (tokens/s) of `model` on the fixed synthetic batch
+/// [`synthetic_batch`]`(vocab, batch, len, 0)` (evaluation mode), on the current rayon pool: the
+/// median of `reps` timed passes after one warm-up pass. The same batch and pool for every model
+/// makes the figures of a full model and its reductions comparable.
+///
+/// # Errors
+/// Candle errors; [`Error::Config`](crate::Error::Config) for a zero `batch`, `len` or `reps`.
+pub fn infer_tokens_per_s<M: Classifier + ?Sized>(
+    model: &M,
+    vocab: usize,
+    batch: usize,
+    len: usize,
+    reps: usize,
+) -> Result<f64> {
+    if batch == 0 || len == 0 || reps == 0 {
+        return Err(crate::Error::Config(format!(
+            "infer_tokens_per_s: batch ({batch}), len ({len}) and reps ({reps}) must be ≥ 1"
+        )));
+    }
+    let (tokens, lengths, _) = synthetic_batch(vocab, batch, len, 0)?;
+    let mut infer = || -> Result<()> {
+        let l = model.logits(&tokens, &lengths, None)?;
+        let _ = l.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    };
+    infer()?;
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        t.push(timed(&mut infer)?);
+    }
+    Ok((batch * len) as f64 / median(t))
+}
+
 /// Measure `model` (whose variables live in `varmap`, built from `cfg`) at `batch` × `len` on
 /// the current rayon pool. After one warm-up round, each of `reps` rounds times one inference
 /// pass, one full training step with AdamW and `⌈PEAK_REPS / reps⌉` products of each peak matmul
