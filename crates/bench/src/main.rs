@@ -143,6 +143,14 @@ enum Command {
         /// The CSV (default `<out_dir>/<name>/results.csv`); plots go next to it.
         #[arg(long)]
         csv: Option<PathBuf>,
+        /// More `results.csv` files of the same model on the same reviews (their `full` rows
+        /// must agree) whose rows are drawn in the same figures; repeatable.
+        #[arg(long)]
+        also: Vec<PathBuf>,
+        /// Directory for the figures and `summary.md` (default: next to `--csv`); created if
+        /// missing.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Write a small synthetic dataset in the Hugging Face parquet layout (for CI and tests; read
     /// it with `data.source = "dir"`, `data.dir = <dir>`).
@@ -255,9 +263,9 @@ fn real_main() -> Result<()> {
             };
             sweep_stage(&cfg, &config_path, &args, false)
         }
-        Some(Command::Plot { csv }) => {
+        Some(Command::Plot { csv, also, out }) => {
             let csv = csv.unwrap_or_else(|| cfg.run_dir().join("results.csv"));
-            let files = plot(&csv)?;
+            let files = plot_merged(&csv, &also, out.as_deref())?;
             for f in files {
                 println!("{}", f.display());
             }
@@ -717,19 +725,74 @@ fn sweep_stage(
 
 /// Re-draws the plots and `summary.md` next to `csv` (reading `kept_modes.csv` beside it).
 fn plot(csv: &Path) -> Result<Vec<PathBuf>> {
-    let dir = csv
-        .parent()
+    plot_merged(csv, &[], None)
+}
+
+/// The directory of a CSV path (`.` for a bare file name).
+fn dir_of(csv: &Path) -> PathBuf {
+    csv.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let rows = bench::results::read_rows(csv)?;
+        .to_path_buf()
+}
+
+/// Re-draws the plots and `summary.md` of the rows of `csv` and of every CSV in `also` (each
+/// with the `kept_modes.csv` beside it) into `out` (default: next to `csv`). The CSVs must hold
+/// the same full model on the same reviews (equal `full` rows) and no (method, ratio) twice.
+fn plot_merged(csv: &Path, also: &[PathBuf], out: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let mut rows = bench::results::read_rows(csv)?;
     if rows.is_empty() {
         bail!(
             "{} has no rows to plot (run the sweep first)",
             csv.display()
         );
     }
-    let kept = bench::results::read_csv(&dir.join("kept_modes.csv"))?;
+    let mut kept: Vec<bench::results::KeptModes> =
+        bench::results::read_csv(&dir_of(csv).join("kept_modes.csv"))?;
+    let full_of = |rows: &[bench::results::Row]| {
+        rows.iter()
+            .find(|r| r.method == bench::results::FULL)
+            .map(|r| (r.accuracy, r.n_eval, r.total_params))
+    };
+    for other in also {
+        let more = bench::results::read_rows(other)?;
+        if full_of(&more) != full_of(&rows) {
+            bail!(
+                "{} and {} do not hold the same full model on the same reviews (their `full` \
+                 rows differ: {:?} vs {:?} as (accuracy, n_eval, total_params)); plot them apart",
+                csv.display(),
+                other.display(),
+                full_of(&rows),
+                full_of(&more)
+            );
+        }
+        for r in more.into_iter().filter(|r| r.method != bench::results::FULL) {
+            if rows.iter().any(|q| q.has_key(&r.method, r.ratio)) {
+                bail!(
+                    "{} @ {} is in both {} and {}; plot them apart",
+                    r.method,
+                    r.ratio,
+                    csv.display(),
+                    other.display()
+                );
+            }
+            rows.push(r);
+        }
+        let more_kept: Vec<bench::results::KeptModes> =
+            bench::results::read_csv(&dir_of(other).join("kept_modes.csv"))?;
+        kept.extend(
+            more_kept
+                .into_iter()
+                .filter(|k| k.method != bench::results::FULL),
+        );
+    }
+    let dir = match out {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.to_path_buf()
+        }
+        None => dir_of(csv),
+    };
     let mut files = bench::plot::plot_all(&rows, &kept, &dir)?;
     let md = dir.join("summary.md");
     write_atomic(&md, bench::sweep::markdown_summary(&rows).as_bytes())?;
