@@ -651,11 +651,15 @@ fn a_sweep_never_mixes_rows_of_other_inputs() {
     std::fs::remove_dir_all(&data).unwrap();
     std::fs::rename(&saved, &data).unwrap();
 
-    // The same inputs (an option no existing row uses may change): resumes, adds the new ratio.
+    // The same inputs (an option no existing row uses may change): resumes, adds the new ratio;
+    // a killed run's half-drawn figure is cleaned up.
     let lqo = variant(root, &base, "lqo", |t| {
         format!("{}lqo_floor_fraction = 1.0\n", extend(t))
     });
+    let stale_png = run.join(format!(".bound_vs_error.png.{}.tmp.png", dead_pid()));
+    std::fs::write(&stale_png, b"\x89PNG half").unwrap();
     succeeds(&["sweep", "--config", &lqo], root);
+    assert!(!stale_png.exists());
     let rows = bench::results::read_rows(&csv).unwrap();
     assert_eq!(rows.len(), 4, "{rows:?}");
     assert_eq!(
@@ -691,4 +695,32 @@ fn a_sweep_never_mixes_rows_of_other_inputs() {
         "{err}"
     );
     assert_eq!(std::fs::read(&manifest).unwrap(), b"{\"name\": ");
+}
+
+#[test]
+fn a_figure_that_cannot_be_written_is_named_without_litter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let cfg = setup(root);
+    let cfg_s = cfg.to_str().unwrap();
+    let run = root.join("results/t");
+    succeeds(&["sweep", "--config", cfg_s], root);
+    let figure = run.join("bound_vs_error.png");
+    let before = std::fs::read(run.join("accuracy_vs_params.png")).unwrap();
+    // A directory of the user's where a figure goes: `plot` fails naming it, leaves it alone
+    // and leaves no temporary file.
+    std::fs::remove_file(&figure).unwrap();
+    std::fs::create_dir(&figure).unwrap();
+    std::fs::write(figure.join("notes.txt"), b"keep me").unwrap();
+    let err = fails(&["plot", "--config", cfg_s], root);
+    assert!(
+        err.contains(&format!("cannot write the figure {}", figure.display())),
+        "{err}"
+    );
+    assert!(!err.contains("Os {") && !err.contains("Kind"), "{err}");
+    assert_eq!(std::fs::read(figure.join("notes.txt")).unwrap(), b"keep me");
+    assert!(hidden(&run).is_empty(), "{:?}", hidden(&run));
+    let png = std::fs::read(run.join("accuracy_vs_params.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(png.len(), before.len());
 }

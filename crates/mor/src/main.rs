@@ -1,6 +1,12 @@
 //! `mor`: command-line access to the h2 norms, certified H∞ bounds, Hankel singular values and block reductions of
 //! `diag-ssm/1` JSON systems. Prints one JSON object on stdout; errors exit non-zero with one line
 //! on stderr.
+//!
+//! Input numbers must lie where the formulas are meaningful in f64 (`mor::io`, *Accepted
+//! numbers*: finite, not subnormal, magnitudes ≤ 1e30, no field all below 1e-30); a computed norm
+//! or bound that is not finite is an error, never a JSON `null`. Each command's memory is
+//! estimated from n, m, p before anything large is allocated and refused above
+//! `--max-memory-gib` (default 8; `mor::memory`).
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
