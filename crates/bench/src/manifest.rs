@@ -722,8 +722,9 @@ mod tests {
             .config(&eval, &SweepRowOptions::of(&s2))
             .unwrap_err()
             .to_string();
+        let default_ridge = mor::refit::RefitOptions::default().ridge;
         assert!(
-            e.contains("sweep.refit_ridge was 0.000001, now 0.001"),
+            e.contains(&format!("sweep.refit_ridge was {default_ridge}, now 0.001")),
             "{e}"
         );
         // The default written out is no change.

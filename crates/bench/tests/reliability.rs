@@ -576,12 +576,15 @@ fn a_sweep_never_mixes_rows_of_other_inputs() {
     let run = root.join("results/t");
     let csv = run.join("results.csv");
     let manifest = run.join("manifest.json");
+    // Both a plain and a refit method; an explicit ridge, so that the test does not depend on
+    // the default. Every variant below starts from this configuration.
     let first = variant(root, &base, "first", |t| {
         t.replace(
             "methods = [\"modal\"]",
-            "methods = [\"modal\", \"modal+refit\"]",
+            "methods = [\"modal\", \"modal+refit\"]\nrefit_ridge = 0.0001",
         )
     });
+    let base = PathBuf::from(&first);
     succeeds(&["sweep", "--config", &first], root);
     assert_eq!(bench::results::read_rows(&csv).unwrap().len(), 3);
     let man: serde_json::Value =
@@ -590,7 +593,7 @@ fn a_sweep_never_mixes_rows_of_other_inputs() {
     assert_eq!(rec["eval"]["seed"], 0, "{man}");
     assert_eq!(rec["eval"]["max_samples"], 16, "{man}");
     assert_eq!(rec["tokenizer"]["max_len"], 96, "{man}");
-    assert_eq!(rec["sweep"]["refit_ridge"], 1e-6, "{man}");
+    assert_eq!(rec["sweep"]["refit_ridge"], 1e-4, "{man}");
     assert_eq!(rec["data_sha256"], man["data_sha256"], "{man}");
     assert_eq!(rec["checkpoint_sha256"], man["checkpoint_sha256"], "{man}");
     let csv_bytes = std::fs::read(&csv).unwrap();
@@ -624,14 +627,11 @@ fn a_sweep_never_mixes_rows_of_other_inputs() {
 
     // Another refit ridge, with refit rows present: refused.
     let ridge = variant(root, &base, "ridge", |t| {
-        extend(t).replace(
-            "methods = [\"modal\"]",
-            "methods = [\"modal\", \"modal+refit\"]\nrefit_ridge = 0.001",
-        )
+        extend(t).replace("refit_ridge = 0.0001", "refit_ridge = 0.001")
     });
     let err = fails(&["sweep", "--config", &ridge], root);
     assert!(
-        err.contains("sweep.refit_ridge was 0.000001, now 0.001"),
+        err.contains("sweep.refit_ridge was 0.0001, now 0.001"),
         "{err}"
     );
     unchanged();
@@ -661,7 +661,7 @@ fn a_sweep_never_mixes_rows_of_other_inputs() {
     succeeds(&["sweep", "--config", &lqo], root);
     assert!(!stale_png.exists());
     let rows = bench::results::read_rows(&csv).unwrap();
-    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert_eq!(rows.len(), 5, "{rows:?}");
     assert_eq!(
         std::fs::read_to_string(&csv)
             .unwrap()
