@@ -607,9 +607,31 @@ fn sweep_stage(
     let sweep = cfg.sweep()?.clone();
     let out = cfg.run_dir();
     let _run = RunGuard::acquire(&out, if train_if_missing { "run" } else { "sweep" })?;
-    // The previous run's manifest names the checkpoint the rows in results.csv came from; the new
-    // manifest is written only once the checkpoint is known to match.
-    let previous = Manifest::read(&out);
+    // The previous run's manifest records what the rows in results.csv were computed with; this
+    // run's inputs are checked against it stage by stage (the configuration before any work),
+    // and the new manifest is written only once all of them are known to match.
+    let store = ResultsStore::new(&out);
+    let existing = store.rows()?;
+    let previous = match Manifest::read_checked(&out) {
+        Ok(m) => m,
+        Err(e) if !existing.is_empty() => {
+            return Err(e.context(format!(
+                "{} holds rows, but what they were computed with cannot be read; nothing was \
+                 changed: restore {} or start a new run (another `name`, or move \
+                 results.csv and kept_modes.csv out of {})",
+                store.results.display(),
+                bench::manifest::MANIFEST_FILE,
+                out.display()
+            )));
+        }
+        Err(e) => {
+            tracing::warn!("{e:#}; it is replaced by this run's (results.csv has no rows)");
+            None
+        }
+    };
+    let check = bench::manifest::RowCheck::new(&out, previous.as_ref(), &existing);
+    let sweep_opts = bench::manifest::SweepRowOptions::of(&sweep);
+    check.config(&cfg.eval, &sweep_opts)?;
     let mut man = Manifest::start(&cfg.name, config_path, cfg.n_threads())?;
 
     let t = Instant::now();
@@ -621,6 +643,7 @@ fn sweep_stage(
         );
         man.data_sha256.insert(name, sha256_file(f)?);
     }
+    check.data(&man.data_sha256)?;
     man.add_stage("data", t);
 
     let t = Instant::now();
@@ -640,16 +663,23 @@ fn sweep_stage(
             dir.display()
         );
     }
-    let store = ResultsStore::new(&out);
-    let has_rows = !store.rows()?.is_empty();
-    bench::manifest::check_same_checkpoint(&out, previous.as_ref(), has_rows, &loaded.sha256)?;
-    if let Some(prev) = previous.as_ref().filter(|_| has_rows) {
+    check.checkpoint(&loaded.sha256)?;
+    let tok = tokenizer(cfg, &loaded, &imdb.train)?;
+    let tok_inputs = bench::manifest::TokenizerInputs::of(tok.as_ref());
+    check.tokenizer(&tok_inputs)?;
+    if let Some(prev) = previous.as_ref().filter(|_| !existing.is_empty()) {
         man.keep_history(prev);
     }
     man.checkpoint = Some(loaded.dir.display().to_string());
     man.checkpoint_sha256 = Some(loaded.sha256.clone());
+    man.row_inputs = Some(bench::manifest::RowInputs {
+        eval: cfg.eval.clone(),
+        data_sha256: man.data_sha256.clone(),
+        checkpoint_sha256: loaded.sha256.clone(),
+        tokenizer: tok_inputs,
+        sweep: sweep_opts,
+    });
     man.write(&out)?;
-    let tok = tokenizer(cfg, &loaded, &imdb.train)?;
     let set = EvalSet::new(&imdb.test, tok.as_ref(), &cfg.eval)?;
     man.add_stage("eval_set", t);
     man.write(&out)?;

@@ -1,7 +1,11 @@
 //! `manifest.json`: what a run was made from and on (git commit, config and its hash, data and
-//! checkpoint checksums, machine, threads, times, per-stage seconds).
+//! checkpoint checksums, machine, threads, times, per-stage seconds), and what the rows of its
+//! `results.csv` mean ([`RowInputs`]): a sweep that extends an existing `results.csv` checks its
+//! inputs against that record first ([`RowCheck`]) and refuses to mix rows of different
+//! evaluations.
 
-use crate::results::write_atomic;
+use crate::results::{Row, write_atomic};
+use crate::sections::{EvalConfig, SweepConfig};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -91,6 +95,11 @@ pub struct Manifest {
     /// holds and adds the missing ones): what each was made from and when, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier_runs: Vec<EarlierRun>,
+    /// What the rows of `results.csv` were computed with (evaluation subset, data and checkpoint
+    /// digests, tokenizer, the sweep options that change a row); `None` in manifests written
+    /// before this record existed, and until the sweep has checked its inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_inputs: Option<RowInputs>,
 }
 
 /// What an earlier run of the same directory was made from (its manifest's provenance fields).
@@ -132,6 +141,7 @@ impl Manifest {
             stage_seconds: BTreeMap::new(),
             bench_version: env!("CARGO_PKG_VERSION").to_string(),
             earlier_runs: Vec::new(),
+            row_inputs: None,
         })
     }
 
@@ -162,8 +172,23 @@ impl Manifest {
 
     /// The `manifest.json` in `dir`, if there is a readable one (a previous run's).
     pub fn read(dir: &Path) -> Option<Self> {
-        let text = std::fs::read(dir.join(MANIFEST_FILE)).ok()?;
-        serde_json::from_slice(&text).ok()
+        Self::read_checked(dir).ok().flatten()
+    }
+
+    /// The `manifest.json` in `dir`: `None` if there is none.
+    ///
+    /// # Errors
+    /// If it exists but cannot be read or parsed (damaged, or written by a newer `bench`).
+    pub fn read_checked(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        serde_json::from_slice(&text)
+            .map(Some)
+            .with_context(|| format!("{} is damaged or of a newer bench", path.display()))
     }
 
     /// Writes `manifest.json` into `dir` atomically.
@@ -173,32 +198,301 @@ impl Manifest {
     }
 }
 
-/// Refuses to add rows to a run directory whose `results.csv` was computed from another
-/// checkpoint: `previous` is the directory's existing manifest, `has_rows` whether its
-/// `results.csv` holds rows, `sha256` the weights digest of the checkpoint about to be swept.
-/// Without a previous manifest (or one without a checkpoint digest) there is nothing to compare.
+/// What the rows of a `results.csv` were computed with, besides their method and ratio: the
+/// inputs that change a row's meaning. A sweep that adds rows to an existing `results.csv`
+/// compares its own inputs with this record of the run that wrote the rows ([`RowCheck`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RowInputs {
+    /// `[eval]`: `max_samples` and `seed` choose the evaluated reviews (and `seed` the
+    /// calibration and refit reviews) and are compared; `batch_size` is recorded only (padding
+    /// is masked, so it changes nothing but rounding).
+    pub eval: EvalConfig,
+    /// SHA-256 of the data files (one hex digest per file, by file name).
+    pub data_sha256: BTreeMap<String, String>,
+    /// SHA-256 of the checkpoint's weights file.
+    pub checkpoint_sha256: String,
+    /// The tokenizer the reviews were encoded with.
+    pub tokenizer: TokenizerInputs,
+    /// The `[sweep]` options that change rows (each compared only when a row of a method that
+    /// uses it exists).
+    pub sweep: SweepRowOptions,
+}
+
+/// The tokenizer a sweep encodes reviews with (from `[data]`, or the checkpoint's
+/// `tokenizer.json`): its kind, truncation length and vocabulary size.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenizerInputs {
+    /// `byte` or `char` (`data.tokenizer`).
+    pub kind: String,
+    /// Longest encoded review, in tokens (`data.max_len` or the checkpoint's).
+    pub max_len: usize,
+    /// Number of token ids.
+    pub vocab_size: usize,
+}
+
+impl TokenizerInputs {
+    /// The record of `tok`.
+    pub fn of(tok: &dyn lra::Tokenize) -> Self {
+        let kind = serde_json::to_value(tok.kind())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{:?}", tok.kind()).to_lowercase());
+        TokenizerInputs {
+            kind,
+            max_len: tok.max_len(),
+            vocab_size: tok.vocab_size(),
+        }
+    }
+}
+
+impl std::fmt::Display for TokenizerInputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (max_len {}, {} ids)",
+            self.kind, self.max_len, self.vocab_size
+        )
+    }
+}
+
+/// The `[sweep]` options that change the meaning of a row, with the defaults filled in (so an
+/// option written out at its default value is no change).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SweepRowOptions {
+    /// `sweep.refit_ridge` (rows of `+refit` and `+refit-seq` recipes).
+    pub refit_ridge: f64,
+    /// `sweep.refit_reviews` (rows of `+refit` and `+refit-seq` recipes).
+    pub refit_reviews: usize,
+    /// `sweep.lqo_floor_fraction` (rows of `lqo-h2`).
+    pub lqo_floor_fraction: f64,
+    /// `sweep.hinf_horizon` (rows of `last`, `global-hinf`, `uniform-hinf`); `None` = infinite.
+    pub hinf_horizon: Option<usize>,
+}
+
+impl SweepRowOptions {
+    /// The row-affecting options of `[sweep]`.
+    pub fn of(sweep: &SweepConfig) -> Self {
+        SweepRowOptions {
+            refit_ridge: sweep.refit_options().ridge,
+            refit_reviews: sweep.refit_reviews(),
+            lqo_floor_fraction: sweep.reduce_options().lqo.floor_fraction,
+            hinf_horizon: sweep.hinf_horizon,
+        }
+    }
+
+    /// `(config key, value before, value now)` of every option that differs and that a row of
+    /// one of `methods` depends on (a method name that is not a recipe counts as using all).
+    fn differences(&self, now: &Self, methods: &[&str]) -> Vec<(&'static str, String, String)> {
+        use mor::Method;
+        let recipes: Vec<Option<mor::recipe::Recipe>> = methods
+            .iter()
+            .filter(|m| **m != crate::results::FULL)
+            .map(|m| m.parse().ok())
+            .collect();
+        let used = |f: &dyn Fn(&mor::recipe::Recipe) -> bool| {
+            recipes.iter().any(|r| r.as_ref().is_none_or(f))
+        };
+        let refit = used(&|r| r.post.is_some());
+        let lqo = used(&|r| r.reducer == Method::LqoH2);
+        let hinf = used(&|r| {
+            matches!(
+                r.reducer,
+                Method::Last | Method::GlobalHinf | Method::UniformHinf
+            )
+        });
+        let horizon =
+            |h: Option<usize>| h.map_or_else(|| "none (infinite)".into(), |h| h.to_string());
+        let mut out = Vec::new();
+        if refit && self.refit_ridge.to_bits() != now.refit_ridge.to_bits() {
+            out.push((
+                "sweep.refit_ridge",
+                self.refit_ridge.to_string(),
+                now.refit_ridge.to_string(),
+            ));
+        }
+        if refit && self.refit_reviews != now.refit_reviews {
+            out.push((
+                "sweep.refit_reviews",
+                self.refit_reviews.to_string(),
+                now.refit_reviews.to_string(),
+            ));
+        }
+        if lqo && self.lqo_floor_fraction.to_bits() != now.lqo_floor_fraction.to_bits() {
+            out.push((
+                "sweep.lqo_floor_fraction",
+                self.lqo_floor_fraction.to_string(),
+                now.lqo_floor_fraction.to_string(),
+            ));
+        }
+        if hinf && self.hinf_horizon != now.hinf_horizon {
+            out.push((
+                "sweep.hinf_horizon",
+                horizon(self.hinf_horizon),
+                horizon(now.hinf_horizon),
+            ));
+        }
+        out
+    }
+}
+
+/// Checks, stage by stage, that a sweep about to add rows to a run directory's `results.csv`
+/// computes them from the same inputs as the rows already there (per the directory's previous
+/// manifest). With no rows there is nothing to mix and every check passes. A manifest written
+/// before [`RowInputs`] existed is checked on what it holds (the data and checkpoint digests);
+/// one without any manifest passes with a warning.
+#[derive(Debug)]
+pub struct RowCheck<'a> {
+    dir: &'a Path,
+    previous: Option<&'a Manifest>,
+    /// Methods of the existing rows; empty = no rows.
+    methods: Vec<&'a str>,
+}
+
+impl<'a> RowCheck<'a> {
+    /// The check of run directory `dir` whose `results.csv` holds `rows` and whose manifest
+    /// before this run was `previous`.
+    pub fn new(dir: &'a Path, previous: Option<&'a Manifest>, rows: &'a [Row]) -> Self {
+        let mut methods: Vec<&str> = rows.iter().map(|r| r.method.as_str()).collect();
+        methods.sort_unstable();
+        methods.dedup();
+        if previous.is_none() && !rows.is_empty() {
+            tracing::warn!(
+                "{}/results.csv has rows but no {MANIFEST_FILE} beside it: cannot check what they                  were computed with; adding rows as configured",
+                dir.display()
+            );
+        }
+        RowCheck {
+            dir,
+            previous: previous.filter(|_| !rows.is_empty()),
+            methods,
+        }
+    }
+
+    fn recorded(&self) -> Option<&'a RowInputs> {
+        self.previous.and_then(|m| m.row_inputs.as_ref())
+    }
+
+    /// The configuration part: `[eval]` subset and the row-affecting `[sweep]` options (checked
+    /// before any data is loaded or model trained).
+    ///
+    /// # Errors
+    /// When they differ from the recorded ones (see [`refuse`]).
+    pub fn config(&self, eval: &EvalConfig, sweep: &SweepRowOptions) -> Result<()> {
+        let Some(rec) = self.recorded() else {
+            return Ok(());
+        };
+        let mut diff = Vec::new();
+        if rec.eval.max_samples != eval.max_samples {
+            diff.push((
+                "eval.max_samples",
+                rec.eval.max_samples.to_string(),
+                eval.max_samples.to_string(),
+            ));
+        }
+        if rec.eval.seed != eval.seed {
+            diff.push((
+                "eval.seed",
+                rec.eval.seed.to_string(),
+                eval.seed.to_string(),
+            ));
+        }
+        diff.extend(rec.sweep.differences(sweep, &self.methods));
+        refuse(self.dir, &diff)
+    }
+
+    /// The data files' digests.
+    ///
+    /// # Errors
+    /// When they differ from the recorded ones.
+    pub fn data(&self, data_sha256: &BTreeMap<String, String>) -> Result<()> {
+        let Some(prev) = self.previous else {
+            return Ok(());
+        };
+        let rec = self
+            .recorded()
+            .map_or(&prev.data_sha256, |r| &r.data_sha256);
+        if rec.is_empty() || rec == data_sha256 {
+            return Ok(());
+        }
+        let show = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .map(|(f, d)| format!("{f} {}", &d[..d.len().min(12)]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        refuse(
+            self.dir,
+            &[("the data files (sha256)", show(rec), show(data_sha256))],
+        )
+    }
+
+    /// The checkpoint's weights digest.
+    ///
+    /// # Errors
+    /// When it differs from the recorded one.
+    pub fn checkpoint(&self, sha256: &str) -> Result<()> {
+        let Some(prev) = self.previous else {
+            return Ok(());
+        };
+        let rec = self
+            .recorded()
+            .map(|r| r.checkpoint_sha256.as_str())
+            .or(prev.checkpoint_sha256.as_deref());
+        match rec {
+            Some(rec) if rec != sha256 => refuse(
+                self.dir,
+                &[(
+                    "the checkpoint's weights (sha256)",
+                    rec.to_string(),
+                    sha256.to_string(),
+                )],
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The tokenizer.
+    ///
+    /// # Errors
+    /// When it differs from the recorded one.
+    pub fn tokenizer(&self, tok: &TokenizerInputs) -> Result<()> {
+        match self.recorded() {
+            Some(rec) if &rec.tokenizer != tok => refuse(
+                self.dir,
+                &[(
+                    "the tokenizer (data.tokenizer, data.max_len or the checkpoint's \
+                     tokenizer.json)",
+                    rec.tokenizer.to_string(),
+                    tok.to_string(),
+                )],
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The refusal to mix rows: `diff` lists `(what, recorded value, value now)`; `Ok` if empty.
 ///
 /// # Errors
-/// When the digests differ, with both digests and the fix.
-pub fn check_same_checkpoint(
-    dir: &Path,
-    previous: Option<&Manifest>,
-    has_rows: bool,
-    sha256: &str,
-) -> Result<()> {
-    let Some(prev) = previous.and_then(|m| m.checkpoint_sha256.as_deref()) else {
+/// When `diff` is not empty, naming every difference and how to start a new run.
+pub fn refuse(dir: &Path, diff: &[(&str, String, String)]) -> Result<()> {
+    if diff.is_empty() {
         return Ok(());
-    };
-    if has_rows && prev != sha256 {
-        anyhow::bail!(
-            "{}/results.csv holds rows of another checkpoint (weights sha256 {prev}, per its \
-             manifest.json) than the one configured now (sha256 {sha256}); mixing them would \
-             compare different models. Move or delete results.csv and kept_modes.csv there, or set \
-             another `name` in the config",
-            dir.display()
-        );
     }
-    Ok(())
+    let list = diff
+        .iter()
+        .map(|(what, was, now)| format!("{what} was {was}, now {now}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    anyhow::bail!(
+        "{}/results.csv holds rows computed with other inputs than this run's ({list}, per its \
+         {MANIFEST_FILE}); adding rows would mix different evaluations in one table, so nothing \
+         was changed. To start a new run, set another `name` in the configuration, or move \
+         results.csv and kept_modes.csv out of {} (or move the whole directory away); or restore \
+         the previous setting to extend these rows",
+        dir.display(),
+        dir.display()
+    )
 }
 
 /// The source tree's commit (`git rev-parse HEAD`, `-dirty` if `git status` shows changes to
@@ -289,17 +583,69 @@ pub fn rfc3339(secs: u64) -> String {
 mod tests {
     use super::*;
 
+    fn row(method: &str) -> Row {
+        let mut r: Row = serde_json::from_value(serde_json::json!({
+            "method": method, "ratio": 0.5, "kept_modes": 1, "ssm_params": 1,
+            "total_params": 1, "param_reduction": 0.1, "ssm_param_reduction": 0.1,
+            "accuracy": 0.5, "n_eval": 1, "logit_err_mean": 0.0, "logit_err_max": 0.0,
+            "bound_max": 0.0, "bound_holds": true, "stable": true, "reduce_seconds": 0.0,
+            "eval_seconds": 0.0
+        }))
+        .unwrap();
+        r.method = method.into();
+        r
+    }
+
+    fn sweep(methods: &[&str]) -> SweepConfig {
+        SweepConfig {
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            ratios: vec![0.5],
+            lqo_floor_fraction: None,
+            hinf_horizon: None,
+            refit_ridge: None,
+            refit_reviews: None,
+        }
+    }
+
+    fn inputs(eval: &EvalConfig, s: &SweepConfig) -> RowInputs {
+        RowInputs {
+            eval: eval.clone(),
+            data_sha256: [("train.parquet".to_string(), "d1".repeat(32))].into(),
+            checkpoint_sha256: "aa".into(),
+            tokenizer: TokenizerInputs {
+                kind: "byte".into(),
+                max_len: 96,
+                vocab_size: 257,
+            },
+            sweep: SweepRowOptions::of(s),
+        }
+    }
+
     #[test]
     fn rows_of_another_checkpoint_are_refused() {
         let dir = Path::new("results/x");
         let mut prev = Manifest::start("x", Path::new("Cargo.toml"), 1).unwrap();
+        let rows = [row("full"), row("modal")];
         // No digest recorded, or no rows yet: nothing to protect.
-        assert!(check_same_checkpoint(dir, Some(&prev), true, "bb").is_ok());
-        assert!(check_same_checkpoint(dir, None, true, "bb").is_ok());
+        assert!(
+            RowCheck::new(dir, Some(&prev), &rows)
+                .checkpoint("bb")
+                .is_ok()
+        );
+        assert!(RowCheck::new(dir, None, &rows).checkpoint("bb").is_ok());
         prev.checkpoint_sha256 = Some("aa".into());
-        assert!(check_same_checkpoint(dir, Some(&prev), false, "bb").is_ok());
-        assert!(check_same_checkpoint(dir, Some(&prev), true, "aa").is_ok());
-        let msg = check_same_checkpoint(dir, Some(&prev), true, "bb")
+        assert!(
+            RowCheck::new(dir, Some(&prev), &[])
+                .checkpoint("bb")
+                .is_ok()
+        );
+        assert!(
+            RowCheck::new(dir, Some(&prev), &rows)
+                .checkpoint("aa")
+                .is_ok()
+        );
+        let msg = RowCheck::new(dir, Some(&prev), &rows)
+            .checkpoint("bb")
             .unwrap_err()
             .to_string();
         assert!(
@@ -308,9 +654,121 @@ mod tests {
         );
         // Round trip through the file.
         let tmp = tempfile::tempdir().unwrap();
+        prev.row_inputs = Some(inputs(&EvalConfig::default(), &sweep(&["modal"])));
         prev.write(tmp.path()).unwrap();
         assert_eq!(Manifest::read(tmp.path()), Some(prev));
         assert_eq!(Manifest::read(&tmp.path().join("missing")), None);
+        assert!(
+            Manifest::read_checked(&tmp.path().join("missing"))
+                .unwrap()
+                .is_none()
+        );
+        std::fs::write(tmp.path().join(MANIFEST_FILE), b"{\"name\": 1}").unwrap();
+        let e = format!("{:#}", Manifest::read_checked(tmp.path()).unwrap_err());
+        assert!(e.contains("manifest.json is damaged"), "{e}");
+    }
+
+    #[test]
+    fn rows_of_other_inputs_are_refused_naming_what_differs() {
+        let dir = Path::new("results/x");
+        let eval = EvalConfig {
+            max_samples: 16,
+            batch_size: 16,
+            seed: 0,
+        };
+        let s = sweep(&["modal", "last"]);
+        let mut prev = Manifest::start("x", Path::new("Cargo.toml"), 1).unwrap();
+        prev.row_inputs = Some(inputs(&eval, &s));
+        let rows = [row("full"), row("modal"), row("last")];
+        let check = RowCheck::new(dir, Some(&prev), &rows);
+        let opts = SweepRowOptions::of(&s);
+        check.config(&eval, &opts).unwrap();
+        // The batch size is not compared.
+        let bigger = EvalConfig {
+            batch_size: 64,
+            ..eval.clone()
+        };
+        check.config(&bigger, &opts).unwrap();
+        let reseeded = EvalConfig {
+            seed: 3,
+            max_samples: 8,
+            ..eval.clone()
+        };
+        let e = check.config(&reseeded, &opts).unwrap_err().to_string();
+        assert!(
+            e.contains("eval.seed was 0, now 3")
+                && e.contains("eval.max_samples was 16, now 8")
+                && e.contains("another `name`"),
+            "{e}"
+        );
+        // Options are compared only when a row uses them: `last` rows use the horizon ...
+        let mut s2 = s.clone();
+        s2.hinf_horizon = Some(96);
+        let e = check
+            .config(&eval, &SweepRowOptions::of(&s2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sweep.hinf_horizon was none (infinite), now 96"),
+            "{e}"
+        );
+        // ... no row uses the refit or the lqo floor.
+        s2 = s.clone();
+        s2.refit_ridge = Some(1e-3);
+        s2.lqo_floor_fraction = Some(1.0);
+        check.config(&eval, &SweepRowOptions::of(&s2)).unwrap();
+        let rows_refit = [row("full"), row("modal+refit")];
+        let e = RowCheck::new(dir, Some(&prev), &rows_refit)
+            .config(&eval, &SweepRowOptions::of(&s2))
+            .unwrap_err()
+            .to_string();
+        let default_ridge = mor::refit::RefitOptions::default().ridge;
+        assert!(
+            e.contains(&format!("sweep.refit_ridge was {default_ridge}, now 0.001")),
+            "{e}"
+        );
+        // The default written out is no change.
+        s2 = s.clone();
+        s2.refit_ridge = Some(mor::refit::RefitOptions::default().ridge);
+        RowCheck::new(dir, Some(&prev), &rows_refit)
+            .config(&eval, &SweepRowOptions::of(&s2))
+            .unwrap();
+        // Data digests and the tokenizer.
+        let rec = prev.row_inputs.clone().unwrap();
+        check.data(&rec.data_sha256).unwrap();
+        let other: BTreeMap<String, String> =
+            [("train.parquet".to_string(), "ee".repeat(32))].into();
+        let e = check.data(&other).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "the data files (sha256) was train.parquet d1d1d1d1d1d1, now \
+                        train.parquet eeeeeeeeeeee"
+            ),
+            "{e}"
+        );
+        check.tokenizer(&rec.tokenizer).unwrap();
+        let t = TokenizerInputs {
+            max_len: 128,
+            ..rec.tokenizer.clone()
+        };
+        let e = check.tokenizer(&t).unwrap_err().to_string();
+        assert!(
+            e.contains("byte (max_len 96, 257 ids), now byte (max_len 128"),
+            "{e}"
+        );
+        // Old manifests (no record): the top-level digests are still compared, nothing else.
+        let mut old = prev.clone();
+        old.row_inputs = None;
+        old.data_sha256 = rec.data_sha256.clone();
+        let check = RowCheck::new(dir, Some(&old), &rows);
+        check.config(&reseeded, &opts).unwrap();
+        check.tokenizer(&t).unwrap();
+        assert!(check.data(&other).is_err());
+        // No rows: nothing to mix.
+        let check = RowCheck::new(dir, Some(&prev), &[]);
+        check.config(&reseeded, &opts).unwrap();
+        check.data(&other).unwrap();
+        check.checkpoint("zz").unwrap();
     }
 
     #[test]

@@ -411,9 +411,9 @@ impl RunLock {
     }
 }
 
-/// Removes the temporary files that atomic writes (`.<name>.<pid>.tmp`, `.<name>.tmp-<pid>`)
-/// of processes that no longer run left directly in `dir` (call it while holding `dir`'s
-/// [`RunLock`]). Returns the files removed.
+/// Removes the temporary files that atomic writes (`.<name>.<pid>.tmp`, `.<name>.tmp-<pid>`,
+/// and the figures' `.<name>.<pid>.tmp.png`) of processes that no longer run left directly in
+/// `dir` (call it while holding `dir`'s [`RunLock`]). Returns the files removed.
 pub fn clean_stale_temp_files(dir: &Path) -> Vec<PathBuf> {
     let mut done = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else {
@@ -424,7 +424,10 @@ pub fn clean_stale_temp_files(dir: &Path) -> Vec<PathBuf> {
         if !n.starts_with('.') || !e.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
-        let pid = if let Some(rest) = n.strip_suffix(".tmp") {
+        let pid = if let Some(rest) = n
+            .strip_suffix(".tmp")
+            .or_else(|| n.strip_suffix(".tmp.png"))
+        {
             rest.rsplit_once('.').map(|(_, p)| p)
         } else {
             n.rsplit_once(".tmp-").map(|(_, p)| p)

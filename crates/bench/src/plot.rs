@@ -11,9 +11,16 @@
 //!   the change in test accuracy from the full model against the share of parameters removed,
 //!   on the SSM-parameter reading (`ssm_param_reduction`) or the all-parameters reading
 //!   (`param_reduction`), with the published anchor points ([`ANCHORS`]) marked as such.
+//!
+//! Every file is written atomically: a PNG is drawn into the hidden sibling
+//! `.<name>.<pid>.tmp.png` (the bitmap backend picks the format from the extension), presented,
+//! and renamed onto `<name>`; an SVG is rendered into memory and written with
+//! [`crate::results::write_atomic`]. A failed figure leaves the previous file (if any) and no
+//! temporary file; a killed run's temporaries are removed by the next run
+//! ([`crate::outdir::clean_stale_temp_files`]).
 
 use crate::results::{FULL, KeptModes, Row};
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -107,8 +114,72 @@ fn methods_in(rows: &[Row]) -> Vec<String> {
     out
 }
 
-fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
-    anyhow!("plotting failed: {e:?}")
+fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("plotting failed: {e}")
+}
+
+/// The hidden temporary sibling a PNG is drawn into: `.<name>.<pid>.tmp.png` (it keeps the
+/// `.png` extension the bitmap backend picks the format from).
+pub fn png_temp_path(path: &Path) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?
+        .to_string_lossy();
+    Ok(path.with_file_name(format!(".{name}.{}.tmp.png", std::process::id())))
+}
+
+/// Draws a PNG of `size` pixels atomically onto `path` (module doc): `draw` paints into a
+/// temporary sibling, which is presented, closed and renamed onto `path`. On any error the
+/// temporary file is removed and the error names `path`.
+pub fn write_png(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
+) -> Result<()> {
+    let tmp = png_temp_path(path)?;
+    let res = (|| -> Result<()> {
+        {
+            let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+            draw(&root)?;
+            root.present().map_err(err)?;
+            // Dropping the drawing area drops the backend (it has saved the file).
+        }
+        if !tmp.is_file() {
+            anyhow::bail!("the drawing produced no file");
+        }
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename {} onto it", tmp.display()))?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        // The backend saves again on drop if it had not: remove whatever it left.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.context(format!(
+            "cannot write the figure {} (is the directory writable, with no directory of that \
+             name in the way?)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Draws an SVG of `size` pixels into memory and writes it onto `path` atomically
+/// ([`crate::results::write_atomic`]); the error names `path`.
+pub fn write_svg(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> Result<()>,
+) -> Result<()> {
+    let mut text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut text, size).into_drawing_area();
+        draw(&root).with_context(|| format!("cannot draw the figure {}", path.display()))?;
+        root.present()
+            .map_err(err)
+            .with_context(|| format!("cannot draw the figure {}", path.display()))?;
+    }
+    crate::results::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("cannot write the figure {}", path.display()))
 }
 
 /// Draws every figure of a run into `dir`; returns the files written.
@@ -116,46 +187,26 @@ pub fn plot_all(rows: &[Row], kept: &[KeptModes], dir: &Path) -> Result<Vec<Path
     register_fonts();
     let mut out = Vec::new();
     let png = dir.join("accuracy_vs_params.png");
-    accuracy_vs_params(
-        &BitMapBackend::new(&png, (1100, 750)).into_drawing_area(),
-        rows,
-    )?;
+    write_png(&png, (1100, 750), |root| accuracy_vs_params(root, rows))?;
     out.push(png);
     let svg = dir.join("accuracy_vs_params.svg");
-    accuracy_vs_params(
-        &SVGBackend::new(&svg, (1100, 750)).into_drawing_area(),
-        rows,
-    )?;
+    write_svg(&svg, (1100, 750), |root| accuracy_vs_params(root, rows))?;
     out.push(svg);
     let p = dir.join("bound_vs_error.png");
-    bound_vs_error(
-        &BitMapBackend::new(&p, (900, 800)).into_drawing_area(),
-        rows,
-    )?;
+    write_png(&p, (900, 800), |root| bound_vs_error(root, rows))?;
     out.push(p);
     for (axis, name) in [(ParamAxis::Ssm, "ssm"), (ParamAxis::Total, "total")] {
         if rows.iter().any(|r| r.method == FULL) {
             let png = dir.join(format!("paper_figure_{name}.png"));
-            paper_figure(
-                &BitMapBackend::new(&png, (1200, 750)).into_drawing_area(),
-                rows,
-                axis,
-            )?;
+            write_png(&png, (1200, 750), |root| paper_figure(root, rows, axis))?;
             out.push(png);
             let svg = dir.join(format!("paper_figure_{name}.svg"));
-            paper_figure(
-                &SVGBackend::new(&svg, (1200, 750)).into_drawing_area(),
-                rows,
-                axis,
-            )?;
+            write_svg(&svg, (1200, 750), |root| paper_figure(root, rows, axis))?;
             out.push(svg);
         }
     }
     let p = dir.join("modes_per_layer.png");
-    modes_per_layer(
-        &BitMapBackend::new(&p, (1500, 600)).into_drawing_area(),
-        kept,
-    )?;
+    write_png(&p, (1500, 600), |root| modes_per_layer(root, kept))?;
     out.push(p);
     Ok(out)
 }
@@ -893,6 +944,79 @@ mod tests {
         let total = std::fs::read_to_string(dir.path().join("paper_figure_total.svg")).unwrap();
         assert!(total.contains("all trainable parameters removed"));
         assert!(!total.contains("LAST (published)") && total.contains("paper v2 claim"));
+    }
+
+    #[test]
+    fn a_figure_that_cannot_be_written_is_named_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = vec![
+            row(FULL, 0.0, 1000, 0.8, 0.0, 0.0),
+            row("modal", 0.5, 600, 0.7, 0.01, 0.1),
+        ];
+        let kept = vec![
+            KeptModes::new(FULL, 0.0, &[8, 8]),
+            KeptModes::new("modal", 0.5, &[4, 4]),
+        ];
+        // A directory where a PNG should go: refused naming it, nothing else left behind, the
+        // figures before it written whole.
+        let blocker = dir.path().join("bound_vs_error.png");
+        std::fs::create_dir(&blocker).unwrap();
+        std::fs::write(blocker.join("keep.txt"), b"mine").unwrap();
+        let e = mor::error::one_line(plot_all(&rows, &kept, dir.path()).unwrap_err().as_ref());
+        assert!(
+            e.contains(&format!("cannot write the figure {}", blocker.display())),
+            "{e}"
+        );
+        assert!(
+            !e.contains("Kind") && !e.contains("Os {"),
+            "a Debug dump: {e}"
+        );
+        assert_eq!(std::fs::read(blocker.join("keep.txt")).unwrap(), b"mine");
+        let png = std::fs::read(dir.path().join("accuracy_vs_params.png")).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        let hidden: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(hidden.is_empty(), "{hidden:?}");
+        // The same for the SVG, and for a directory that does not exist.
+        let svg = dir.path().join("x.svg");
+        std::fs::create_dir(&svg).unwrap();
+        let e = format!(
+            "{:#}",
+            write_svg(&svg, (100, 100), |r| accuracy_vs_params(r, &rows)).unwrap_err()
+        );
+        assert!(
+            e.contains("cannot write the figure") && e.contains("x.svg"),
+            "{e}"
+        );
+        let missing = dir.path().join("missing/a.png");
+        let e = format!(
+            "{:#}",
+            write_png(&missing, (100, 100), |r| accuracy_vs_params(r, &rows)).unwrap_err()
+        );
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+        // A drawing error: the temporary file the backend may have saved is removed.
+        let p = dir.path().join("fails.png");
+        let e = write_png(&p, (100, 100), |r| {
+            r.fill(&WHITE).map_err(err)?;
+            anyhow::bail!("no data")
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("fails.png"), "{e:#}");
+        assert!(!p.exists() && !png_temp_path(&p).unwrap().exists());
+        let hidden = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
+            .count();
+        assert_eq!(hidden, 0);
     }
 
     #[test]

@@ -560,3 +560,167 @@ fn bad_values_get_clear_messages_at_the_command_line() {
         "{err}"
     );
 }
+
+/// Writes `base` with `edit` applied as the config `name.toml` under `root`; returns its path.
+fn variant(root: &Path, base: &Path, name: &str, edit: impl Fn(String) -> String) -> String {
+    let p = root.join(format!("{name}.toml"));
+    std::fs::write(&p, edit(std::fs::read_to_string(base).unwrap())).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_sweep_never_mixes_rows_of_other_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let base = setup(root);
+    let run = root.join("results/t");
+    let csv = run.join("results.csv");
+    let manifest = run.join("manifest.json");
+    // Both a plain and a refit method; an explicit ridge, so that the test does not depend on
+    // the default. Every variant below starts from this configuration.
+    let first = variant(root, &base, "first", |t| {
+        t.replace(
+            "methods = [\"modal\"]",
+            "methods = [\"modal\", \"modal+refit\"]\nrefit_ridge = 0.0001",
+        )
+    });
+    let base = PathBuf::from(&first);
+    succeeds(&["sweep", "--config", &first], root);
+    assert_eq!(bench::results::read_rows(&csv).unwrap().len(), 3);
+    let man: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let rec = &man["row_inputs"];
+    assert_eq!(rec["eval"]["seed"], 0, "{man}");
+    assert_eq!(rec["eval"]["max_samples"], 16, "{man}");
+    assert_eq!(rec["tokenizer"]["max_len"], 96, "{man}");
+    assert_eq!(rec["sweep"]["refit_ridge"], 1e-4, "{man}");
+    assert_eq!(rec["data_sha256"], man["data_sha256"], "{man}");
+    assert_eq!(rec["checkpoint_sha256"], man["checkpoint_sha256"], "{man}");
+    let csv_bytes = std::fs::read(&csv).unwrap();
+    let man_bytes = std::fs::read(&manifest).unwrap();
+    // Every extension below asks for a new ratio too.
+    let extend = |t: String| t.replace("ratios = [0.5]", "ratios = [0.5, 0.25]");
+    let unchanged = || {
+        assert_eq!(std::fs::read(&csv).unwrap(), csv_bytes);
+        assert_eq!(std::fs::read(&manifest).unwrap(), man_bytes);
+        assert!(hidden(&run).is_empty(), "{:?}", hidden(&run));
+    };
+
+    // Another evaluation subset: refused before any work, nothing changed.
+    let reseeded = variant(root, &base, "reseeded", |t| {
+        extend(t).replace("max_samples = 16\n", "max_samples = 16\nseed = 1\n")
+    });
+    let err = fails(&["sweep", "--config", &reseeded], root);
+    assert!(
+        err.contains("eval.seed was 0, now 1")
+            && err.contains("another `name`")
+            && err.contains("results/t/results.csv holds rows computed with other inputs"),
+        "{err}"
+    );
+    unchanged();
+    let fewer = variant(root, &base, "fewer", |t| {
+        extend(t).replace("max_samples = 16\n", "max_samples = 8\n")
+    });
+    let err = fails(&["run", "--config", &fewer], root);
+    assert!(err.contains("eval.max_samples was 16, now 8"), "{err}");
+    unchanged();
+
+    // Another refit ridge, with refit rows present: refused.
+    let ridge = variant(root, &base, "ridge", |t| {
+        extend(t).replace("refit_ridge = 0.0001", "refit_ridge = 0.001")
+    });
+    let err = fails(&["sweep", "--config", &ridge], root);
+    assert!(
+        err.contains("sweep.refit_ridge was 0.0001, now 0.001"),
+        "{err}"
+    );
+    unchanged();
+
+    // Other data files (same names, other reviews): refused.
+    let data = root.join("data");
+    let saved = root.join("data-saved");
+    std::fs::rename(&data, &saved).unwrap();
+    bench::data::write_fixture(&data, 96, 48, 8, 60, 8).unwrap();
+    let extended = variant(root, &base, "extended", extend);
+    let err = fails(&["sweep", "--config", &extended], root);
+    assert!(
+        err.contains("the data files (sha256) was") && err.contains("test-00000-of-00001.parquet"),
+        "{err}"
+    );
+    unchanged();
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::rename(&saved, &data).unwrap();
+
+    // The same inputs (an option no existing row uses may change): resumes, adds the new ratio;
+    // a killed run's half-drawn figure is cleaned up.
+    let lqo = variant(root, &base, "lqo", |t| {
+        format!("{}lqo_floor_fraction = 1.0\n", extend(t))
+    });
+    let stale_png = run.join(format!(".bound_vs_error.png.{}.tmp.png", dead_pid()));
+    std::fs::write(&stale_png, b"\x89PNG half").unwrap();
+    succeeds(&["sweep", "--config", &lqo], root);
+    assert!(!stale_png.exists());
+    let rows = bench::results::read_rows(&csv).unwrap();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert_eq!(
+        std::fs::read_to_string(&csv)
+            .unwrap()
+            .lines()
+            .take(4)
+            .collect::<Vec<_>>(),
+        String::from_utf8_lossy(&csv_bytes)
+            .lines()
+            .collect::<Vec<_>>(),
+        "the existing rows are kept as they were"
+    );
+    let man: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert_eq!(man["row_inputs"]["sweep"]["lqo_floor_fraction"], 1.0);
+    assert_eq!(man["earlier_runs"].as_array().unwrap().len(), 1);
+
+    // A manifest of before the record: accepted, and the record written.
+    let mut old = man.clone();
+    old.as_object_mut().unwrap().remove("row_inputs");
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&old).unwrap()).unwrap();
+    succeeds(&["sweep", "--config", &lqo], root);
+    let man: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert_eq!(man["row_inputs"]["eval"]["seed"], 0, "{man}");
+
+    // A damaged manifest beside rows: refused (what the rows mean is unknown).
+    std::fs::write(&manifest, b"{\"name\": ").unwrap();
+    let err = fails(&["sweep", "--config", &lqo], root);
+    assert!(
+        err.contains("manifest.json is damaged") && err.contains("cannot be read"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&manifest).unwrap(), b"{\"name\": ");
+}
+
+#[test]
+fn a_figure_that_cannot_be_written_is_named_without_litter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let cfg = setup(root);
+    let cfg_s = cfg.to_str().unwrap();
+    let run = root.join("results/t");
+    succeeds(&["sweep", "--config", cfg_s], root);
+    let figure = run.join("bound_vs_error.png");
+    let before = std::fs::read(run.join("accuracy_vs_params.png")).unwrap();
+    // A directory of the user's where a figure goes: `plot` fails naming it, leaves it alone
+    // and leaves no temporary file.
+    std::fs::remove_file(&figure).unwrap();
+    std::fs::create_dir(&figure).unwrap();
+    std::fs::write(figure.join("notes.txt"), b"keep me").unwrap();
+    let err = fails(&["plot", "--config", cfg_s], root);
+    assert!(
+        err.contains(&format!("cannot write the figure {}", figure.display())),
+        "{err}"
+    );
+    assert!(!err.contains("Os {") && !err.contains("Kind"), "{err}");
+    assert_eq!(std::fs::read(figure.join("notes.txt")).unwrap(), b"keep me");
+    assert!(hidden(&run).is_empty(), "{:?}", hidden(&run));
+    let png = std::fs::read(run.join("accuracy_vs_params.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(png.len(), before.len());
+}

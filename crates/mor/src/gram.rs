@@ -241,7 +241,13 @@ pub fn h2_norm_sq(block: &DiagBlock, horizon: Option<usize>) -> f64 {
         return f64::INFINITY;
     }
     let g = gram(block, horizon);
-    lqo_inner(block, &g, &g, &g).max(0.0)
+    clamp_rounding(lqo_inner(block, &g, &g, &g))
+}
+
+/// A squared norm computed as a sum that rounding may leave slightly negative: clamped at 0, but
+/// NaN (an overflow inside the sum) is kept so that callers see it instead of a norm of 0.
+fn clamp_rounding(x: f64) -> f64 {
+    if x.is_nan() { x } else { x.max(0.0) }
 }
 
 /// h2 norm of an LQO block, `sqrt(tr(E G Eᵀ) + Σ_i tr(N_i G N_i G))` (issue 4, Definitions);
@@ -363,7 +369,7 @@ pub fn h2_error_sq(full: &DiagBlock, red: &DiagBlock, horizon: Option<usize>) ->
             e2 += 2.0 * trace_prod(&(n * &x * n), &y);
         }
     }
-    Ok(e2.max(0.0))
+    Ok(clamp_rounding(e2))
 }
 
 /// The textbook three-term h2 error `sqrt(‖Σ‖² − 2⟨Σ, Σ_r⟩ + ‖Σ_r‖²)` with

@@ -20,6 +20,22 @@
 //! `n_layers`.
 //!
 //! All writes go to a temporary file in the target directory, then are renamed into place.
+//!
+//! # Accepted numbers
+//! Every reader and writer refuses a block with a non-finite (NaN, infinite) number in any field
+//! (`lambda`, `b`, `c`, `c_rev`, `d`, `linear`, `quadratic`). A JSON document read at the
+//! command-line boundary ([`read_json`], [`from_json_str`]) must also keep its numbers in the range
+//! where the formulas are meaningful in f64 ([`check_ranges`]):
+//! - no subnormal number (non-zero with magnitude below `f64::MIN_POSITIVE` ≈ 2.2e-308: it has
+//!   lost precision and its products vanish); write 0 instead;
+//! - every magnitude at most [`MAX_MAGNITUDE`] = 1e30: the formulas multiply up to ten entries
+//!   (an LQO block's squared h2 norm holds `N²·C⁴·B⁴`), so larger numbers overflow f64 (1.8e308);
+//! - every field other than `lambda` that is not all zero has a largest magnitude of at least
+//!   [`MIN_SCALE`] = 1e-30, so that those products stay above f64's smallest normal number
+//!   instead of underflowing to a norm of 0. Single small entries beside larger ones are fine.
+//!
+//! A system outside this range has the same reductions after rescaling (`b` by α, `c` and `c_rev`
+//! by β scales every linear output by αβ).
 
 use crate::block::DiagBlock;
 use crate::error::{Error, Result};
@@ -203,27 +219,184 @@ pub fn validate(block: &DiagBlock, path: &str) -> Result<()> {
             (0..mt.ncols()).all(|j| mt[(i, j)].re.is_finite() && mt[(i, j)].im.is_finite())
         })
     };
-    if !block
-        .lambda
-        .iter()
-        .all(|l| l.re.is_finite() && l.im.is_finite())
-        || !finite_c(&block.b)
-        || !finite_c(&block.c)
-        || !block.c_rev.as_ref().is_none_or(finite_c)
-    {
+    let finite_r =
+        |mt: &Mat<f64>| (0..mt.nrows()).all(|i| (0..mt.ncols()).all(|j| mt[(i, j)].is_finite()));
+    let fields: [(&str, bool); 7] = [
+        (
+            "lambda",
+            block
+                .lambda
+                .iter()
+                .all(|l| l.re.is_finite() && l.im.is_finite()),
+        ),
+        ("b", finite_c(&block.b)),
+        ("c", finite_c(&block.c)),
+        ("c_rev", block.c_rev.as_ref().is_none_or(finite_c)),
+        (
+            "d",
+            block
+                .d
+                .as_ref()
+                .is_none_or(|d| d.iter().all(|x| x.is_finite())),
+        ),
+        ("linear", block.linear.as_ref().is_none_or(finite_r)),
+        ("quadratic", block.quadratic.iter().all(finite_r)),
+    ];
+    if let Some((name, _)) = fields.iter().find(|(_, ok)| !ok) {
         return Err(fmt_err(
             path,
-            "non-finite (NaN or infinite) entry in lambda, b, c or c_rev",
+            format!(
+                "non-finite (NaN or infinite) entry in `{name}`; every number of a block must be \
+                 finite"
+            ),
         ));
     }
     Ok(())
 }
 
-/// Parses a `diag-ssm/1` JSON document (see the module doc) and validates it.
+/// Largest magnitude of any number of a block read at the command-line boundary (module doc,
+/// *Accepted numbers*).
+pub const MAX_MAGNITUDE: f64 = 1e30;
+
+/// Smallest largest-magnitude of a field (other than `lambda`) that is not all zero (module doc,
+/// *Accepted numbers*).
+pub const MIN_SCALE: f64 = 1e-30;
+
+/// The numbers of one field in storage order, with a function naming the `k`-th one.
+struct Field<'a> {
+    name: String,
+    values: Vec<f64>,
+    locate: Box<dyn Fn(usize) -> String + 'a>,
+}
+
+fn complex_field<'a>(name: &str, m: &'a Mat<c64>) -> Field<'a> {
+    let values = (0..m.nrows())
+        .flat_map(|i| (0..m.ncols()).flat_map(move |j| [m[(i, j)].re, m[(i, j)].im]))
+        .collect();
+    let nc = m.ncols().max(1);
+    let n = name.to_string();
+    Field {
+        name: name.to_string(),
+        values,
+        locate: Box::new(move |k| {
+            let part = if k % 2 == 0 { "re" } else { "im" };
+            format!("`{n}`[{}][{}] ({part})", (k / 2) / nc, (k / 2) % nc)
+        }),
+    }
+}
+
+fn real_field<'a>(name: &str, m: &'a Mat<f64>) -> Field<'a> {
+    let values = (0..m.nrows())
+        .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)]))
+        .collect();
+    let nc = m.ncols().max(1);
+    let n = name.to_string();
+    Field {
+        name: name.to_string(),
+        values,
+        locate: Box::new(move |k| format!("`{n}`[{}][{}]", k / nc, k % nc)),
+    }
+}
+
+/// Checks that every number of `block` lies in the range where the formulas are meaningful in
+/// f64 (module doc, *Accepted numbers*): finite, not subnormal, magnitude at most
+/// [`MAX_MAGNITUDE`], and each field but `lambda` either all zero or with a largest magnitude of
+/// at least [`MIN_SCALE`]. `path` names the block in messages.
+///
+/// # Errors
+/// [`Error::Format`] naming the field, the entry and the limit.
+pub fn check_ranges(block: &DiagBlock, path: &str) -> Result<()> {
+    let lambda: Vec<f64> = block.lambda.iter().flat_map(|l| [l.re, l.im]).collect();
+    let mut fields = vec![
+        Field {
+            name: "lambda".into(),
+            values: lambda,
+            locate: Box::new(|k| {
+                format!(
+                    "`lambda`[{}] ({})",
+                    k / 2,
+                    if k % 2 == 0 { "re" } else { "im" }
+                )
+            }),
+        },
+        complex_field("b", &block.b),
+        complex_field("c", &block.c),
+    ];
+    if let Some(cr) = &block.c_rev {
+        fields.push(complex_field("c_rev", cr));
+    }
+    if let Some(d) = &block.d {
+        fields.push(Field {
+            name: "d".into(),
+            values: d.clone(),
+            locate: Box::new(|k| format!("`d`[{k}]")),
+        });
+    }
+    if let Some(e) = &block.linear {
+        fields.push(real_field("linear", e));
+    }
+    for (k, n) in block.quadratic.iter().enumerate() {
+        fields.push(real_field(&format!("quadratic[{k}]"), n));
+    }
+    for f in &fields {
+        let mut largest = 0.0_f64;
+        for (k, &x) in f.values.iter().enumerate() {
+            if !x.is_finite() {
+                return Err(fmt_err(
+                    path,
+                    format!(
+                        "{} = {x} is not finite; every number must be finite",
+                        (f.locate)(k)
+                    ),
+                ));
+            }
+            if x.is_subnormal() {
+                return Err(fmt_err(
+                    path,
+                    format!(
+                        "{} = {x:e} is subnormal (non-zero but below {:e}, where f64 has lost \
+                         precision and the formulas' products vanish); write 0 there, or rescale \
+                         the block",
+                        (f.locate)(k),
+                        f64::MIN_POSITIVE
+                    ),
+                ));
+            }
+            if x.abs() > MAX_MAGNITUDE {
+                return Err(fmt_err(
+                    path,
+                    format!(
+                        "{} = {x:e} exceeds {MAX_MAGNITUDE:e} in magnitude: the formulas multiply \
+                         up to ten numbers of a block and would overflow f64; rescale the block \
+                         (b by α, c and c_rev by β scale every linear output by αβ)",
+                        (f.locate)(k)
+                    ),
+                ));
+            }
+            largest = largest.max(x.abs());
+        }
+        if f.name != "lambda" && largest > 0.0 && largest < MIN_SCALE {
+            return Err(fmt_err(
+                path,
+                format!(
+                    "`{}` is all tiny: its largest magnitude {largest:e} is below {MIN_SCALE:e}, \
+                     so the formulas' products would underflow to 0 (an h2 norm of 0 for a \
+                     non-zero system); rescale the block (b by α, c and c_rev by β scale every \
+                     linear output by αβ), or write exact zeros if the field is meant to be 0",
+                    f.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a `diag-ssm/1` JSON document (see the module doc) and validates it, including the
+/// range of its numbers ([`check_ranges`]).
 ///
 /// # Errors
 /// [`Error::Format`] (with `path` in the message) for bad JSON, a wrong `format` tag, ragged or
-/// mismatched shapes, asymmetric `N_i` or non-finite values.
+/// mismatched shapes, asymmetric `N_i`, non-finite values or numbers out of range.
 pub fn from_json_str(text: &str, path: &str) -> Result<DiagBlock> {
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| fmt_err(path, format!("not a valid JSON document: {e}")))?;
@@ -279,6 +452,7 @@ pub fn from_json_str(text: &str, path: &str) -> Result<DiagBlock> {
         block.b = Mat::zeros(0, 0);
     }
     validate(&block, path)?;
+    check_ranges(&block, path)?;
     Ok(block)
 }
 
@@ -708,6 +882,45 @@ mod tests {
                 .to_string()
                 .contains("`b` has")
         );
+    }
+
+    #[test]
+    fn non_finite_and_out_of_range_numbers_are_named() {
+        let b = random_block(4, 3, 2, 2, true, 1, Some(1), 0.8);
+        check_ranges(&b, "x").unwrap();
+        // Every field is checked for finiteness on every path (safetensors included).
+        let mut nan_d = b.clone();
+        nan_d.d = Some(vec![0.5, f64::NAN]);
+        let e = validate(&nan_d, "x").unwrap_err().to_string();
+        assert!(e.contains("non-finite") && e.contains("`d`"), "{e}");
+        let mut inf_n = b.clone();
+        inf_n.quadratic[0][(0, 0)] = f64::INFINITY;
+        let e = validate(&inf_n, "x").unwrap_err().to_string();
+        assert!(e.contains("`quadratic`"), "{e}");
+        // The range: subnormal, too large, all tiny; a single small entry is fine.
+        let mut sub = b.clone();
+        sub.linear.as_mut().unwrap()[(0, 1)] = 1e-310;
+        let e = check_ranges(&sub, "x").unwrap_err().to_string();
+        assert!(e.contains("`linear`[0][1] = 1e-310 is subnormal"), "{e}");
+        let mut big = b.clone();
+        big.quadratic[0][(1, 1)] = -2e30;
+        let e = check_ranges(&big, "x").unwrap_err().to_string();
+        assert!(
+            e.contains("`quadratic[0]`[1][1] = -2e30 exceeds 1e30"),
+            "{e}"
+        );
+        let mut tiny = b.clone();
+        tiny.c_rev = tiny.c_rev.map(|c| c * faer::Scale(c64::new(1e-40, 0.0)));
+        let e = check_ranges(&tiny, "x").unwrap_err().to_string();
+        assert!(e.contains("`c_rev` is all tiny"), "{e}");
+        let mut one_small = b.clone();
+        one_small.c[(0, 0)] = c64::new(1e-200, 0.0);
+        one_small.lambda[0] = c64::new(1e-200, 0.0);
+        check_ranges(&one_small, "x").unwrap();
+        // Exact zeros are fine.
+        let mut zero = b.clone();
+        zero.d = Some(vec![0.0, 0.0]);
+        check_ranges(&zero, "x").unwrap();
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!   (`lqo-h2`); [`reduce`] dispatches by [`Method`] for one block ([`reduce::reduce_block`]) or a
 //!   whole model ([`reduce::reduce_model`]).
 //! - `bound`: the output-error bound of a reduced model (see `BOUND.md`).
+//! - [`memory`]: the memory a command needs, estimated from the block's sizes before allocating.
 
 pub mod block;
 pub mod bound;
@@ -24,6 +25,7 @@ pub mod h2opt;
 pub mod hinf;
 pub mod io;
 pub mod lqo;
+pub mod memory;
 pub mod modal;
 pub mod model;
 pub mod recipe;

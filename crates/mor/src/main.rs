@@ -1,14 +1,21 @@
 //! `mor`: command-line access to the h2 norms, certified H∞ bounds, Hankel singular values and block reductions of
 //! `diag-ssm/1` JSON systems. Prints one JSON object on stdout; errors exit non-zero with one line
 //! on stderr.
+//!
+//! Input numbers must lie where the formulas are meaningful in f64 (`mor::io`, *Accepted
+//! numbers*: finite, not subnormal, magnitudes ≤ 1e30, no field all below 1e-30); a computed norm
+//! or bound that is not finite is an error, never a JSON `null`. Each command's memory is
+//! estimated from n, m, p before anything large is allocated and refused above
+//! `--max-memory-gib` (default 8; `mor::memory`).
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use mor::memory::{self, Work};
 use mor::modal::ModalOrder;
 use mor::reduce::{ReduceOptions, reduce_block};
 use mor::{Method, gram, io};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Model order reduction of diagonal SSM / LQO blocks (`diag-ssm/1` JSON).
@@ -17,6 +24,10 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Refuse a command whose estimated memory (from the block's n, m, p, before anything large
+    /// is allocated; see `mor::memory`) exceeds this many GiB.
+    #[arg(long, global = true, default_value_t = mor::memory::DEFAULT_LIMIT_GIB)]
+    max_memory_gib: f64,
 }
 
 #[derive(Subcommand)]
@@ -98,42 +109,149 @@ fn positive(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
-fn read(path: &PathBuf) -> Result<mor::DiagBlock> {
+/// Reads a block, refusing first a file whose parsing alone would exceed the memory limit.
+fn read(path: &PathBuf, limit_gib: f64) -> Result<mor::DiagBlock> {
+    if let Ok(meta) = std::fs::metadata(path) {
+        memory::check(
+            &format!(
+                "parsing {} ({})",
+                path.display(),
+                memory::human(meta.len() as f64)
+            ),
+            meta.len() as f64 * memory::JSON_PARSE_FACTOR,
+            limit_gib,
+        )?;
+    }
     // The error names the file already.
     Ok(io::read_json(path)?)
 }
 
+/// Refuses `work` on `block` (of `sys`) if its estimated memory exceeds the limit.
+fn budget(
+    what: &str,
+    sys: &Path,
+    work: Work,
+    n: usize,
+    block: &mor::DiagBlock,
+    limit_gib: f64,
+) -> Result<()> {
+    let bytes = memory::estimate_bytes(
+        work,
+        n,
+        block.n_inputs(),
+        block.n_outputs(),
+        block.quadratic.len(),
+    );
+    memory::check(
+        &format!(
+            "{what} of {} (n = {n} modes, m = {}, p = {})",
+            sys.display(),
+            block.n_inputs(),
+            block.n_outputs()
+        ),
+        bytes,
+        limit_gib,
+    )?;
+    Ok(())
+}
+
+/// A computed number that must be finite (a norm or bound; never printed as NaN or `null`).
+fn finite(what: &str, sys: &Path, x: f64) -> Result<f64> {
+    if x.is_finite() {
+        return Ok(x);
+    }
+    Err(mor::Error::LinAlg(format!(
+        "the {what} of {} evaluated to {x}: the computation left f64's range although the \
+         block's numbers are within the accepted ones (see `mor::io`, *Accepted numbers*); \
+         rescale the block towards magnitudes near 1 (b by α, c and c_rev by β scale every \
+         linear output by αβ){}",
+        sys.display(),
+        if what.contains("time-limited") {
+            ", or shorten --horizon (|λ|^T overflows for an unstable mode)"
+        } else {
+            ""
+        }
+    ))
+    .into())
+}
+
 fn run(cli: Cli) -> Result<serde_json::Value> {
+    let limit = cli.max_memory_gib;
+    memory::check_limit(limit)?;
     Ok(match cli.cmd {
         Cmd::H2 { sys, horizon } => {
-            let b = read(&sys)?;
+            let b = read(&sys, limit)?;
             if horizon.is_none() {
                 gram::check_stable(&b, &sys.display().to_string())?;
             }
-            json!({ "h2": gram::h2_norm(&b, horizon) })
+            budget("the h2 norm", &sys, Work::H2, b.n_modes(), &b, limit)?;
+            let what = if horizon.is_some() {
+                "time-limited h2 norm"
+            } else {
+                "h2 norm"
+            };
+            json!({ "h2": finite(what, &sys, gram::h2_norm(&b, horizon))? })
         }
         Cmd::H2Error { full, red, horizon } => {
-            let f = read(&full)?;
-            let r = read(&red)?;
-            json!({ "h2_error": gram::h2_error(&f, &r, horizon)? })
+            let f = read(&full, limit)?;
+            let r = read(&red, limit)?;
+            budget(
+                "the h2 error (on the difference block)",
+                &full,
+                Work::H2,
+                f.n_modes() + r.n_modes(),
+                &f,
+                limit,
+            )?;
+            let what = if horizon.is_some() {
+                "time-limited h2 error"
+            } else {
+                "h2 error"
+            };
+            json!({ "h2_error": finite(what, &full, gram::h2_error(&f, &r, horizon)?)? })
         }
         Cmd::Hinf {
             sys,
             tol,
             max_evals,
         } => {
-            let b = read(&sys)?;
-            gram::check_stable(&b, &sys.display().to_string())?;
-            if tol.is_nan() || tol <= 0.0 {
-                bail!("--tol must be > 0, got {tol}");
+            if !(tol.is_finite() && tol > 0.0) {
+                bail!(
+                    "--tol {tol}: the relative tolerance must be a finite number > 0 (e.g. 1e-3)"
+                );
             }
+            if max_evals == 0 {
+                bail!(
+                    "--max-evals 0: the bound needs at least one frequency evaluation (default \
+                     20000; fewer give a looser but still certified bound)"
+                );
+            }
+            let b = read(&sys, limit)?;
+            gram::check_stable(&b, &sys.display().to_string())?;
+            budget("the H∞ bound", &sys, Work::Hinf, b.n_modes(), &b, limit)?;
             let hb = mor::hinf::hinf_upper_bound(&b, tol, max_evals);
-            json!({ "hinf_upper": hb.upper, "hinf_lower": hb.lower, "evaluations": hb.evaluations })
+            json!({
+                "hinf_upper": finite("H∞ upper bound", &sys, hb.upper)?,
+                "hinf_lower": finite("H∞ lower bound", &sys, hb.lower)?,
+                "evaluations": hb.evaluations
+            })
         }
         Cmd::Hsv { sys } => {
-            let b = read(&sys)?;
+            let b = read(&sys, limit)?;
             gram::check_stable(&b, &sys.display().to_string())?;
-            json!({ "hsv": gram::hsv(&b).with_context(|| format!("HSV of {}", sys.display()))? })
+            budget(
+                "the Hankel singular values",
+                &sys,
+                Work::Balanced,
+                b.n_modes(),
+                &b,
+                limit,
+            )?;
+            let hsv = gram::hsv(&b).with_context(|| format!("HSV of {}", sys.display()))?;
+            for &h in &hsv {
+                finite("Hankel singular values", &sys, h)?;
+            }
+            json!({ "hsv": hsv })
         }
         Cmd::Reduce {
             sys,
@@ -150,7 +268,7 @@ fn run(cli: Cli) -> Result<serde_json::Value> {
                 "abs-lambda" => ModalOrder::AbsLambda,
                 o => bail!("unknown --modal-order `{o}`; expected `h2` or `abs-lambda`"),
             };
-            let b = read(&sys)?;
+            let b = read(&sys, limit)?;
             if m != Method::Tlh2 {
                 gram::check_stable(&b, &sys.display().to_string())?;
             } else if horizon.is_none() {
@@ -162,8 +280,39 @@ fn run(cli: Cli) -> Result<serde_json::Value> {
                 hinf_horizon,
                 ..ReduceOptions::default()
             };
+            // The reported error is computed on the difference block (n + r modes); the
+            // balanced family also holds the dense Gramians of the 2n real states.
+            let n = b.n_modes();
+            budget(
+                &format!("reducing with {m} to r = {order}"),
+                &sys,
+                Work::H2,
+                n + order.min(n),
+                &b,
+                limit,
+            )?;
+            if matches!(m, Method::Bt | Method::H2 | Method::Tlh2 | Method::LqoH2) {
+                budget(
+                    &format!("reducing with {m}"),
+                    &sys,
+                    Work::Balanced,
+                    n,
+                    &b,
+                    limit,
+                )?;
+            }
             let red = reduce_block(&b, m, order, &opts)
                 .with_context(|| format!("reducing {} with {m} to r = {order}", sys.display()))?;
+            finite(
+                if horizon.is_some() {
+                    "time-limited h2 error of the reduction"
+                } else {
+                    "h2 error of the reduction"
+                },
+                &sys,
+                red.h2_error,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}; {} was not written", out.display()))?;
             io::write_json(&out, &red.block)
                 .with_context(|| format!("writing {}", out.display()))?;
             let stable = red.block.max_abs_lambda() < 1.0;

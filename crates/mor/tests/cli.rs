@@ -225,3 +225,177 @@ fn cli_hinf_brackets_the_norm_and_rejects_bad_input() {
         "{err}"
     );
 }
+
+/// `lti.json` with `edit` applied, written into `dir` as `name`.
+fn edited(dir: &std::path::Path, name: &str, edit: impl Fn(&mut Value)) -> String {
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("lti.json")).unwrap()).unwrap();
+    edit(&mut v);
+    let p = dir.join(name);
+    // serde_json writes non-finite numbers as `null`; JSON has no NaN literal.
+    std::fs::write(&p, v.to_string()).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn cli_out_of_range_numbers_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let scale = |key: &'static str, f: f64| {
+        move |v: &mut Value| {
+            for row in v[key].as_array_mut().unwrap() {
+                for z in row.as_array_mut().unwrap() {
+                    for x in z.as_array_mut().unwrap() {
+                        *x = serde_json::json!(x.as_f64().unwrap() * f);
+                    }
+                }
+            }
+        }
+    };
+    let cases = [
+        // Overflowing B: formerly {"h2": 0.0}, a null H∞ bound, NoConvergence in hsv.
+        (
+            edited(d, "big_b.json", scale("b", 1e200)),
+            "`b`[0][0] (re) = ",
+            "exceeds 1e30",
+        ),
+        (
+            edited(d, "big_c.json", scale("c", 1e40)),
+            "`c`[0][0] (re) = ",
+            "exceeds 1e30",
+        ),
+        // All-tiny B: formerly {"h2": 0.0}.
+        (
+            edited(d, "tiny_b.json", scale("b", 1e-200)),
+            "`b` is all tiny",
+            "below 1e-30",
+        ),
+        // Subnormal entries.
+        (
+            edited(d, "sub_b.json", |v| {
+                v["b"][2][0][1] = serde_json::json!(1e-310)
+            }),
+            "`b`[2][0] (im) = 1e-310 is subnormal",
+            "write 0",
+        ),
+        (
+            edited(d, "sub_lambda.json", |v| {
+                v["lambda"][3] = serde_json::json!([0.5, 4e-320])
+            }),
+            "`lambda`[3] (im)",
+            "subnormal",
+        ),
+        (
+            edited(d, "big_d.json", |v| {
+                v["d"] = serde_json::json!([1e31, 0.0, 0.0])
+            }),
+            "`d`[0] = 1e31 exceeds 1e30",
+            "rescale",
+        ),
+        // A non-finite number (written as `null` by JSON) is not a number at all.
+        (
+            edited(d, "nan_c.json", |v| {
+                v["c"][0][1][0] = serde_json::json!(f64::NAN)
+            }),
+            "not a valid diag-ssm/1 document",
+            "null",
+        ),
+    ];
+    for (sys, want, also) in &cases {
+        for cmd in [
+            vec!["h2", sys.as_str()],
+            vec!["hinf", sys.as_str()],
+            vec!["hsv", sys.as_str()],
+            vec!["h2-error", sys.as_str(), sys.as_str()],
+        ] {
+            let (ok, v, err) = run(&cmd);
+            assert!(
+                !ok && v.is_null() && err.trim().lines().count() == 1,
+                "{cmd:?}: {v} {err}"
+            );
+            assert!(
+                err.contains(want) && err.contains(also) && err.contains(sys.as_str()),
+                "{cmd:?}: {err}"
+            );
+        }
+    }
+    // In range but overflowing inside the formula (|λ|^T of an unstable mode): an error, never
+    // a JSON null or infinity.
+    let fast = edited(d, "fast.json", |v| {
+        v["lambda"][0] = serde_json::json!([1e20, 0.0])
+    });
+    let (ok, v, err) = run(&["h2", &fast, "--horizon", "64"]);
+    assert!(!ok && v.is_null(), "{v}");
+    assert!(
+        err.contains("time-limited h2 norm of") && err.contains("shorten --horizon"),
+        "{err}"
+    );
+    // --max-evals 0 and a non-finite --tol.
+    let lti = fixture("lti.json");
+    let (ok, _, err) = run(&["hinf", lti.to_str().unwrap(), "--max-evals", "0"]);
+    assert!(!ok && err.contains("--max-evals 0"), "{err}");
+    let (ok, _, err) = run(&["hinf", lti.to_str().unwrap(), "--tol", "inf"]);
+    assert!(!ok && err.contains("--tol inf"), "{err}");
+}
+
+#[test]
+fn cli_refuses_work_beyond_the_memory_limit() {
+    // 20,000 modes with m = p = 1: the h2 norm's dense Gramian terms need ≈ 24 GiB, which the
+    // default 8 GiB limit refuses before allocating (the file itself is small).
+    let n = 20_000;
+    let lambda: Vec<[f64; 2]> = (0..n).map(|i| [0.5 * (i as f64 / n as f64), 0.1]).collect();
+    let v = serde_json::json!({
+        "format": "diag-ssm/1",
+        "lambda": lambda,
+        "b": vec![[[1.0, 0.0]]; n],
+        "c": [vec![[0.5, 0.0]; n]],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.json");
+    std::fs::write(&p, v.to_string()).unwrap();
+    let sys = p.to_str().unwrap();
+    let t = std::time::Instant::now();
+    for cmd in [
+        vec!["h2", sys],
+        vec!["hsv", sys],
+        vec!["h2-error", sys, sys],
+    ] {
+        let (ok, v, err) = run(&cmd);
+        assert!(!ok && v.is_null(), "{cmd:?}: {v}");
+        assert!(
+            err.contains("0000 modes, m = 1, p = 1")
+                && err.contains("GiB of memory, more than the limit of 8 GiB")
+                && err.contains("--max-memory-gib"),
+            "{cmd:?}: {err}"
+        );
+    }
+    let out = dir.path().join("r.json");
+    let (ok, _, err) = run(&[
+        "reduce",
+        sys,
+        "--method",
+        "bt",
+        "--order",
+        "10",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("more than the limit") && !out.exists(),
+        "{err}"
+    );
+    // The limit is an option; a lower one refuses a small block, a bad one is named.
+    let lti = fixture("lti.json");
+    let lti = lti.to_str().unwrap();
+    let (ok, _, err) = run(&["h2", lti, "--max-memory-gib", "1e-9"]);
+    assert!(
+        !ok && err.contains("more than the limit of 0.000000001 GiB"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["--max-memory-gib=-1", "h2", lti]);
+    assert!(!ok && err.contains("--max-memory-gib -1"), "{err}");
+    let (ok, _, _) = run(&["h2", lti, "--max-memory-gib", "1"]);
+    assert!(ok);
+    // Refused quickly: nothing large was allocated.
+    assert!(t.elapsed().as_secs() < 60);
+}
