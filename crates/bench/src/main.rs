@@ -796,7 +796,10 @@ fn plot_merged(csv: &Path, also: &[PathBuf], out: Option<&Path>) -> Result<Vec<P
                 full_of(&more)
             );
         }
-        for r in more.into_iter().filter(|r| r.method != bench::results::FULL) {
+        for r in more
+            .into_iter()
+            .filter(|r| r.method != bench::results::FULL)
+        {
             if rows.iter().any(|q| q.has_key(&r.method, r.ratio)) {
                 bail!(
                     "{} @ {} is in both {} and {}; plot them apart",
