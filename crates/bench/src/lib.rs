@@ -12,3 +12,4 @@ pub mod results;
 pub mod sections;
 pub mod subset;
 pub mod sweep;
+pub mod verify;

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use bench::manifest::{Manifest, sha256_file};
 use bench::pipeline::{self, EvalSet, Loaded, S5Backend};
 use bench::results::{ResultsStore, write_atomic};
-use bench::sweep::{SweepOptions, run_sweep, summary_table};
+use bench::sweep::{SweepBackend, SweepOptions, run_sweep, summary_table};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -137,6 +137,30 @@ enum Command {
         /// Stop after writing this many new result rows (for testing).
         #[arg(long, hide = true)]
         stop_after_rows: Option<usize>,
+    },
+    /// Reproducibility check: recompute the full row and a seeded sample of the reduced rows of
+    /// `results.csv` from the checkpoint and compare them with the committed values.
+    ///
+    /// The rows are recomputed as the sweep computed them (the config's `[eval]` set, `[sweep]`
+    /// reduce and refit options, the same calibration and refit reviews). Compared: every column
+    /// but the timings (`reduce_seconds`, `eval_seconds`, `infer_tokens_per_s`) and the kept
+    /// modes per layer of `kept_modes.csv`; integers and flags exactly, accuracy and parameter
+    /// reductions to 1e-12, `logit_err_mean` and `logit_err_max` to a relative 1e-6,
+    /// `bound_max` to a relative 1e-3 (NaN equals NaN). Refused if the checkpoint's weights
+    /// digest differs from `checkpoint_sha256` in the run's `manifest.json`. Prints a table and
+    /// exits non-zero, naming the rows that differ, on any mismatch. Writes nothing.
+    Verify {
+        /// Reduced rows to sample and recompute (the full row is always checked; more than
+        /// there are checks them all).
+        #[arg(long, default_value_t = 4)]
+        rows: usize,
+        /// Seed of the sample (ChaCha8 shuffle of the reduced rows).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The CSV to check (default `<out_dir>/<name>/results.csv`); `kept_modes.csv` and
+        /// `manifest.json` are read next to it.
+        #[arg(long)]
+        csv: Option<PathBuf>,
     },
     /// Re-draw the plots from a results CSV.
     Plot {
@@ -262,6 +286,10 @@ fn real_main() -> Result<()> {
                 stop_after_rows,
             };
             sweep_stage(&cfg, &config_path, &args, false)
+        }
+        Some(Command::Verify { rows, seed, csv }) => {
+            let csv = csv.unwrap_or_else(|| cfg.run_dir().join("results.csv"));
+            verify(&cfg, &csv, rows, seed)
         }
         Some(Command::Plot { csv, also, out }) => {
             let csv = csv.unwrap_or_else(|| cfg.run_dir().join("results.csv"));
@@ -749,6 +777,167 @@ fn sweep_stage(
             .map(|f| f.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    Ok(())
+}
+
+/// `bench verify`: recomputes the full row and `n_rows` seeded reduced rows of `csv` exactly as
+/// the sweep computed them and compares them ([`bench::verify`]). Reads the run directory only.
+fn verify(cfg: &RunConfig, csv: &Path, n_rows: usize, seed: u64) -> Result<()> {
+    use bench::verify::{self as v, Check};
+    let sweep = cfg.sweep()?;
+    if !csv.is_file() {
+        bail!(
+            "no results to verify: {} does not exist (run `bench sweep` first, or pass --csv)",
+            csv.display()
+        );
+    }
+    let dir = csv
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let committed = bench::results::read_rows(csv)?;
+    if !committed.iter().any(|r| r.method == bench::results::FULL) {
+        bail!(
+            "{} has no `full` row: the reduced rows' errors cannot be checked without it",
+            csv.display()
+        );
+    }
+    let kept_path = dir.join("kept_modes.csv");
+    if !kept_path.is_file() {
+        bail!(
+            "{} is missing: it holds the per-layer kept modes of the rows of {}",
+            kept_path.display(),
+            csv.display()
+        );
+    }
+    let kept: Vec<bench::results::KeptModes> = bench::results::read_csv(&kept_path)?;
+    let picked = v::sample(&committed, n_rows, seed);
+
+    let source = cfg.checkpoint_dir();
+    checkpoint_dir_arg(
+        &source,
+        "the checkpoint (`checkpoint` in the configuration)",
+    )?;
+    let loaded = pipeline::load(&source)?;
+    if loaded.reduction.is_some() {
+        bail!(
+            "{} is a compressed checkpoint; the sweep starts from a full model",
+            loaded.dir.display()
+        );
+    }
+    let manifest = Manifest::read(dir);
+    match manifest
+        .as_ref()
+        .and_then(|m| m.checkpoint_sha256.as_deref())
+    {
+        Some(sha) if sha != loaded.sha256 => bail!(
+            "the configured checkpoint {} (weights sha256 {}) is not the one the rows of {} came \
+             from (checkpoint_sha256 {sha} in {}); point `checkpoint` in the config at that model",
+            loaded.dir.display(),
+            loaded.sha256,
+            csv.display(),
+            dir.join(bench::manifest::MANIFEST_FILE).display()
+        ),
+        Some(_) => {}
+        None => eprintln!(
+            "note: no checkpoint_sha256 in {}: cannot confirm that {} is the model the rows came \
+             from; comparing anyway",
+            dir.join(bench::manifest::MANIFEST_FILE).display(),
+            loaded.dir.display()
+        ),
+    }
+    let imdb = bench::data::load(&cfg.data)?;
+    if let Some(man) = &manifest {
+        for f in &imdb.files {
+            let name = f
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            if let Some(old) = man.data_sha256.get(&name)
+                && *old != sha256_file(f)?
+            {
+                eprintln!(
+                    "note: {} differs from the data file of the run (sha256 {old} in \
+                     manifest.json); differences below may come from the data",
+                    f.display()
+                );
+            }
+        }
+    }
+
+    let tok = tokenizer(cfg, &loaded, &imdb.train)?;
+    let set = EvalSet::new(&imdb.test, tok.as_ref(), &cfg.eval)?;
+    let (calibration, refit_set) = calibration_sets(cfg, &imdb, tok.as_ref())?;
+    let reducer = pipeline::Reducer::new(
+        &loaded.model,
+        loaded.meta.max_len,
+        sweep.reduce_options(),
+        sweep.refit_options(),
+        Some((&calibration, &refit_set)),
+    )?;
+    let mut backend = S5Backend::new(reducer, &set)?;
+    backend.measure_speed = false;
+    let mp = MultiProgress::new();
+    let rows_bar = mp.add(bar(picked.len() as u64, "verify "));
+    let eval_bar = mp.add(bar(set.len() as u64, "reviews"));
+    backend.pb = Some(eval_bar.clone());
+    tracing::info!(
+        "recomputing {} of the {} rows of {} on {} test reviews",
+        picked.len(),
+        committed.len(),
+        csv.display(),
+        set.len()
+    );
+
+    let mut checks: Vec<Check> = Vec::new();
+    let full = backend.full().context("evaluating the full model")?;
+    for &i in &picked {
+        let row = &committed[i];
+        rows_bar.set_message(v::label(row));
+        let recomputed = if row.method == bench::results::FULL {
+            Ok((bench::sweep::full_row(&full), full.kept_per_layer.clone()))
+        } else {
+            backend.reduced(&row.method, row.ratio).and_then(|p| {
+                let r = bench::sweep::reduced_row(&full, &p, &row.method, row.ratio)?;
+                Ok((r, p.kept_per_layer))
+            })
+        };
+        match recomputed {
+            Ok((r, k)) => checks.extend(v::compare(
+                row,
+                v::kept_of(&kept, &row.method, row.ratio),
+                &r,
+                &k,
+            )),
+            Err(e) => checks.push(v::failed(row, &mor::error::one_line(e.as_ref()))),
+        }
+        rows_bar.inc(1);
+    }
+    eval_bar.finish_and_clear();
+    rows_bar.finish_and_clear();
+    print!("{}", v::table(&checks));
+    let n_reduced = committed.len() - 1;
+    let bad = v::mismatches(&checks);
+    if !bad.is_empty() {
+        bail!(
+            "verify: {} of {} checked rows of {} differ: {}",
+            bad.len(),
+            picked.len(),
+            csv.display(),
+            bad.join("; ")
+        );
+    }
+    println!(
+        "verify: all {} checked rows of {} match (full + {} of {} reduced rows, seed {seed}; \
+         accuracy to {:e}, logit errors to a relative {:e}, bound_max to a relative {:e}; \
+         timings not compared)",
+        picked.len(),
+        csv.display(),
+        picked.len() - 1,
+        n_reduced,
+        v::ACCURACY_TOL,
+        v::LOGIT_ERR_RTOL,
+        v::BOUND_RTOL
     );
     Ok(())
 }

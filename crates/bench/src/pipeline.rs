@@ -827,6 +827,9 @@ pub struct S5Backend<'a> {
     /// The full model's measured activations per evaluated review (set by `full`), for the
     /// a-posteriori bound.
     pub measured: Vec<Vec<MeasuredLayer>>,
+    /// Whether to measure each point's inference throughput ([`infer_speed`]; default `true`);
+    /// when `false` it is NaN (for `bench verify`, which does not compare timings).
+    pub measure_speed: bool,
     /// The full model's bound factors (with its certified H∞ gains), prepared at the first
     /// reduction and reused for every other.
     full_bound: Option<mor::bound::BoundPrep>,
@@ -842,6 +845,7 @@ impl<'a> S5Backend<'a> {
             set,
             pb: None,
             measured: Vec::new(),
+            measure_speed: true,
             full_bound: None,
         })
     }
@@ -854,12 +858,20 @@ impl<'a> S5Backend<'a> {
         }
         evaluate(model, self.set, self.pb.as_ref(), measure)
     }
+
+    fn speed(&self, model: &S5Model) -> Result<f64> {
+        if self.measure_speed {
+            infer_speed(model)
+        } else {
+            Ok(f64::NAN)
+        }
+    }
 }
 
 impl SweepBackend for S5Backend<'_> {
     fn full(&mut self) -> Result<Point> {
         let mut ev = self.eval(self.reducer.model, true)?;
-        let infer_tokens_per_s = infer_speed(self.reducer.model)?;
+        let infer_tokens_per_s = self.speed(self.reducer.model)?;
         self.measured = std::mem::take(&mut ev.measured);
         let (ssm, total) = param_counts(self.reducer.model);
         Ok(Point {
@@ -896,7 +908,7 @@ impl SweepBackend for S5Backend<'_> {
         let rebuilt = s5::with_reduced(self.reducer.model, &red.model)?;
         let reduce_seconds = t0.elapsed().as_secs_f64();
         let ev = self.eval(&rebuilt, false)?;
-        let infer_tokens_per_s = infer_speed(&rebuilt)?;
+        let infer_tokens_per_s = self.speed(&rebuilt)?;
         let (ssm, total) = param_counts(&rebuilt);
         let horizon = self.set.max_len().max(1);
         if self

@@ -85,6 +85,70 @@ pub fn error_stats(full: &[Vec<f64>], reduced: &[Vec<f64>], bounds: &[f64]) -> (
     (mean, max, holds)
 }
 
+/// The `results.csv` row of the full model's point (no error against itself, no bound).
+pub fn full_row(full: &Point) -> Row {
+    Row {
+        method: FULL.into(),
+        ratio: 0.0,
+        kept_modes: full.kept_per_layer.iter().sum(),
+        ssm_params: full.ssm_params,
+        total_params: full.total_params,
+        param_reduction: 0.0,
+        ssm_param_reduction: 0.0,
+        accuracy: full.accuracy,
+        n_eval: full.logits.len(),
+        logit_err_mean: 0.0,
+        logit_err_max: 0.0,
+        bound_max: 0.0,
+        bound_holds: true,
+        stable: full.stable,
+        reduce_seconds: 0.0,
+        eval_seconds: full.eval_seconds,
+        infer_tokens_per_s: full.infer_tokens_per_s,
+    }
+}
+
+/// The `results.csv` row of the reduced point `p` of (`method`, `ratio`): its logit errors
+/// against the full model's logits ([`error_stats`]), the largest bound (NaN if any review's
+/// bound is NaN), and its parameter reductions relative to `full`.
+///
+/// # Errors
+/// When `p` and `full` were evaluated on different numbers of reviews.
+pub fn reduced_row(full: &Point, p: &Point, method: &str, ratio: f64) -> Result<Row> {
+    if p.logits.len() != full.logits.len() {
+        bail!(
+            "method {method}, ratio {ratio}: {} reviews evaluated, the full model had {}",
+            p.logits.len(),
+            full.logits.len()
+        );
+    }
+    let (mean, max, holds) = error_stats(&full.logits, &p.logits, &p.bounds);
+    let bound_max = if p.bounds.iter().any(|b| b.is_nan()) {
+        f64::NAN
+    } else {
+        p.bounds.iter().copied().fold(0.0, f64::max)
+    };
+    Ok(Row {
+        method: method.to_string(),
+        ratio,
+        kept_modes: p.kept_per_layer.iter().sum(),
+        ssm_params: p.ssm_params,
+        total_params: p.total_params,
+        param_reduction: 1.0 - p.total_params as f64 / full.total_params as f64,
+        ssm_param_reduction: 1.0 - p.ssm_params as f64 / full.ssm_params as f64,
+        accuracy: p.accuracy,
+        n_eval: p.logits.len(),
+        logit_err_mean: mean,
+        logit_err_max: max,
+        bound_max,
+        bound_holds: holds,
+        stable: p.stable,
+        reduce_seconds: p.reduce_seconds,
+        eval_seconds: p.eval_seconds,
+        infer_tokens_per_s: p.infer_tokens_per_s,
+    })
+}
+
 /// Options of a sweep run.
 #[derive(Clone, Debug, Default)]
 pub struct SweepOptions {
@@ -128,25 +192,7 @@ pub fn run_sweep(
     if !full.accuracy.is_finite() {
         bail!("the full model's logits are not finite: the checkpoint is damaged; retrain it");
     }
-    let full_row = Row {
-        method: FULL.into(),
-        ratio: 0.0,
-        kept_modes: full.kept_per_layer.iter().sum(),
-        ssm_params: full.ssm_params,
-        total_params: full.total_params,
-        param_reduction: 0.0,
-        ssm_param_reduction: 0.0,
-        accuracy: full.accuracy,
-        n_eval: full.logits.len(),
-        logit_err_mean: 0.0,
-        logit_err_max: 0.0,
-        bound_max: 0.0,
-        bound_holds: true,
-        stable: full.stable,
-        reduce_seconds: 0.0,
-        eval_seconds: full.eval_seconds,
-        infer_tokens_per_s: full.infer_tokens_per_s,
-    };
+    let full_row = full_row(&full);
     if let Some(old) = existing.iter().find(|r| r.method == FULL)
         && (old.n_eval != full_row.n_eval || old.total_params != full_row.total_params)
     {
@@ -195,38 +241,7 @@ pub fn run_sweep(
                 continue;
             }
         };
-        if p.logits.len() != full.logits.len() {
-            bail!(
-                "method {method}, ratio {ratio}: {} reviews evaluated, the full model had {}",
-                p.logits.len(),
-                full.logits.len()
-            );
-        }
-        let (mean, max, holds) = error_stats(&full.logits, &p.logits, &p.bounds);
-        let bound_max = if p.bounds.iter().any(|b| b.is_nan()) {
-            f64::NAN
-        } else {
-            p.bounds.iter().copied().fold(0.0, f64::max)
-        };
-        let row = Row {
-            method: method.clone(),
-            ratio,
-            kept_modes: p.kept_per_layer.iter().sum(),
-            ssm_params: p.ssm_params,
-            total_params: p.total_params,
-            param_reduction: 1.0 - p.total_params as f64 / full.total_params as f64,
-            ssm_param_reduction: 1.0 - p.ssm_params as f64 / full.ssm_params as f64,
-            accuracy: p.accuracy,
-            n_eval: p.logits.len(),
-            logit_err_mean: mean,
-            logit_err_max: max,
-            bound_max,
-            bound_holds: holds,
-            stable: p.stable,
-            reduce_seconds: p.reduce_seconds,
-            eval_seconds: p.eval_seconds,
-            infer_tokens_per_s: p.infer_tokens_per_s,
-        };
+        let row = reduced_row(&full, &p, &method, ratio)?;
         store.upsert(&row, &KeptModes::new(&method, ratio, &p.kept_per_layer))?;
         written += 1;
         pb.inc(1);

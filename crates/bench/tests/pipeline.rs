@@ -1,6 +1,7 @@
 //! End-to-end tests of the `bench` binary on a synthetic fixture dataset (no network, no real
 //! data): train a tiny model, sweep all methods × 3 ratios with an interruption and a resume,
-//! plots, manifest, compress + eval of a compressed checkpoint, and the bad-input messages.
+//! plots, manifest, `verify` of the committed rows, compress + eval of a compressed checkpoint, and
+//! the bad-input messages.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -220,6 +221,8 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(man["earlier_runs"].as_array().unwrap().len(), 2, "{man}");
 
+    verify_recomputes_the_committed_rows(root, cfg_s, &out);
+
     // plot re-draws from the CSV.
     std::fs::remove_file(out.join("bound_vs_error.png")).unwrap();
     let o = bench(&["plot", "--config", cfg_s], root);
@@ -393,6 +396,102 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
         text(&o)
     );
     assert!(!root.join("pbn2").exists());
+}
+
+/// Names, sizes and modification times of the files in `dir` (recursively).
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            out.extend(snapshot(&e.path()));
+        } else {
+            out.push((e.path(), m.len(), m.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `bench verify` on the finished sweep of `out`: the sampled rows reproduce and nothing in the
+/// run directory changes; an altered accuracy, a missing CSV and another checkpoint's digest are
+/// reported.
+fn verify_recomputes_the_committed_rows(root: &Path, cfg_s: &str, out: &Path) {
+    let before = snapshot(out);
+    let o = bench(&["verify", "--config", cfg_s, "--rows", "3"], root);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("committed") && stdout.contains("recomputed"),
+        "{}",
+        text(&o)
+    );
+    // The full row and 3 reduced rows, 13 fields each, all ok.
+    let ok_lines = stdout.lines().filter(|l| l.ends_with("  ok")).count();
+    assert_eq!(ok_lines, 4 * 13, "{}", text(&o));
+    assert!(
+        stdout.contains("full + 3 of 36 reduced rows"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(snapshot(out), before, "verify changed the run directory");
+
+    // A copy of the run's files with one sampled row's accuracy altered.
+    let alt = root.join("verify-copy");
+    std::fs::create_dir_all(&alt).unwrap();
+    for f in ["results.csv", "kept_modes.csv", "manifest.json"] {
+        std::fs::copy(out.join(f), alt.join(f)).unwrap();
+    }
+    let csv = alt.join("results.csv");
+    let mut rows = read_rows(&csv);
+    let picked = bench::verify::sample(&rows, 3, 0);
+    let i = picked[2];
+    rows[i].accuracy += 0.025;
+    let label = bench::verify::label(&rows[i]);
+    bench::results::write_csv_atomic(&csv, &rows, &bench::results::COLUMNS).unwrap();
+    let csv_s = csv.to_str().unwrap();
+    let o = bench(
+        &["verify", "--config", cfg_s, "--rows", "3", "--csv", csv_s],
+        root,
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(stdout.matches("MISMATCH").count(), 1, "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{label} (accuracy)")) && err.contains("1 of 4 checked rows"),
+        "{}",
+        text(&o)
+    );
+
+    // Rows of another checkpoint (per manifest.json), and no results at all.
+    let man_path = alt.join("manifest.json");
+    let mut man: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&man_path).unwrap()).unwrap();
+    man["checkpoint_sha256"] = "0".repeat(64).into();
+    std::fs::write(&man_path, man.to_string()).unwrap();
+    let o = bench(&["verify", "--config", cfg_s, "--csv", csv_s], root);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("is not the one the rows of") && text(&o).contains(&"0".repeat(64)),
+        "{}",
+        text(&o)
+    );
+    let missing = root.join("nothing/results.csv");
+    let o = bench(
+        &[
+            "verify",
+            "--config",
+            cfg_s,
+            "--csv",
+            missing.to_str().unwrap(),
+        ],
+        root,
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("does not exist"), "{}", text(&o));
+    assert_eq!(snapshot(out), before);
 }
 
 #[test]
