@@ -724,3 +724,146 @@ fn a_figure_that_cannot_be_written_is_named_without_litter() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert_eq!(png.len(), before.len());
 }
+
+/// kill -9 at seeded random instants of a sweep and of `compress`, then a rerun: the sweep's rows
+/// are complete with no key twice and agree with an uninterrupted run, `kept_modes.csv` matches
+/// `results.csv`, and no temporary file is left behind (the rerun cleans a killed run's).
+#[test]
+fn kill_9_at_random_instants_loses_nothing_and_leaves_no_litter() {
+    use rand::{Rng, SeedableRng};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let cfg = setup(root);
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            r#"methods = ["modal"]"#,
+            r#"methods = ["modal", "h2", "emodal+refit"]"#,
+        )
+        .replace("ratios = [0.5]", "ratios = [0.25, 0.5, 0.75]");
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    // An uninterrupted run in a copy of the setup is the reference.
+    let reference = root.join("reference.toml");
+    std::fs::write(
+        &reference,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("name = \"t\"", "name = \"r\"")
+            .replace(
+                "[data]",
+                &format!(
+                    "checkpoint = \"{}\"\n\n[data]",
+                    root.join("results/t/model").display()
+                ),
+            ),
+    )
+    .unwrap();
+    succeeds(&["sweep", "--config", reference.to_str().unwrap()], root);
+    let want = bench::results::read_rows(&root.join("results/r/results.csv")).unwrap();
+    assert_eq!(want.len(), 1 + 3 * 3);
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let run = root.join("results/t");
+    for _ in 0..4 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bench"))
+            .args(["sweep", "--config", cfg_s])
+            .current_dir(root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(30..900)));
+        let _ = child.kill(); // SIGKILL
+        child.wait().unwrap();
+        // Whatever was written parses, and every row has its kept-modes record.
+        let rows = bench::results::read_rows(&run.join("results.csv")).unwrap();
+        let kept: Vec<bench::results::KeptModes> =
+            bench::results::read_csv(&run.join("kept_modes.csv")).unwrap();
+        for r in &rows {
+            assert!(
+                kept.iter()
+                    .any(|k| k.method == r.method && bench::results::same_ratio(k.ratio, r.ratio))
+            );
+        }
+    }
+    succeeds(&["sweep", "--config", cfg_s], root);
+    let got = bench::results::read_rows(&run.join("results.csv")).unwrap();
+    assert_eq!(got.len(), want.len());
+    for w in &want {
+        let g: Vec<_> = got
+            .iter()
+            .filter(|g| g.has_key(&w.method, w.ratio))
+            .collect();
+        assert_eq!(g.len(), 1, "{} @ {}", w.method, w.ratio);
+        assert_eq!(g[0].kept_modes, w.kept_modes, "{} @ {}", w.method, w.ratio);
+        assert_eq!(g[0].accuracy, w.accuracy, "{} @ {}", w.method, w.ratio);
+        assert!(
+            (g[0].logit_err_mean - w.logit_err_mean).abs() <= 1e-9 * w.logit_err_mean.max(1.0),
+            "{} @ {}",
+            w.method,
+            w.ratio
+        );
+    }
+    let litter: Vec<String> = hidden(&run)
+        .into_iter()
+        .filter(|n| n.contains("tmp") || n.contains(".old"))
+        .collect();
+    assert!(litter.is_empty(), "left behind: {litter:?}");
+
+    // compress killed at random instants, then completed: the output is whole, no temporary.
+    let out = root.join("out");
+    for _ in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bench"))
+            .args([
+                "compress",
+                "--config",
+                cfg_s,
+                "--method",
+                "emodal+refit",
+                "--ratio",
+                "0.5",
+                "--out",
+            ])
+            .arg(&out)
+            .current_dir(root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(20..600)));
+        let _ = child.kill();
+        child.wait().unwrap();
+    }
+    let o = bench(
+        &[
+            "compress",
+            "--config",
+            cfg_s,
+            "--method",
+            "emodal+refit",
+            "--ratio",
+            "0.5",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        root,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    succeeds(
+        &[
+            "eval",
+            "--config",
+            cfg_s,
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+        root,
+    );
+    let litter: Vec<String> = hidden(root)
+        .into_iter()
+        .filter(|n| n.contains("tmp") || n.contains(".old"))
+        .collect();
+    assert!(litter.is_empty(), "left behind: {litter:?}");
+}
