@@ -24,15 +24,19 @@ fn main() -> Result<()> {
     let ckpt = PathBuf::from(args.get(1).map_or("results/imdb/model", String::as_str));
     let ratios = common::ratios(args.get(2), &[0.0, 0.6, 0.8, 0.9])?;
     let reps = common::count(args.get(3), "REPS", 7)?;
-    let loaded = common::setup(&ckpt)?.loaded;
+    let common::Setup {
+        git_commit, loaded, ..
+    } = common::setup(&ckpt)?;
     let vocab = loaded.model.config().vocab_size;
     let (batch, len) = (bench::pipeline::INFER_BATCH, bench::pipeline::INFER_LEN);
-    let speed = |m: &s5::S5Model| s5::perf::infer_tokens_per_s(m, vocab, batch, len, reps);
+    let speed = |m: &s5::S5Model| -> Result<f64> {
+        Ok(s5::perf::infer_tokens_per_s(m, vocab, batch, len, reps)?)
+    };
     let deep = s5::to_mor(&loaded.model, loaded.meta.max_len)?;
     let opts = mor::ReduceOptions::default();
     let full = speed(&loaded.model)?;
     println!(
-        "{} threads, batch {batch} × {len} tokens, median of {reps}\n",
+        "commit {git_commit}, {} threads, batch {batch} × {len} tokens, median of {reps}\n",
         rayon::current_num_threads()
     );
     println!("| modes removed | kept modes | tokens/s | × full |");
