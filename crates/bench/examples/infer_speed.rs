@@ -12,6 +12,7 @@
 //! Defaults: `results/imdb/model`, ratios `0,0.6,0.8,0.9`, 7 repetitions (median). Prints a
 //! Markdown table; writes nothing.
 
+#[allow(dead_code)] // this example needs only the checkpoint of the shared setup
 mod common;
 
 use std::path::PathBuf;
