@@ -22,7 +22,7 @@ use std::time::Instant;
 use anyhow::Result;
 use bench::pipeline::{self, EvalSet};
 use bench::sections::EvalConfig;
-use faer::{Mat, MatRef};
+use faer::Mat;
 use mor::Method;
 use mor::refit::{ModelRefit, RefitOptions};
 
@@ -170,13 +170,7 @@ fn main() -> Result<()> {
             .map(|(_, _, red)| ModelRefit::new(&deep, red))
             .collect::<mor::Result<_>>()?;
         for tokens in &set.tokens {
-            let len = tokens.len();
-            let inputs: Vec<Mat<f64>> = loaded
-                .model
-                .ssm_inputs(tokens)?
-                .into_iter()
-                .map(|u| MatRef::from_row_major_slice(&u, len, u.len() / len).to_owned())
-                .collect();
+            let inputs = pipeline::layer_inputs(&loaded.model, tokens)?;
             let refs: Vec<_> = inputs.iter().map(Mat::as_ref).collect();
             for fit in &mut fits {
                 fit.add(&refs)?;

@@ -714,8 +714,12 @@ impl<'a> Reducer<'a> {
     }
 }
 
-/// Each layer's SSM input on `tokens` as `[len, m]` matrices (layer order).
-fn layer_inputs(model: &S5Model, tokens: &[u32]) -> Result<Vec<faer::Mat<f64>>> {
+/// Each layer's SSM input on `tokens` as `[len, m]` matrices (layer order;
+/// [`S5Model::ssm_inputs`]).
+///
+/// # Errors
+/// Model errors (an empty sequence, a token outside the vocabulary).
+pub fn layer_inputs(model: &S5Model, tokens: &[u32]) -> Result<Vec<faer::Mat<f64>>> {
     let len = tokens.len();
     Ok(model
         .ssm_inputs(tokens)?

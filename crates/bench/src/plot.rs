@@ -296,7 +296,6 @@ pub fn accuracy_vs_params<DB: DrawingBackend>(
     }
 
     for m in methods_in(rows) {
-        let color = method_color(&m);
         let mut pts: Vec<(f64, f64)> = rows
             .iter()
             .filter(|r| r.method == m && r.accuracy.is_finite())
@@ -306,25 +305,7 @@ pub fn accuracy_vs_params<DB: DrawingBackend>(
             pts.push((f.total_params as f64, f.accuracy * 100.0));
         }
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let dashed = has_post_step(&m);
-        if dashed {
-            chart
-                .draw_series(DashedLineSeries::new(
-                    pts.clone(),
-                    6,
-                    4,
-                    color.stroke_width(2),
-                ))
-                .map_err(err)?;
-        } else {
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(err)?;
-        }
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
-            .map_err(err)?;
-        legend.push((m, color, dashed));
+        legend.push(draw_method_line(&mut chart, pts, m)?);
     }
     draw_legend(&legend_area, &legend)?;
     root.present().map_err(err)?;
@@ -516,26 +497,7 @@ pub fn paper_figure<DB: DrawingBackend>(
         true,
     )];
     for (m, pts) in ours {
-        let color = method_color(&m);
-        let dashed = has_post_step(&m);
-        if dashed {
-            chart
-                .draw_series(DashedLineSeries::new(
-                    pts.clone(),
-                    6,
-                    4,
-                    color.stroke_width(2),
-                ))
-                .map_err(err)?;
-        } else {
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(err)?;
-        }
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
-            .map_err(err)?;
-        legend.push((m, color, dashed));
+        legend.push(draw_method_line(&mut chart, pts, m)?);
     }
     // Anchors: hollow markers, one shape per source, grey-black, never joined by lines.
     let mut labels: Vec<&str> = Vec::new();
@@ -582,6 +544,39 @@ pub fn paper_figure<DB: DrawingBackend>(
     draw_legend(&legend_area, &legend)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// Draws one method's points joined by a line in its colour, dashed for a recipe with a
+/// post-step; returns its legend entry.
+fn draw_method_line<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    pts: Vec<(f64, f64)>,
+    method: String,
+) -> Result<LegendEntry> {
+    let color = method_color(&method);
+    let dashed = has_post_step(&method);
+    if dashed {
+        chart
+            .draw_series(DashedLineSeries::new(
+                pts.clone(),
+                6,
+                4,
+                color.stroke_width(2),
+            ))
+            .map_err(err)?;
+    } else {
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(err)?;
+    }
+    chart
+        .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+        .map_err(err)?;
+    Ok((method, color, dashed))
 }
 
 /// Legend glyphs of the anchor markers, in the order [`paper_figure`] assigns them.
