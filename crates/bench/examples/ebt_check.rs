@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use bench::pipeline::{self, EvalSet};
+use bench::pipeline::EvalSet;
 use bench::sections::EvalConfig;
 use faer::{Mat, MatRef};
 use mor::reduce::{ReduceOptions, reduce_block};
@@ -75,7 +75,7 @@ fn main() -> Result<()> {
         .take(n_reviews)
         .collect();
     let deep = s5::to_mor(&loaded.model, loaded.meta.max_len)?;
-    let gramians = pipeline::empirical_gramians(&loaded.model, &deep, &calibration)?;
+    let gramians = bench::reducer::empirical_gramians(&loaded.model, &deep, &calibration)?;
     // Per layer, the full model's SSM inputs on the held-out reviews, [len, H] each.
     let mut inputs: Vec<Vec<Mat<f64>>> = vec![Vec::new(); deep.layers.len()];
     for tokens in &held {

@@ -1,6 +1,6 @@
 //! Inference throughput of the reference model and of its reductions, on the fixed synthetic
-//! batch of `results.csv`'s `infer_tokens_per_s` ([`bench::pipeline::INFER_BATCH`] ×
-//! [`bench::pipeline::INFER_LEN`] tokens), measured back to back on a quiet machine with more
+//! batch of `results.csv`'s `infer_tokens_per_s` ([`bench::backend::INFER_BATCH`] ×
+//! [`bench::backend::INFER_LEN`] tokens), measured back to back on a quiet machine with more
 //! repetitions than the sweep uses. The kept modes, not the reducer, set a reduced model's cost,
 //! so `modal` stands for every recipe at the same order. Also the share of the time spent outside
 //! the SSMs: the model with every layer reduced to one mode.
@@ -29,7 +29,7 @@ fn main() -> Result<()> {
         git_commit, loaded, ..
     } = common::setup(&ckpt)?;
     let vocab = loaded.model.config().vocab_size;
-    let (batch, len) = (bench::pipeline::INFER_BATCH, bench::pipeline::INFER_LEN);
+    let (batch, len) = (bench::backend::INFER_BATCH, bench::backend::INFER_LEN);
     let speed = |m: &s5::S5Model| -> Result<f64> {
         Ok(s5::perf::infer_tokens_per_s(m, vocab, batch, len, reps)?)
     };

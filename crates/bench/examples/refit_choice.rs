@@ -130,12 +130,18 @@ fn main() -> Result<()> {
         held.len(),
         t0.elapsed().as_secs_f64()
     );
-    let mut reducer = pipeline::Reducer::new(
+    // The reducers calibrate on `cal`; this example runs the refits itself (no allocation).
+    let calibration = bench::reducer::Calibration {
+        reducers: cal.clone(),
+        refit: cal.clone(),
+        allocation: cal.clone(),
+    };
+    let mut reducer = bench::reducer::Reducer::new(
         &loaded.model,
         loaded.meta.max_len,
         Default::default(),
         RefitOptions::default(),
-        Some((&cal, &cal)),
+        Some(&calibration),
     )?;
     let deep = reducer.deep.clone();
     let mut rows = Vec::new();
@@ -170,7 +176,7 @@ fn main() -> Result<()> {
             .map(|(_, _, red)| ModelRefit::new(&deep, red))
             .collect::<mor::Result<_>>()?;
         for tokens in &set.tokens {
-            let inputs = pipeline::layer_inputs(&loaded.model, tokens)?;
+            let inputs = bench::reducer::layer_inputs(&loaded.model, tokens)?;
             let refs: Vec<_> = inputs.iter().map(Mat::as_ref).collect();
             for fit in &mut fits {
                 fit.add(&refs)?;

@@ -2,12 +2,14 @@
 //! resumable), figures and the run manifest. The `bench` binary (`src/main.rs`) wires these to
 //! the `lra`, `s5` and `mor` crates.
 
+pub mod backend;
 pub mod compressed;
 pub mod data;
 pub mod manifest;
 pub mod outdir;
 pub mod pipeline;
 pub mod plot;
+pub mod reducer;
 pub mod results;
 pub mod sections;
 pub mod subset;

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use bench::backend::S5Backend;
 use bench::manifest::{Manifest, sha256_file};
-use bench::pipeline::{self, EvalSet, Loaded, S5Backend};
+use bench::pipeline::{self, EvalSet, Loaded};
+use bench::reducer::{Calibration, Reducer};
 use bench::results::{ResultsStore, write_atomic};
 use bench::sweep::{SweepBackend, SweepOptions, run_sweep, summary_table};
 use clap::{Args, Parser, Subcommand};
@@ -726,13 +728,13 @@ fn sweep_stage(
         "sweep  ",
     ));
     let eval_bar = mp.add(bar(set.len() as u64, "reviews"));
-    let (calibration, refit_set) = calibration_sets(cfg, &imdb, tok.as_ref())?;
-    let reducer = pipeline::Reducer::new(
+    let calibration = calibration_sets(cfg, &imdb, tok.as_ref())?;
+    let reducer = Reducer::new(
         &loaded.model,
         loaded.meta.max_len,
         sweep.reduce_options(),
         sweep.refit_options(),
-        Some((&calibration, &refit_set)),
+        Some(&calibration),
     )?;
     let mut backend = S5Backend::new(reducer, &set)?;
     backend.pb = Some(eval_bar.clone());
@@ -867,13 +869,13 @@ fn verify(cfg: &RunConfig, csv: &Path, n_rows: usize, seed: u64) -> Result<()> {
 
     let tok = tokenizer(cfg, &loaded, &imdb.train)?;
     let set = EvalSet::new(&imdb.test, tok.as_ref(), &cfg.eval)?;
-    let (calibration, refit_set) = calibration_sets(cfg, &imdb, tok.as_ref())?;
-    let reducer = pipeline::Reducer::new(
+    let calibration = calibration_sets(cfg, &imdb, tok.as_ref())?;
+    let reducer = Reducer::new(
         &loaded.model,
         loaded.meta.max_len,
         sweep.reduce_options(),
         sweep.refit_options(),
-        Some((&calibration, &refit_set)),
+        Some(&calibration),
     )?;
     let mut backend = S5Backend::new(reducer, &set)?;
     backend.measure_speed = false;
@@ -1022,41 +1024,23 @@ fn plot_merged(csv: &Path, also: &[PathBuf], out: Option<&Path>) -> Result<Vec<P
     Ok(files)
 }
 
-/// `n` training reviews, seeded with `eval.seed` and class-balanced (never test reviews): the
-/// calibration set of the data-driven reducers (`lqo-h2`, `ebt`, `emodal`;
-/// [`bench::sections::CALIBRATION_REVIEWS`]) or the refit set (`sweep.refit_reviews`).
-fn training_sample(
-    cfg: &RunConfig,
-    imdb: &lra::Imdb,
-    tok: &dyn lra::Tokenize,
-    n: usize,
-) -> Result<EvalSet> {
-    EvalSet::new(
-        &imdb.train,
-        tok,
-        &bench::sections::EvalConfig {
-            max_samples: n,
-            batch_size: cfg.eval.batch_size,
-            seed: cfg.eval.seed,
-        },
-    )
-    .with_context(|| format!("building a sample of {n} training reviews (calibration or refit)"))
-}
-
-/// The calibration set and the refit set of a run.
+/// The calibration (training) reviews of a run ([`Calibration`]), seeded with `eval.seed`.
 fn calibration_sets(
     cfg: &RunConfig,
     imdb: &lra::Imdb,
     tok: &dyn lra::Tokenize,
-) -> Result<(EvalSet, EvalSet)> {
+) -> Result<Calibration> {
     let n_refit = cfg.sweep.as_ref().map_or(
         bench::sections::DEFAULT_REFIT_REVIEWS,
         bench::sections::SweepConfig::refit_reviews,
     );
-    Ok((
-        training_sample(cfg, imdb, tok, bench::sections::CALIBRATION_REVIEWS)?,
-        training_sample(cfg, imdb, tok, n_refit)?,
-    ))
+    Calibration::sample(
+        &imdb.train,
+        tok,
+        cfg.eval.batch_size,
+        cfg.eval.seed,
+        n_refit,
+    )
 }
 
 /// `bench eval`.
@@ -1243,12 +1227,12 @@ fn compress(cfg: &RunConfig, method: &str, ratio: f64, out: Option<PathBuf>) -> 
     } else {
         None
     };
-    let mut reducer = pipeline::Reducer::new(
+    let mut reducer = Reducer::new(
         &loaded.model,
         loaded.meta.max_len,
         opts,
         refit,
-        cal.as_ref().map(|(c, r)| (c, r)),
+        cal.as_ref(),
     )?;
     let red = reducer.reduce(recipe, ratio)?.reduction;
     if !red.stable {

@@ -1,16 +1,13 @@
 //! The model side of a run: checkpoints (load, train if missing, compressed checkpoints), the
-//! evaluation set, evaluation with per-review logits, and the [`SweepBackend`] that reduces with
-//! `mor`, rebuilds with `s5` and computes the output-error bound.
+//! evaluation set, evaluation with per-review logits. Reduction by a recipe is
+//! [`crate::reducer`]; the sweep backend is [`crate::backend`].
 
 use crate::sections::EvalConfig;
 use crate::subset::balanced_subset;
-use crate::sweep::{Point, SweepBackend};
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use lra::{Batch, Batcher, Encoded, Split, Tokenize};
-use mor::bound::{BoundInput, MeasuredLayer, prepare_bound};
-use mor::recipe::{PostStep, Recipe};
-use mor::reduce::{ReduceOptions, reduce_model};
+use mor::bound::{BoundInput, MeasuredLayer};
 use s5::checkpoint::{self, CheckpointMeta};
 use s5::{Mode, S5Model};
 use serde::{Deserialize, Serialize};
@@ -246,6 +243,7 @@ pub fn train(
 }
 
 /// The evaluation set: a deterministic subset of the test split, tokenized and batched once.
+#[derive(Clone)]
 pub struct EvalSet {
     /// Indices into the test split of the evaluated reviews, `[n]`, increasing.
     pub indices: Vec<usize>,
@@ -266,6 +264,28 @@ impl EvalSet {
         }
         let labels: Vec<usize> = test.labels.iter().map(|&l| usize::from(l)).collect();
         let indices = balanced_subset(&labels, cfg.max_samples, cfg.seed);
+        Self::from_indices(test, tok, indices, cfg.batch_size)
+    }
+
+    /// The set of the reviews `indices` (increasing) of `split`, batched by `batch_size`.
+    ///
+    /// # Errors
+    /// No indices, an index out of range, a review that tokenizes to nothing, batch size 0.
+    pub fn from_indices(
+        test: &Split,
+        tok: &dyn Tokenize,
+        indices: Vec<usize>,
+        batch_size: usize,
+    ) -> Result<Self> {
+        if indices.is_empty() {
+            bail!("no reviews selected");
+        }
+        if let Some(&i) = indices.iter().find(|&&i| i >= test.len()) {
+            bail!(
+                "review index {i} is out of range (the split has {})",
+                test.len()
+            );
+        }
         let sub = Split {
             texts: indices.iter().map(|&i| test.texts[i].clone()).collect(),
             labels: indices.iter().map(|&i| test.labels[i]).collect(),
@@ -274,7 +294,7 @@ impl EvalSet {
         if let Some(i) = enc.tokens.iter().position(|t| t.is_empty()) {
             bail!("test review {} is empty after tokenization", indices[i]);
         }
-        let batcher = Batcher::new(enc, cfg.batch_size, 0)?;
+        let batcher = Batcher::new(enc, batch_size, 0)?;
         let batches: Vec<Batch> = batcher.eval_batches().collect();
         let enc = batcher.data().clone();
         Ok(EvalSet {
@@ -523,34 +543,6 @@ pub fn bound_inputs(model: &S5Model, set: &EvalSet) -> Result<Vec<BoundInput>> {
         .collect())
 }
 
-/// `lqo-h2`'s layer weights from data: the first-order factors `∂bound/∂ε_ℓ` of the
-/// a-posteriori output-error bound (`mor::bound::BoundPrep::evaluate_measured`) on each review of
-/// `calibration`, from the full model's measured activations, averaged over the reviews.
-///
-/// # Errors
-/// Evaluation or bound errors; an empty calibration set.
-pub fn calibrated_layer_weights(
-    model: &S5Model,
-    deep: &mor::DeepSsm,
-    calibration: &EvalSet,
-) -> Result<Vec<f64>> {
-    if calibration.is_empty() {
-        bail!("the lqo-h2 calibration set is empty");
-    }
-    let ev = evaluate(model, calibration, None, true)?;
-    let inputs = bound_inputs(model, calibration)?;
-    let prep = prepare_bound(deep, None, calibration.max_len().max(1))?;
-    let mut sum = vec![0.0; deep.layers.len()];
-    for (inp, m) in inputs.iter().zip(&ev.measured) {
-        let rep = prep.evaluate_measured(inp, m)?;
-        for (s, w) in sum.iter_mut().zip(&rep.layer_weights) {
-            *s += w;
-        }
-    }
-    let n = inputs.len() as f64;
-    Ok(sum.into_iter().map(|s| s / n).collect())
-}
-
 /// Trainable parameters of the SSM blocks (`layers.*.seq.*`) and of the whole model.
 pub fn param_counts(model: &S5Model) -> (usize, usize) {
     let all = model.named_trainable();
@@ -560,398 +552,4 @@ pub fn param_counts(model: &S5Model) -> (usize, usize) {
         .map(|(_, t)| t.elem_count())
         .sum();
     (ssm, all.iter().map(|(_, t)| t.elem_count()).sum())
-}
-
-/// The empirical controllability Gramian of every layer's SSM block (`[2n, 2n]` each, layer
-/// order; `mor::empirical`): the state covariance of the block under the inputs the full model
-/// feeds it on the `calibration` reviews (training reviews; their true positions, both scan
-/// directions of a bidirectional layer). What `ebt` balances with and `emodal` ranks by.
-///
-/// # Errors
-/// An empty calibration set; model or shape errors.
-pub fn empirical_gramians(
-    model: &S5Model,
-    deep: &mor::DeepSsm,
-    calibration: &EvalSet,
-) -> Result<Vec<faer::Mat<f64>>> {
-    if calibration.is_empty() {
-        bail!("no calibration reviews to record the empirical Gramians on");
-    }
-    let mut acc: Vec<mor::empirical::EmpiricalGramian> = deep
-        .layers
-        .iter()
-        .map(|l| mor::empirical::EmpiricalGramian::new(&l.ssm))
-        .collect();
-    for tokens in &calibration.tokens {
-        let inputs = model.ssm_inputs(tokens)?;
-        for (a, u) in acc.iter_mut().zip(&inputs) {
-            let h = u.len() / tokens.len();
-            a.add(faer::MatRef::from_row_major_slice(u, tokens.len(), h))?;
-        }
-    }
-    Ok(acc
-        .iter()
-        .map(mor::empirical::EmpiricalGramian::gramian)
-        .collect::<mor::Result<_>>()?)
-}
-
-/// A reduced model and what its post-step did.
-pub struct Reduced {
-    /// The reduction (after the post-step, if any).
-    pub reduction: mor::ModelReduction,
-    /// Per-layer reports of a refit post-step.
-    pub refit: Option<Vec<mor::refit::BlockRefitReport>>,
-}
-
-/// Reduces an S5 model by any [`Recipe`]: computes the calibration data a recipe needs once, on
-/// first need (the `lqo-h2` layer weights, the empirical Gramians of `ebt`/`emodal`), runs the
-/// reducer, then the post-step on the calibration (training) reviews. Used by the sweep and by
-/// `bench compress`, so both reduce identically.
-pub struct Reducer<'a> {
-    /// The full model.
-    pub model: &'a S5Model,
-    /// Its export to `mor`.
-    pub deep: mor::DeepSsm,
-    /// Options of the reducers (calibration data is filled in here when first computed).
-    pub opts: ReduceOptions,
-    /// Options of the refit post-steps.
-    pub refit: mor::refit::RefitOptions,
-    /// Training reviews for the data-driven parts, if any: the reducers' calibration set and
-    /// the refit set.
-    calibration: Option<(&'a EvalSet, &'a EvalSet)>,
-}
-
-impl<'a> Reducer<'a> {
-    /// Exports `model` (sequences up to `max_len`); `calibration` holds the training reviews
-    /// of the data-driven reducers and those of the refit post-steps.
-    pub fn new(
-        model: &'a S5Model,
-        max_len: usize,
-        opts: ReduceOptions,
-        refit: mor::refit::RefitOptions,
-        calibration: Option<(&'a EvalSet, &'a EvalSet)>,
-    ) -> Result<Self> {
-        refit.validate()?;
-        Ok(Reducer {
-            model,
-            deep: s5::to_mor(model, max_len)?,
-            opts,
-            refit,
-            calibration,
-        })
-    }
-
-    fn calibration(&self, recipe: Recipe) -> Result<(&'a EvalSet, &'a EvalSet)> {
-        self.calibration.with_context(|| {
-            format!("{recipe} needs calibration reviews (training reviews); none were given")
-        })
-    }
-
-    /// Reduces with `recipe`, removing the fraction `ratio` of the SSM modes.
-    ///
-    /// # Errors
-    /// A recipe that needs calibration data without a calibration set; reduction errors.
-    pub fn reduce(&mut self, recipe: Recipe, ratio: f64) -> Result<Reduced> {
-        let m = recipe.reducer;
-        if m == mor::Method::LqoH2 && self.opts.lqo.layer_weights.is_none() {
-            let cal = self.calibration(recipe)?.0;
-            let w = calibrated_layer_weights(self.model, &self.deep, cal)?;
-            tracing::info!(
-                "lqo-h2 layer weights from {} calibration reviews: {}",
-                cal.len(),
-                w.iter()
-                    .map(|x| format!("{x:.3e}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            self.opts.lqo.layer_weights = Some(w);
-        }
-        if matches!(m, mor::Method::Ebt | mor::Method::Emodal) && self.opts.ctrb_gramians.is_empty()
-        {
-            let t0 = Instant::now();
-            let cal = self.calibration(recipe)?.0;
-            self.opts.ctrb_gramians = empirical_gramians(self.model, &self.deep, cal)?;
-            tracing::info!(
-                "{m}: empirical Gramians of {} layers from {} calibration reviews in {:.1} s",
-                self.opts.ctrb_gramians.len(),
-                cal.len(),
-                t0.elapsed().as_secs_f64()
-            );
-        }
-        let mut reduction = reduce_model(&self.deep, m, ratio, &self.opts)
-            .with_context(|| format!("reducing with {m} at ratio {ratio}"))?;
-        let refit = match recipe.post {
-            None => None,
-            Some(post) => {
-                let t0 = Instant::now();
-                let cal = self.calibration(recipe)?.1;
-                let (model, reports) = match post {
-                    PostStep::Refit => {
-                        refit(self.model, &self.deep, &reduction.model, cal, &self.refit)?
-                    }
-                    PostStep::RefitSeq => refit_sequential(
-                        self.model,
-                        &self.deep,
-                        &reduction.model,
-                        cal,
-                        &self.refit,
-                    )?,
-                };
-                tracing::info!(
-                    "{recipe} @ {ratio}: relative calibration output error per layer {} in {:.1} s",
-                    reports
-                        .iter()
-                        .map(|r| format!("{:.3}→{:.3}", r.error_before, r.error_after))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    t0.elapsed().as_secs_f64()
-                );
-                reduction.model = model;
-                Some(reports)
-            }
-        };
-        Ok(Reduced { reduction, refit })
-    }
-}
-
-/// Each layer's SSM input on `tokens` as `[len, m]` matrices (layer order;
-/// [`S5Model::ssm_inputs`]).
-///
-/// # Errors
-/// Model errors (an empty sequence, a token outside the vocabulary).
-pub fn layer_inputs(model: &S5Model, tokens: &[u32]) -> Result<Vec<faer::Mat<f64>>> {
-    let len = tokens.len();
-    Ok(model
-        .ssm_inputs(tokens)?
-        .into_iter()
-        .map(|u| {
-            let h = u.len() / len;
-            faer::MatRef::from_row_major_slice(&u, len, h).to_owned()
-        })
-        .collect())
-}
-
-/// The `refit` post-step ([`mor::refit`]): every layer of `reduced` refitted to the full model's
-/// layer outputs on the layer inputs the full model records on `calibration`.
-///
-/// # Errors
-/// An empty calibration set; model, shape or solver errors.
-pub fn refit(
-    model: &S5Model,
-    deep: &mor::DeepSsm,
-    reduced: &mor::DeepSsm,
-    calibration: &EvalSet,
-    opts: &mor::refit::RefitOptions,
-) -> Result<(mor::DeepSsm, Vec<mor::refit::BlockRefitReport>)> {
-    if calibration.is_empty() {
-        bail!("no calibration reviews to refit on");
-    }
-    let mut fit = mor::refit::ModelRefit::new(deep, reduced)?;
-    for tokens in &calibration.tokens {
-        let inputs = layer_inputs(model, tokens)?;
-        let refs: Vec<_> = inputs.iter().map(faer::Mat::as_ref).collect();
-        fit.add(&refs)?;
-    }
-    Ok(fit.solve(opts)?)
-}
-
-/// The `refit-seq` post-step: layers refitted in order, layer ℓ driven by the inputs of the
-/// reduced model whose layers `< ℓ` are already refitted, and fitted to the full model's layer
-/// output `s_ℓ + D u_ℓ` (its target for the state output is `s_ℓ + D (u_ℓ − û_ℓ)`), so it
-/// compensates the upstream error as far as a read-out can.
-///
-/// # Errors
-/// As [`refit`].
-pub fn refit_sequential(
-    model: &S5Model,
-    deep: &mor::DeepSsm,
-    reduced: &mor::DeepSsm,
-    calibration: &EvalSet,
-    opts: &mor::refit::RefitOptions,
-) -> Result<(mor::DeepSsm, Vec<mor::refit::BlockRefitReport>)> {
-    if calibration.is_empty() {
-        bail!("no calibration reviews to refit on");
-    }
-    let mut current = reduced.clone();
-    let mut reports = Vec::with_capacity(deep.layers.len());
-    for l in 0..deep.layers.len() {
-        let upstream = s5::with_reduced(model, &current)?;
-        let full_block = &deep.layers[l].ssm;
-        let mut fit = mor::refit::BlockRefit::new(full_block, &current.layers[l].ssm)?;
-        for tokens in &calibration.tokens {
-            let u = layer_inputs(model, tokens)?.swap_remove(l);
-            let u_hat = layer_inputs(&upstream, tokens)?.swap_remove(l);
-            let mut target = mor::refit::state_output(full_block, u.as_ref())?;
-            if let Some(d) = &full_block.d {
-                for t in 0..target.nrows() {
-                    for (o, &dk) in d.iter().enumerate() {
-                        target[(t, o)] += dk * (u[(t, o)] - u_hat[(t, o)]);
-                    }
-                }
-            }
-            fit.add_target(u_hat.as_ref(), target.as_ref())?;
-        }
-        let (block, rep) = fit
-            .solve(opts)
-            .with_context(|| format!("refit-seq of layer {l}"))?;
-        current.layers[l].ssm = block;
-        reports.push(rep);
-    }
-    Ok((current, reports))
-}
-
-/// Batch size of the fixed synthetic batch every row's inference throughput is measured on.
-pub const INFER_BATCH: usize = 4;
-/// Sequence length of that batch (tokens).
-pub const INFER_LEN: usize = 2048;
-/// Timed passes (after one warm-up) of which the median is reported.
-const INFER_REPS: usize = 3;
-
-/// Inference throughput (tokens/s) of `model` on the fixed synthetic batch of every row.
-pub fn infer_speed(model: &S5Model) -> Result<f64> {
-    Ok(s5::perf::infer_tokens_per_s(
-        model,
-        model.config().vocab_size,
-        INFER_BATCH,
-        INFER_LEN,
-        INFER_REPS,
-    )?)
-}
-
-/// The sweep backend over a trained S5 model.
-pub struct S5Backend<'a> {
-    /// Reduces the full model by any recipe.
-    pub reducer: Reducer<'a>,
-    /// The evaluation set.
-    pub set: &'a EvalSet,
-    /// The bound inputs of the evaluation set.
-    pub inputs: Vec<BoundInput>,
-    /// Progress bar of the current evaluation (reviews), if drawn.
-    pub pb: Option<indicatif::ProgressBar>,
-    /// The full model's measured activations per evaluated review (set by `full`), for the
-    /// a-posteriori bound.
-    pub measured: Vec<Vec<MeasuredLayer>>,
-    /// Whether to measure each point's inference throughput ([`infer_speed`]; default `true`);
-    /// when `false` it is NaN (for `bench verify`, which does not compare timings).
-    pub measure_speed: bool,
-    /// The full model's bound factors (with its certified H∞ gains), prepared at the first
-    /// reduction and reused for every other.
-    full_bound: Option<mor::bound::BoundPrep>,
-}
-
-impl<'a> S5Backend<'a> {
-    /// Prepares the bound inputs of `set`; `reducer` computes any calibration data a recipe
-    /// needs when first asked.
-    pub fn new(reducer: Reducer<'a>, set: &'a EvalSet) -> Result<Self> {
-        Ok(S5Backend {
-            inputs: bound_inputs(reducer.model, set)?,
-            reducer,
-            set,
-            pb: None,
-            measured: Vec::new(),
-            measure_speed: true,
-            full_bound: None,
-        })
-    }
-
-    fn eval(&self, model: &S5Model, measure: bool) -> Result<Evaluation> {
-        if let Some(pb) = &self.pb {
-            pb.set_length(self.set.len() as u64);
-            pb.set_position(0);
-            pb.reset_eta();
-        }
-        evaluate(model, self.set, self.pb.as_ref(), measure)
-    }
-
-    fn speed(&self, model: &S5Model) -> Result<f64> {
-        if self.measure_speed {
-            infer_speed(model)
-        } else {
-            Ok(f64::NAN)
-        }
-    }
-}
-
-impl SweepBackend for S5Backend<'_> {
-    fn full(&mut self) -> Result<Point> {
-        let mut ev = self.eval(self.reducer.model, true)?;
-        let infer_tokens_per_s = self.speed(self.reducer.model)?;
-        self.measured = std::mem::take(&mut ev.measured);
-        let (ssm, total) = param_counts(self.reducer.model);
-        Ok(Point {
-            kept_per_layer: self
-                .reducer
-                .deep
-                .layers
-                .iter()
-                .map(|l| l.ssm.n_modes())
-                .collect(),
-            ssm_params: ssm,
-            total_params: total,
-            accuracy: ev.accuracy,
-            logits: ev.logits,
-            bounds: Vec::new(),
-            stable: self
-                .reducer
-                .deep
-                .layers
-                .iter()
-                .all(|l| l.ssm.max_abs_lambda() < 1.0),
-            reduce_seconds: 0.0,
-            eval_seconds: ev.seconds,
-            infer_tokens_per_s,
-        })
-    }
-
-    fn reduced(&mut self, method: &str, ratio: f64) -> Result<Point> {
-        let recipe: Recipe = method
-            .parse()
-            .map_err(|e: mor::Error| anyhow::anyhow!("{e}"))?;
-        let t0 = Instant::now();
-        let red = self.reducer.reduce(recipe, ratio)?.reduction;
-        let rebuilt = s5::with_reduced(self.reducer.model, &red.model)?;
-        let reduce_seconds = t0.elapsed().as_secs_f64();
-        let ev = self.eval(&rebuilt, false)?;
-        let infer_tokens_per_s = self.speed(&rebuilt)?;
-        let (ssm, total) = param_counts(&rebuilt);
-        let horizon = self.set.max_len().max(1);
-        if self
-            .full_bound
-            .as_ref()
-            .is_none_or(|p| p.horizon() != horizon)
-        {
-            self.full_bound = Some(prepare_bound(&self.reducer.deep, None, horizon)?);
-        }
-        let full_bound = self.full_bound.as_ref().expect("prepared just above");
-        let bounds = match full_bound.with_reduced(&self.reducer.deep, &red.model) {
-            Ok(prep) => self
-                .inputs
-                .iter()
-                .enumerate()
-                .map(|(i, inp)| {
-                    let r = match self.measured.get(i) {
-                        Some(m) => prep.evaluate_measured(inp, m),
-                        None => prep.evaluate(inp),
-                    };
-                    r.map(|r| r.bound).unwrap_or(f64::NAN)
-                })
-                .collect(),
-            Err(e) => {
-                tracing::warn!("{method} @ {ratio}: bound not available: {e}");
-                vec![f64::NAN; self.set.len()]
-            }
-        };
-        Ok(Point {
-            kept_per_layer: red.kept_modes.clone(),
-            ssm_params: ssm,
-            total_params: total,
-            accuracy: ev.accuracy,
-            logits: ev.logits,
-            bounds,
-            stable: red.stable,
-            reduce_seconds,
-            eval_seconds: ev.seconds,
-            infer_tokens_per_s,
-        })
-    }
 }

@@ -62,9 +62,15 @@ const METHOD_ORDER: [&str; 10] = [
 
 /// A fixed colour per method (colour-blind friendly Tableau-10 hues), so the same method has the
 /// same colour in every figure. A recipe with a post-step (`emodal+refit`) has its reducer's
-/// colour and is drawn dashed ([`has_post_step`]).
+/// colour and is drawn dashed ([`has_post_step`]); one with its own allocation
+/// (`emodal@sens+refit`) has a darker shade of it.
 pub fn method_color(method: &str) -> RGBColor {
     let method = method.split_once('+').map_or(method, |(m, _)| m);
+    if let Some((reducer, _)) = method.split_once('@') {
+        let RGBColor(r, g, b) = method_color(reducer);
+        let dark = |c: u8| (f64::from(c) * 0.55).round() as u8;
+        return RGBColor(dark(r), dark(g), dark(b));
+    }
     const COLORS: [RGBColor; 10] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),

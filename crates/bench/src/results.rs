@@ -81,7 +81,7 @@ pub struct Row {
     pub eval_seconds: f64,
     /// Inference throughput of the model on one fixed synthetic batch, the same for every row
     /// and measured with the same threads (`s5::perf::infer_tokens_per_s` at
-    /// [`crate::pipeline::INFER_BATCH`] × [`crate::pipeline::INFER_LEN`] tokens), tokens/s;
+    /// [`crate::backend::INFER_BATCH`] × [`crate::backend::INFER_LEN`] tokens), tokens/s;
     /// empty (NaN) in files written before the column existed.
     #[serde(default = "nan")]
     pub infer_tokens_per_s: f64,

@@ -80,6 +80,9 @@ pub struct SweepConfig {
 
 /// Training reviews that calibrate the data-driven reducers (`lqo-h2`, `ebt`, `emodal`).
 pub const CALIBRATION_REVIEWS: usize = 64;
+/// Training reviews on which the `sens` allocation measures its per-layer costs, drawn outside
+/// the refit set ([`crate::reducer::Calibration`]).
+pub const ALLOCATION_REVIEWS: usize = 64;
 /// Default `sweep.refit_reviews`, chosen on held-out training reviews
 /// (`results/imdb/refit-choice.json`: 16 / 64 / 256 reviews gave mean logit errors 6.26 / 6.21 /
 /// 6.19 for `emodal+refit` over 60 / 80 / 90 % of the modes removed).

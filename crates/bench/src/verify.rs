@@ -4,7 +4,7 @@
 //! This module holds what needs no model: which rows are sampled ([`sample`]), how a committed
 //! row is compared with its recomputation ([`compare`], with the tolerances below), the table
 //! ([`table`]) and the summary of the mismatching rows ([`mismatches`]). The `bench` binary
-//! recomputes the rows with the sweep's own code path ([`crate::pipeline::S5Backend`] and
+//! recomputes the rows with the sweep's own code path ([`crate::backend::S5Backend`] and
 //! [`crate::sweep::reduced_row`]).
 //!
 //! Timings (`reduce_seconds`, `eval_seconds`, `infer_tokens_per_s`) are not compared; every other

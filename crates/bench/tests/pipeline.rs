@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const ALL_METHODS: [&str; 12] = [
+const ALL_METHODS: [&str; 14] = [
     "modal",
     "bt",
     "last",
@@ -19,6 +19,8 @@ const ALL_METHODS: [&str; 12] = [
     "emodal",
     "emodal+refit",
     "h2+refit-seq",
+    "modal@uniform",
+    "emodal@sens+refit",
 ];
 const RATIOS: [f64; 3] = [0.25, 0.5, 0.75];
 
@@ -87,6 +89,7 @@ batch_size = 16
 [sweep]
 methods = {methods:?}
 ratios = [0.25, 0.5, 0.75]
+refit_reviews = 48
 "#,
         out = root.join("results").display(),
         data = root.join("data").display(),
@@ -172,6 +175,18 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
             row("emodal+refit").logit_err_mean,
             row("emodal").logit_err_mean
         );
+        // `@uniform` is modal's own allocation: the very same rows.
+        let (a, b) = (row("modal@uniform"), row("modal"));
+        assert_eq!(
+            (a.kept_modes, a.accuracy, a.logit_err_mean),
+            (b.kept_modes, b.accuracy, b.logit_err_mean)
+        );
+        // `@sens` spends exactly the budget.
+        assert_eq!(
+            row("emodal@sens+refit").kept_modes,
+            row("emodal").kept_modes
+        );
+        assert!(row("emodal@sens+refit").logit_err_mean.is_finite());
     }
 
     for f in [
@@ -430,8 +445,9 @@ fn verify_recomputes_the_committed_rows(root: &Path, cfg_s: &str, out: &Path) {
     // The full row and 3 reduced rows, 13 fields each, all ok.
     let ok_lines = stdout.lines().filter(|l| l.ends_with("  ok")).count();
     assert_eq!(ok_lines, 4 * 13, "{}", text(&o));
+    let reduced = ALL_METHODS.len() * RATIOS.len();
     assert!(
-        stdout.contains("full + 3 of 36 reduced rows"),
+        stdout.contains(&format!("full + 3 of {reduced} reduced rows")),
         "{}",
         text(&o)
     );

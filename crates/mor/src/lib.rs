@@ -15,6 +15,7 @@
 //! - `bound`: the output-error bound of a reduced model (see `BOUND.md`).
 //! - [`memory`]: the memory a command needs, estimated from the block's sizes before allocating.
 
+pub mod alloc;
 pub mod block;
 pub mod bound;
 pub mod bt;

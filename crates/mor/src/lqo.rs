@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::gram;
 use crate::h2opt::{self, H2Options, Objective, Param, Quad, Red};
 use crate::model::{DeepSsm, Gate, Layer};
-use crate::reduce::ModelReduction;
+use crate::reduce::{BlockReduction, ModelReduction};
 use faer::Mat;
 use rayon::prelude::*;
 
@@ -259,18 +259,30 @@ fn allocate(
 }
 
 /// `lqo-h2` for a whole model: allocate `budget` kept modes (stored complex modes, summed over
-/// layers) by the output-error bound and reduce each layer's SSM by gradient-based LQO-h2
-/// optimisation (module doc). `layer_h2_errors` are the LQO h2 errors of the layers.
+/// layers) by the output-error bound ([`bound_orders`]) and reduce each layer's SSM by
+/// gradient-based LQO-h2 optimisation ([`reduce_layer`]). `layer_h2_errors` are the LQO h2
+/// errors of the layers.
 ///
 /// # Errors
-/// [`Error::Argument`] if `budget` is smaller than `layers · min_per_layer` (at least one per
-/// layer) or larger than the total number of modes; [`Error::Unstable`] for an unstable layer;
-/// errors of the bound's weights.
+/// Those of [`bound_orders`] and [`reduce_layer`].
 pub fn reduce_model_lqo(
     model: &DeepSsm,
     budget: usize,
     opts: &LqoOptions,
 ) -> Result<ModelReduction> {
+    let orders = bound_orders(model, budget, opts)?;
+    reduce_model_lqo_orders(model, &orders, opts)
+}
+
+/// The bound-weighted allocation of `lqo-h2`: every layer keeps the floor
+/// (`opts.floor_fraction`, `opts.min_per_layer`), then modes go greedily to the layer whose
+/// weighted modal LQO-h2 error drops most (module doc).
+///
+/// # Errors
+/// [`Error::Argument`] if `budget` is smaller than `layers · min_per_layer` (at least one per
+/// layer) or larger than the total number of modes, or for bad `layer_weights`;
+/// [`Error::Unstable`] for an unstable layer; errors of the bound's weights.
+pub fn bound_orders(model: &DeepSsm, budget: usize, opts: &LqoOptions) -> Result<Vec<usize>> {
     let nl = model.layers.len();
     let total: usize = model.layers.iter().map(|l| l.ssm.n_modes()).sum();
     let minp = opts.min_per_layer.max(1);
@@ -297,76 +309,92 @@ pub fn reduce_model_lqo(
             bound::layer_weights(model, len, opts.weight_linf)?
         }
     };
-    let structs: Vec<(Option<Mat<f64>>, Option<Quad>)> =
-        model.layers.iter().map(lqo_structured).collect();
-    let curves: Vec<Vec<f64>> = (0..nl)
-        .into_par_iter()
-        .map(|l| {
-            let layer = &model.layers[l];
-            let obj = Objective::new(
-                &layer.ssm,
-                None,
-                structs[l].0.as_ref(),
-                structs[l].1.clone(),
-            );
+    let curves: Vec<Vec<f64>> = model
+        .layers
+        .par_iter()
+        .map(|layer| {
+            let (e, q) = lqo_structured(layer);
+            let obj = Objective::new(&layer.ssm, None, e.as_ref(), q);
             modal_error_curve(layer, &obj)
         })
         .collect();
     let floor = ((opts.floor_fraction.clamp(0.0, 1.0) * budget as f64 / nl as f64).floor()
         as usize)
         .max(minp);
-    let orders = allocate(&curves, &weights, budget, floor);
-    let results: Vec<Result<(DiagBlock, f64)>> = (0..nl)
-        .into_par_iter()
-        .map(|l| {
-            let layer = &model.layers[l];
-            let k = orders[l];
-            let obj = Objective::new(
-                &layer.ssm,
-                None,
-                structs[l].0.as_ref(),
-                structs[l].1.clone(),
-            );
-            let rank = modal_ranking(&layer.ssm);
-            let modal = take_top(&layer.ssm, &rank, k);
-            let red = if k == layer.ssm.n_modes() {
-                Red::from_block(&layer.ssm)
-            } else if opts.refine {
-                let mut inits = vec![Red::from_block(&modal)];
-                if opts.h2.try_bt_init
-                    && let Some(bt) = h2opt::bt_init(&layer.ssm, k)
-                {
-                    inits.push(Red::from_block(&bt));
-                }
-                h2opt::optimise(&obj, inits, Param::Stable, &opts.h2).0
-            } else {
-                Red::from_block(&modal)
-            };
-            let j = obj.eval(&red, None);
-            let mut blk = red.to_block(&layer.ssm);
-            blk.linear = layer.ssm.linear.clone();
-            blk.quadratic = layer.ssm.quadratic.clone();
-            Ok((blk, j.max(0.0).sqrt()))
-        })
-        .collect();
-    let mut reduced = model.clone();
-    let mut errs = Vec::with_capacity(nl);
-    for (l, r) in results.into_iter().enumerate() {
-        let (blk, e) = r?;
-        reduced.layers[l].ssm = blk;
-        errs.push(e);
+    Ok(allocate(&curves, &weights, budget, floor))
+}
+
+/// `lqo-h2` of one layer at order `k`: the h2-optimal reduction of the layer's SSM with its LQO
+/// read-out (the gate's `E`, `N_i`), started from the modal truncation at `k` (and balanced
+/// truncation with `opts.h2.try_bt_init`), stable parameterisation; `opts.refine = false`
+/// returns the modal truncation. `h2_error` is the LQO h2 error.
+///
+/// # Errors
+/// [`Error::Argument`] for `k` outside `1..=n`; [`Error::Unstable`] for an unstable block.
+pub fn reduce_layer(layer: &Layer, k: usize, opts: &LqoOptions) -> Result<BlockReduction> {
+    let n = layer.ssm.n_modes();
+    if !(1..=n).contains(&k) {
+        return Err(Error::Argument(format!(
+            "lqo-h2: order {k} must be in 1..={n}"
+        )));
     }
-    let max_abs_lambda = reduced
-        .layers
-        .iter()
-        .map(|l| l.ssm.max_abs_lambda())
-        .fold(0.0f64, f64::max);
-    Ok(ModelReduction {
-        kept_modes: reduced.layers.iter().map(|l| l.ssm.n_modes()).collect(),
-        model: reduced,
-        layer_h2_errors: errs,
-        hinf_bounds: None,
-        stable: max_abs_lambda < 1.0,
-        max_abs_lambda,
+    gram::check_stable(&layer.ssm, "lqo-h2: block")?;
+    let (e, q) = lqo_structured(layer);
+    let obj = Objective::new(&layer.ssm, None, e.as_ref(), q);
+    let rank = modal_ranking(&layer.ssm);
+    let modal = take_top(&layer.ssm, &rank, k);
+    let red = if k == n {
+        Red::from_block(&layer.ssm)
+    } else if opts.refine {
+        let mut inits = vec![Red::from_block(&modal)];
+        if opts.h2.try_bt_init
+            && let Some(bt) = h2opt::bt_init(&layer.ssm, k)
+        {
+            inits.push(Red::from_block(&bt));
+        }
+        h2opt::optimise(&obj, inits, Param::Stable, &opts.h2).0
+    } else {
+        Red::from_block(&modal)
+    };
+    let j = obj.eval(&red, None);
+    let mut blk = red.to_block(&layer.ssm);
+    blk.linear = layer.ssm.linear.clone();
+    blk.quadratic = layer.ssm.quadratic.clone();
+    Ok(BlockReduction {
+        block: blk,
+        h2_error: j.max(0.0).sqrt(),
+        hinf_bound: None,
     })
+}
+
+/// `lqo-h2` of every layer at the given `orders` ([`reduce_layer`], layers in parallel).
+///
+/// # Errors
+/// [`Error::Argument`] for a wrong number of orders; those of [`reduce_layer`], naming the layer.
+pub fn reduce_model_lqo_orders(
+    model: &DeepSsm,
+    orders: &[usize],
+    opts: &LqoOptions,
+) -> Result<ModelReduction> {
+    if orders.len() != model.layers.len() {
+        return Err(Error::Argument(format!(
+            "lqo-h2: {} orders for {} layers",
+            orders.len(),
+            model.layers.len()
+        )));
+    }
+    let reds: Vec<BlockReduction> = model
+        .layers
+        .par_iter()
+        .zip(orders.par_iter())
+        .enumerate()
+        .map(|(l, (layer, &k))| {
+            reduce_layer(layer, k, opts).map_err(|e| match e {
+                Error::Argument(m) => Error::Argument(format!("layer {l}: {m}")),
+                Error::Unstable(m) => Error::Unstable(format!("layer {l}: {m}")),
+                other => other,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(crate::reduce::assemble(model, reds))
 }

@@ -1,6 +1,12 @@
-//! A reduction recipe: a reducer ([`Method`]) followed by an optional post-step, named
-//! `<method>` or `<method>+<post-step>` everywhere (configs, CLI, CSV, plots), e.g. `emodal`,
-//! `emodal+refit`, `h2+refit-seq`.
+//! A reduction recipe: a reducer ([`Method`]), an optional order allocation replacing the
+//! reducer's own ([`Allocation`]) and an optional post-step, named
+//! `<method>[@<allocation>][+<post-step>]` everywhere (configs, CLI, CSV, plots), e.g. `emodal`,
+//! `emodal+refit`, `h2+refit-seq`, `emodal@sens+refit`, `lqo-h2@uniform`.
+//!
+//! The allocations split the model's budget of kept modes over the layers ([`crate::alloc`]):
+//! - `uniform`: the same ratio in every layer;
+//! - `sens`: by the measured calibration logit change of each layer reduced alone (with the
+//!   recipe's reducer and post-step).
 //!
 //! The post-steps change a reduced model without changing its orders:
 //! - `refit`: the least-squares refit of every layer's output matrices on the layer inputs the
@@ -9,6 +15,7 @@
 //!   refitted reduced upstream layers to the full model's layer output, so it also compensates
 //!   upstream error (reported separately: it is "error-compensating", not a pure block fit).
 
+use crate::alloc::Allocation;
 use crate::error::{Error, Result};
 use crate::reduce::Method;
 
@@ -34,11 +41,13 @@ impl PostStep {
     }
 }
 
-/// A reducer and an optional post-step ([module doc](self)).
+/// A reducer, an optional allocation and an optional post-step ([module doc](self)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Recipe {
-    /// The block reducer and its order allocation.
+    /// The block reducer (with its own order allocation unless `alloc` is set).
     pub reducer: Method,
+    /// The order allocation replacing the reducer's own, if any.
+    pub alloc: Option<Allocation>,
     /// Applied after the reduction, if any.
     pub post: Option<PostStep>,
 }
@@ -46,7 +55,9 @@ pub struct Recipe {
 impl Recipe {
     /// Whether the recipe needs calibration (training) data beyond the model itself.
     pub fn needs_calibration(&self) -> bool {
-        self.post.is_some() || matches!(self.reducer, Method::Ebt | Method::Emodal | Method::LqoH2)
+        self.post.is_some()
+            || self.alloc == Some(Allocation::Sensitivity)
+            || matches!(self.reducer, Method::Ebt | Method::Emodal | Method::LqoH2)
     }
 }
 
@@ -54,6 +65,7 @@ impl From<Method> for Recipe {
     fn from(reducer: Method) -> Self {
         Recipe {
             reducer,
+            alloc: None,
             post: None,
         }
     }
@@ -62,6 +74,9 @@ impl From<Method> for Recipe {
 impl std::fmt::Display for Recipe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.reducer.name())?;
+        if let Some(a) = self.alloc {
+            write!(f, "@{}", a.name())?;
+        }
         if let Some(p) = self.post {
             write!(f, "+{}", p.name())?;
         }
@@ -89,8 +104,26 @@ impl std::str::FromStr for Recipe {
                 (m, Some(post))
             }
         };
+        let (method, alloc) = match method.split_once('@') {
+            None => (method, None),
+            Some((m, a)) => {
+                let alloc = Allocation::ALL
+                    .into_iter()
+                    .find(|q| q.name() == a)
+                    .ok_or_else(|| {
+                        let names: Vec<_> = Allocation::ALL.iter().map(|q| q.name()).collect();
+                        Error::Argument(format!(
+                            "unknown allocation `{a}` in `{s}`; expected \
+                             `<method>@<allocation>[+<post-step>]` with an allocation among: {}",
+                            names.join(", ")
+                        ))
+                    })?;
+                (m, Some(alloc))
+            }
+        };
         Ok(Recipe {
             reducer: method.parse()?,
+            alloc,
             post,
         })
     }
@@ -113,8 +146,25 @@ mod tests {
                 assert_eq!(r.post, Some(p));
                 assert_eq!(r.to_string(), name);
                 assert!(r.needs_calibration());
+                for a in Allocation::ALL {
+                    let name = format!("{m}@{}+{}", a.name(), p.name());
+                    let r: Recipe = name.parse().unwrap();
+                    assert_eq!((r.reducer, r.alloc, r.post), (m, Some(a), Some(p)));
+                    assert_eq!(r.to_string(), name);
+                    let name = format!("{m}@{}", a.name());
+                    let r: Recipe = name.parse().unwrap();
+                    assert_eq!((r.reducer, r.alloc, r.post), (m, Some(a), None));
+                    assert_eq!(r.to_string(), name);
+                }
             }
         }
+        assert!("modal@sens".parse::<Recipe>().unwrap().needs_calibration());
+        assert!(
+            !"modal@uniform"
+                .parse::<Recipe>()
+                .unwrap()
+                .needs_calibration()
+        );
         assert!(!Recipe::from(Method::Modal).needs_calibration());
         for bad in [
             "emodal+",
@@ -122,6 +172,11 @@ mod tests {
             "nope+refit",
             "+refit",
             "emodal+refit+refit",
+            "emodal@",
+            "emodal@greedy",
+            "emodal+refit@sens",
+            "emodal@sens@sens",
+            "@sens",
         ] {
             assert!(bad.parse::<Recipe>().is_err(), "{bad}");
         }

@@ -271,40 +271,97 @@ pub fn reduce_model(
         }
         Method::LqoH2 => return crate::lqo::reduce_model_lqo(model, budget, &opts.lqo),
         _ => {
-            let orders = modal::uniform_allocation(&ns, budget);
-            let mut o = opts.clone();
-            if method == Method::Tlh2 && o.horizon.is_none() {
-                o.horizon = Some(model.max_len);
-            }
-            let empirical = matches!(method, Method::Ebt | Method::Emodal);
-            if empirical && opts.ctrb_gramians.len() != model.layers.len() {
-                return Err(Error::Argument(format!(
+            return reduce_model_orders(
+                model,
+                method,
+                &modal::uniform_allocation(&ns, budget),
+                opts,
+            );
+        }
+    };
+    Ok(assemble(model, reds))
+}
+
+/// Reduces layer `layer` of `model` to `r` stored modes with `method`, with the layer's own
+/// calibration data: its empirical Gramian for `ebt`/`emodal`, its LQO read-out for `lqo-h2`
+/// ([`crate::lqo::reduce_layer`]), the model's `max_len` as the `tlh2` horizon unless
+/// `opts.horizon` is set; the score truncations (`last`, `global-hinf`, `uniform-hinf`) keep the
+/// layer's `r` largest H∞ scores. Errors name the layer.
+///
+/// # Errors
+/// [`Error::Argument`] for a layer index out of range, `r` outside `1..=n` or a missing
+/// Gramian; those of the block methods.
+pub fn reduce_layer(
+    model: &DeepSsm,
+    layer: usize,
+    method: Method,
+    r: usize,
+    opts: &ReduceOptions,
+) -> Result<BlockReduction> {
+    let l = model.layers.get(layer).ok_or_else(|| {
+        Error::Argument(format!(
+            "layer {layer} does not exist (the model has {})",
+            model.layers.len()
+        ))
+    })?;
+    let red = match method {
+        Method::Ebt | Method::Emodal => {
+            let ctrb = opts.ctrb_gramians.get(layer).ok_or_else(|| {
+                Error::Argument(format!(
                     "{method} needs one empirical controllability Gramian per layer: {} given for {} \
                      layers",
                     opts.ctrb_gramians.len(),
                     model.layers.len()
-                )));
-            }
-            model
-                .layers
-                .par_iter()
-                .zip(orders.par_iter())
-                .enumerate()
-                .map(|(k, (l, &r))| {
-                    let red = if empirical {
-                        reduce_with_gramian(&l.ssm, method, r, &opts.ctrb_gramians[k])
-                    } else {
-                        reduce_block(&l.ssm, method, r, &o)
-                    };
-                    red.map_err(|e| match e {
-                        Error::Argument(m) => Error::Argument(format!("layer {k}: {m}")),
-                        Error::Unstable(m) => Error::Unstable(format!("layer {k}: {m}")),
-                        other => other,
-                    })
-                })
-                .collect::<Result<_>>()?
+                ))
+            })?;
+            reduce_with_gramian(&l.ssm, method, r, ctrb)
         }
+        Method::LqoH2 => crate::lqo::reduce_layer(l, r, &opts.lqo),
+        Method::Tlh2 if opts.horizon.is_none() => {
+            let o = ReduceOptions {
+                horizon: Some(model.max_len),
+                ..opts.clone()
+            };
+            reduce_block(&l.ssm, method, r, &o)
+        }
+        _ => reduce_block(&l.ssm, method, r, opts),
     };
+    red.map_err(|e| match e {
+        Error::Argument(m) => Error::Argument(format!("layer {layer}: {m}")),
+        Error::Unstable(m) => Error::Unstable(format!("layer {layer}: {m}")),
+        other => other,
+    })
+}
+
+/// Reduces every layer of `model` to its entry of `orders` with `method` ([`reduce_layer`];
+/// layers in parallel): the reducer of a recipe with an explicit allocation
+/// ([`crate::alloc`]).
+///
+/// # Errors
+/// [`Error::Argument`] for a wrong number of orders; those of [`reduce_layer`].
+pub fn reduce_model_orders(
+    model: &DeepSsm,
+    method: Method,
+    orders: &[usize],
+    opts: &ReduceOptions,
+) -> Result<ModelReduction> {
+    if orders.len() != model.layers.len() {
+        return Err(Error::Argument(format!(
+            "{method}: {} orders for {} layers",
+            orders.len(),
+            model.layers.len()
+        )));
+    }
+    if matches!(
+        method,
+        Method::Last | Method::GlobalHinf | Method::UniformHinf
+    ) {
+        modal::check_horizon(opts.hinf_horizon)?;
+    }
+    let reds: Vec<BlockReduction> = (0..model.layers.len())
+        .into_par_iter()
+        .map(|l| reduce_layer(model, l, method, orders[l], opts))
+        .collect::<Result<_>>()?;
     Ok(assemble(model, reds))
 }
 
@@ -413,6 +470,34 @@ mod tests {
                 assert_eq!(red.kept_modes, vec![4, 3, 5]);
             }
         }
+        // Explicit orders (an allocation of a recipe): each layer at its own order, the same
+        // block as the layer reduced alone, and wrong order counts refused.
+        for method in [
+            Method::Modal,
+            Method::Bt,
+            Method::Last,
+            Method::H2,
+            Method::Tlh2,
+            Method::LqoH2,
+        ] {
+            let orders = [2, 5, 1];
+            let red = reduce_model_orders(&m, method, &orders, &opts).unwrap();
+            assert_eq!(red.kept_modes, orders, "{method}");
+            for (l, layer) in red.model.layers.iter().enumerate() {
+                let alone = reduce_layer(&m, l, method, orders[l], &opts).unwrap();
+                assert_eq!(layer.ssm.lambda, alone.block.lambda, "{method} layer {l}");
+                assert!(
+                    (red.layer_h2_errors[l] - alone.h2_error).abs()
+                        <= 1e-12 * alone.h2_error.max(1.0)
+                );
+            }
+            assert!(reduce_model_orders(&m, method, &[2, 5], &opts).is_err());
+            let e = reduce_model_orders(&m, method, &[2, 7, 1], &opts)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("layer 1"), "{method}: {e}");
+        }
+        assert!(reduce_layer(&m, 3, Method::Modal, 1, &opts).is_err());
         // LAST keeps a layer's modes in H∞-score order, and the global threshold is shared.
         let red = reduce_model(&m, Method::GlobalHinf, 0.5, &opts).unwrap();
         let all: Vec<f64> = m
