@@ -46,18 +46,27 @@ pub fn register_fonts() {
     });
 }
 
-/// Method names in plotting order (the order of `mor::Method::ALL`).
-const METHOD_ORDER: [&str; 10] = [
-    "modal",
-    "bt",
-    "last",
-    "global-hinf",
-    "uniform-hinf",
-    "h2",
-    "tlh2",
-    "lqo-h2",
-    "ebt",
-    "emodal",
+/// Method names in plotting order: the order of [`mor::Method::ALL`].
+fn method_order() -> impl Iterator<Item = &'static str> {
+    mor::Method::ALL.iter().map(|m| m.name())
+}
+
+/// Each method's colour (colour-blind friendly Tableau-10 hues first, in the order the methods
+/// were added, so a method keeps its colour when others are added).
+const METHOD_COLORS: [(&str, RGBColor); 13] = [
+    ("modal", RGBColor(31, 119, 180)),
+    ("bt", RGBColor(255, 127, 14)),
+    ("last", RGBColor(44, 160, 44)),
+    ("global-hinf", RGBColor(214, 39, 40)),
+    ("uniform-hinf", RGBColor(148, 103, 189)),
+    ("h2", RGBColor(140, 86, 75)),
+    ("tlh2", RGBColor(227, 119, 194)),
+    ("lqo-h2", RGBColor(23, 190, 207)),
+    ("ebt", RGBColor(188, 189, 34)),
+    ("emodal", RGBColor(127, 127, 127)),
+    ("aire", RGBColor(0, 92, 49)),
+    ("last-ref", RGBColor(152, 223, 138)),
+    ("aire-ref", RGBColor(255, 187, 120)),
 ];
 
 /// A fixed colour per method (colour-blind friendly Tableau-10 hues), so the same method has the
@@ -71,26 +80,14 @@ pub fn method_color(method: &str) -> RGBColor {
         let dark = |c: u8| (f64::from(c) * 0.55).round() as u8;
         return RGBColor(dark(r), dark(g), dark(b));
     }
-    const COLORS: [RGBColor; 10] = [
-        RGBColor(31, 119, 180),
-        RGBColor(255, 127, 14),
-        RGBColor(44, 160, 44),
-        RGBColor(214, 39, 40),
-        RGBColor(148, 103, 189),
-        RGBColor(140, 86, 75),
-        RGBColor(227, 119, 194),
-        RGBColor(23, 190, 207),
-        RGBColor(188, 189, 34),
-        RGBColor(127, 127, 127),
-    ];
-    match METHOD_ORDER.iter().position(|m| *m == method) {
-        Some(i) => COLORS[i],
+    match METHOD_COLORS.iter().find(|(m, _)| *m == method) {
+        Some(&(_, c)) => c,
         None if method == FULL => BLACK,
         None => {
             let h = method
                 .bytes()
                 .fold(0usize, |a, b| a.wrapping_mul(31) + b as usize);
-            COLORS[8 + h % 2]
+            METHOD_COLORS[8 + h % 2].1
         }
     }
 }
@@ -107,13 +104,12 @@ fn methods_in(rows: &[Row]) -> Vec<String> {
         .filter(|r| r.method != FULL)
         .map(|r| r.method.as_str())
         .collect();
-    let mut out: Vec<String> = METHOD_ORDER
-        .iter()
+    let mut out: Vec<String> = method_order()
         .filter(|m| present.contains(*m))
         .map(|m| m.to_string())
         .collect();
     for m in present {
-        if !METHOD_ORDER.contains(&m) {
+        if !method_order().any(|o| o == m) {
             out.push(m.to_string());
         }
     }
@@ -767,9 +763,8 @@ pub fn modes_per_layer<DB: DrawingBackend>(
         .map_err(err)?;
     let panels = body.split_evenly((1, ratios.len().max(1)));
     let methods: Vec<String> = {
-        let mut ms: Vec<String> = METHOD_ORDER
-            .iter()
-            .filter(|m| parsed.iter().any(|p| p.0.method == **m))
+        let mut ms: Vec<String> = method_order()
+            .filter(|m| parsed.iter().any(|p| p.0.method == *m))
             .map(|m| m.to_string())
             .collect();
         for p in &parsed {
@@ -866,6 +861,17 @@ fn format_count(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_method_has_its_own_colour() {
+        for m in mor::Method::ALL {
+            assert!(METHOD_COLORS.iter().any(|(n, _)| *n == m.name()), "{m}");
+        }
+        let mut cs: Vec<_> = METHOD_COLORS.iter().map(|(_, c)| (c.0, c.1, c.2)).collect();
+        cs.sort_unstable();
+        cs.dedup();
+        assert_eq!(cs.len(), METHOD_COLORS.len());
+    }
     use crate::results::ResultsStore;
 
     fn row(method: &str, ratio: f64, total: usize, acc: f64, err: f64, bound: f64) -> Row {

@@ -6,10 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const ALL_METHODS: [&str; 14] = [
+const ALL_METHODS: [&str; 17] = [
     "modal",
     "bt",
     "last",
+    "aire",
+    "last-ref",
+    "aire-ref",
     "global-hinf",
     "uniform-hinf",
     "h2",

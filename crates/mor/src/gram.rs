@@ -746,6 +746,69 @@ pub fn mode_hinf_scores_horizon(block: &DiagBlock, horizon: Option<usize>) -> Ve
         .collect()
 }
 
+/// Per-mode impulse-response energy, the score of AIRE-Prune (Padhy et al., ICLR 2026):
+/// `(‖c_i‖² + ‖c_rev,i‖²) ‖b̄_i‖² / (1 − |λ̄_i|²)`, the energy `Σ_{k≥0} ‖c_i b̄_iᵀ λ̄_i^k‖_F²` of
+/// the mode's forward kernel plus that of its reverse kernel (`c_rev,i = 0` for a causal block).
+/// Unstable modes score `+∞`.
+pub fn mode_energy_scores(block: &DiagBlock) -> Vec<f64> {
+    let (cn, crn, bn) = mode_norms(block);
+    (0..block.n_modes())
+        .map(|i| {
+            let a2 = block.lambda[i].norm_sqr();
+            if a2 >= 1.0 {
+                return f64::INFINITY;
+            }
+            (cn[i].powi(2) + crn[i].powi(2)) * bn[i].powi(2) / (1.0 - a2)
+        })
+        .collect()
+}
+
+/// The per-mode scores exactly as the public code of LAST (`msgwak/LAST`, `s5/ssm.py`) and of
+/// AIRE-Prune (`falcon-arrow/AIRE-Prune`, `s5/ssm.py`) compute them for a bidirectional layer:
+/// `(‖c_i‖ + ‖c_rev,i‖)/2**2 · ‖b̄_i‖² / (den_i + 1e-8)`, where Python's precedence makes
+/// `/2**2` a division by 4 with the column norms **not squared**, and `den_i = (1 − |λ̄_i|)²`
+/// (LAST, `energy = false`) or `1 − |λ̄_i|²` (AIRE, `energy = true`). For a causal block the
+/// codes use `‖c_i‖² ‖b̄_i‖² / (den_i + 1e-8)`. No score is infinite (the `1e-8`).
+pub fn mode_reference_scores(block: &DiagBlock, energy: bool) -> Vec<f64> {
+    let (cn, crn, bn) = mode_norms(block);
+    (0..block.n_modes())
+        .map(|i| {
+            let a = block.lambda[i].norm();
+            let den = if energy {
+                1.0 - a * a
+            } else {
+                (1.0 - a).powi(2)
+            } + 1e-8;
+            let c = if block.is_bidirectional() {
+                (cn[i] + crn[i]) / 4.0
+            } else {
+                cn[i].powi(2)
+            };
+            c * bn[i].powi(2) / den
+        })
+        .collect()
+}
+
+/// Column norms `‖c_i‖`, `‖c_rev,i‖` (0 for a causal block) and row norms `‖b̄_i‖` of a block.
+fn mode_norms(block: &DiagBlock) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (p, m, n) = (block.n_outputs(), block.n_inputs(), block.n_modes());
+    let col = |c: &Mat<c64>, i: usize| (0..p).map(|o| c[(o, i)].norm_sqr()).sum::<f64>().sqrt();
+    (
+        (0..n).map(|i| col(&block.c, i)).collect(),
+        (0..n)
+            .map(|i| block.c_rev.as_ref().map_or(0.0, |cr| col(cr, i)))
+            .collect(),
+        (0..n)
+            .map(|i| {
+                (0..m)
+                    .map(|s| block.b[(i, s)].norm_sqr())
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1041,5 +1104,52 @@ pub(crate) mod tests {
         unstable.lambda[0] = c64::new(1.01, 0.0);
         assert!(mode_hinf_scores(&unstable)[0].is_infinite());
         assert!(mode_hinf_scores_horizon(&unstable, Some(t))[0].is_finite());
+    }
+
+    #[test]
+    fn energy_and_reference_scores_match_their_definitions() {
+        for bidir in [false, true] {
+            let b = random_block(11, 5, 3, 4, bidir, 0, None, 0.95);
+            let energy = mode_energy_scores(&b);
+            let last_ref = mode_reference_scores(&b, false);
+            let aire_ref = mode_reference_scores(&b, true);
+            for i in 0..5 {
+                // Brute-force kernel energy Σ_k ‖c b̄ᵀ λ^k‖_F² over both directions.
+                let lam = b.lambda[i];
+                let mut e = 0.0;
+                let mut pow = c64::new(1.0, 0.0);
+                for _ in 0..5000 {
+                    for c in std::iter::once(&b.c).chain(b.c_rev.as_ref()) {
+                        for o in 0..4 {
+                            for j in 0..3 {
+                                e += (c[(o, i)] * b.b[(i, j)] * pow).norm_sqr();
+                            }
+                        }
+                    }
+                    pow *= lam;
+                }
+                assert!(
+                    (e - energy[i]).abs() <= 1e-9 * e,
+                    "mode {i}: {e} vs {}",
+                    energy[i]
+                );
+                // The reference codes' arithmetic, spelled out.
+                let cn = (0..4).map(|o| b.c[(o, i)].norm_sqr()).sum::<f64>().sqrt();
+                let crn = b.c_rev.as_ref().map_or(0.0, |cr| {
+                    (0..4).map(|o| cr[(o, i)].norm_sqr()).sum::<f64>().sqrt()
+                });
+                let bn2: f64 = (0..3).map(|j| b.b[(i, j)].norm_sqr()).sum();
+                let c = if bidir { (cn + crn) / 4.0 } else { cn * cn };
+                let a = lam.norm();
+                let want_last = c * bn2 / ((1.0 - a).powi(2) + 1e-8);
+                let want_aire = c * bn2 / ((1.0 - a * a) + 1e-8);
+                assert!((last_ref[i] - want_last).abs() <= 1e-12 * want_last);
+                assert!((aire_ref[i] - want_aire).abs() <= 1e-12 * want_aire);
+            }
+        }
+        let mut unstable = random_block(2, 3, 2, 2, true, 0, None, 0.9);
+        unstable.lambda[1] = c64::new(1.0, 0.0);
+        assert!(mode_energy_scores(&unstable)[1].is_infinite());
+        assert!(mode_reference_scores(&unstable, true)[1].is_finite());
     }
 }

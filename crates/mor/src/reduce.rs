@@ -24,6 +24,17 @@ pub enum Method {
     /// LAST (Gwak et al., NeurIPS 2024): layer-normalised H∞ scores, one global threshold.
     #[serde(rename = "last")]
     Last,
+    /// AIRE-Prune (Padhy et al., ICLR 2026): LAST's procedure with each mode's impulse-response
+    /// energy as the score ([`gram::mode_energy_scores`]).
+    #[serde(rename = "aire")]
+    Aire,
+    /// LAST exactly as its public code (`msgwak/LAST`) runs it: the code's bidirectional score
+    /// ([`gram::mode_reference_scores`]) and a truncated budget ([`reference_budget`]).
+    #[serde(rename = "last-ref")]
+    LastRef,
+    /// AIRE-Prune exactly as its public code (`falcon-arrow/AIRE-Prune`) runs it (as `last-ref`).
+    #[serde(rename = "aire-ref")]
+    AireRef,
     /// Un-normalised H∞ scores, one global threshold (LAST paper baseline).
     #[serde(rename = "global-hinf")]
     GlobalHinf,
@@ -43,10 +54,13 @@ pub enum Method {
 
 impl Method {
     /// All methods, in the order used in tables and plots.
-    pub const ALL: [Method; 10] = [
+    pub const ALL: [Method; 13] = [
         Method::Modal,
         Method::Bt,
         Method::Last,
+        Method::Aire,
+        Method::LastRef,
+        Method::AireRef,
         Method::GlobalHinf,
         Method::UniformHinf,
         Method::H2,
@@ -56,7 +70,8 @@ impl Method {
         Method::Emodal,
     ];
 
-    /// The canonical name (`modal`, `bt`, `last`, `global-hinf`, `uniform-hinf`, `h2`, `tlh2`, `lqo-h2`, `ebt`, `emodal`).
+    /// The canonical name (`modal`, `bt`, `last`, `aire`, `last-ref`, `aire-ref`, `global-hinf`,
+    /// `uniform-hinf`, `h2`, `tlh2`, `lqo-h2`, `ebt`, `emodal`).
     pub fn name(self) -> &'static str {
         match self {
             Method::Modal => "modal",
@@ -64,6 +79,9 @@ impl Method {
             Method::Ebt => "ebt",
             Method::Emodal => "emodal",
             Method::Last => "last",
+            Method::Aire => "aire",
+            Method::LastRef => "last-ref",
+            Method::AireRef => "aire-ref",
             Method::GlobalHinf => "global-hinf",
             Method::UniformHinf => "uniform-hinf",
             Method::H2 => "h2",
@@ -187,6 +205,17 @@ pub fn reduce_block(
         Method::Last | Method::GlobalHinf | Method::UniformHinf => {
             modal::hinf_truncate(block, r, opts.hinf_horizon)
         }
+        Method::Aire | Method::LastRef | Method::AireRef => {
+            gram::check_stable(block, &format!("{method}: block"))?;
+            let scores = score_of(block, method, opts).expect("a score method");
+            if !(1..=block.n_modes()).contains(&r) {
+                return Err(Error::Argument(format!(
+                    "{method}: order {r} must be in 1..={}",
+                    block.n_modes()
+                )));
+            }
+            modal::truncate_modes(block, &modal::top_r(&scores, r))
+        }
         Method::H2 | Method::LqoH2 => h2opt::h2_reduce(block, r, &opts.h2),
         Method::Tlh2 => {
             let t = opts.horizon.ok_or_else(|| {
@@ -226,11 +255,39 @@ pub fn mode_budget(layer_modes: &[usize], ratio: f64) -> Result<usize> {
     Ok((((1.0 - ratio) * total as f64).round() as usize).clamp(layers, total))
 }
 
+/// The per-mode score of a score-truncation method (`None` for the others): H∞ scores
+/// (`last`, `global-hinf`, `uniform-hinf`, with `opts.hinf_horizon`), impulse-response energies
+/// (`aire`), or the reference codes' scores (`last-ref`, `aire-ref`).
+fn score_of(block: &DiagBlock, method: Method, opts: &ReduceOptions) -> Option<Vec<f64>> {
+    match method {
+        Method::Last | Method::GlobalHinf | Method::UniformHinf => {
+            Some(gram::mode_hinf_scores_horizon(block, opts.hinf_horizon))
+        }
+        Method::Aire => Some(gram::mode_energy_scores(block)),
+        Method::LastRef => Some(gram::mode_reference_scores(block, false)),
+        Method::AireRef => Some(gram::mode_reference_scores(block, true)),
+        _ => None,
+    }
+}
+
+/// The mode budget of the reference codes of LAST and AIRE-Prune: `max(⌊(1 − ratio) · total⌋, 1)`
+/// (Python's `int` truncates where [`mode_budget`] rounds), and at least one mode per layer.
+///
+/// # Errors
+/// [`Error::Argument`] unless `0 ≤ ratio < 1`.
+pub fn reference_budget(layer_modes: &[usize], ratio: f64) -> Result<usize> {
+    mode_budget(layer_modes, ratio)?;
+    let total: usize = layer_modes.iter().sum();
+    let layers = layer_modes.iter().filter(|&&n| n > 0).count();
+    Ok((((1.0 - ratio) * total as f64).floor() as usize).clamp(layers.max(1), total))
+}
+
 /// Reduces every layer's SSM block of `model`; `ratio` is the fraction of SSM modes removed
 /// across the model (budget [`mode_budget`]).
 ///
 /// Allocation: `modal`, `bt`, `ebt`, `emodal`, `h2`, `tlh2`, `uniform-hinf` remove the same ratio in every layer
-/// (proportional shares of the budget, largest-remainder rounding, [`modal::uniform_allocation`]); `last` (layer-normalised H∞ scores, [`modal::last_normalise`]) and
+/// (proportional shares of the budget, largest-remainder rounding, [`modal::uniform_allocation`]); `last` (layer-normalised H∞ scores, [`modal::last_normalise`]),
+/// `aire`, `last-ref`, `aire-ref` (layer-normalised energy or reference-code scores) and
 /// `global-hinf` (raw H∞ scores) use one global threshold ([`modal::allocate_global`]); `lqo-h2`
 /// allocates the budget by the output-error bound (`lqo::reduce_model_lqo`). `tlh2` uses the
 /// horizon `opts.horizon` or else `model.max_len`. Layers are reduced in parallel (rayon).
@@ -244,20 +301,24 @@ pub fn reduce_model(
     opts: &ReduceOptions,
 ) -> Result<ModelReduction> {
     let ns: Vec<usize> = model.layers.iter().map(|l| l.ssm.n_modes()).collect();
-    let budget = mode_budget(&ns, ratio)?;
+    let budget = if matches!(method, Method::LastRef | Method::AireRef) {
+        reference_budget(&ns, ratio)?
+    } else {
+        mode_budget(&ns, ratio)?
+    };
     let reds: Vec<BlockReduction> = match method {
-        Method::Last | Method::GlobalHinf => {
+        Method::Last | Method::GlobalHinf | Method::Aire | Method::LastRef | Method::AireRef => {
             modal::check_horizon(opts.hinf_horizon)?;
             let scores: Vec<Vec<f64>> = model
                 .layers
                 .iter()
                 .map(|l| {
                     gram::check_stable(&l.ssm, "layer block")?;
-                    let s = gram::mode_hinf_scores_horizon(&l.ssm, opts.hinf_horizon);
-                    Ok(if method == Method::Last {
-                        modal::last_normalise(&s)
-                    } else {
+                    let s = score_of(&l.ssm, method, opts).expect("a score method");
+                    Ok(if method == Method::GlobalHinf {
                         s
+                    } else {
+                        modal::last_normalise(&s)
                     })
                 })
                 .collect::<Result<_>>()?;
@@ -430,6 +491,9 @@ mod tests {
             Method::Modal,
             Method::Bt,
             Method::Last,
+            Method::Aire,
+            Method::LastRef,
+            Method::AireRef,
             Method::GlobalHinf,
             Method::UniformHinf,
             Method::H2,
@@ -439,6 +503,14 @@ mod tests {
             let red = reduce_model(&m, method, 0.5, &opts).unwrap();
             let total: usize = red.kept_modes.iter().sum();
             assert_eq!(total, 12, "{method}: kept {:?}", red.kept_modes);
+            // The reference codes truncate the budget: 24 · 0.45 = 10.8 → 10 (11 rounded).
+            let red45 = reduce_model(&m, method, 0.55, &opts).unwrap();
+            let want = if matches!(method, Method::LastRef | Method::AireRef) {
+                10
+            } else {
+                11
+            };
+            assert_eq!(red45.kept_modes.iter().sum::<usize>(), want, "{method}");
             assert!(red.kept_modes.iter().all(|&k| k >= 1));
             for (l, (layer, e)) in red
                 .model
