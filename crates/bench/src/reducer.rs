@@ -181,6 +181,9 @@ pub struct Reducer<'a> {
     calibration: Option<&'a Calibration>,
     /// Cost curves of the `sens` allocation, per reducer and whether it is refitted.
     sensitivity: HashMap<(mor::Method, bool), Sensitivity>,
+    /// Per layer, how well the gate's LQO models describe it on the calibration reviews
+    /// (`None` for a gate whose LQO model is exact), once `lqo-h2` has fitted them.
+    pub gate_fit: Option<Vec<Option<mor::gatefit::GateFitReport>>>,
 }
 
 impl<'a> Reducer<'a> {
@@ -201,6 +204,7 @@ impl<'a> Reducer<'a> {
             refit,
             calibration,
             sensitivity: HashMap::new(),
+            gate_fit: None,
         })
     }
 
@@ -254,6 +258,7 @@ impl<'a> Reducer<'a> {
         let budget = mor::reduce::mode_budget(&ns, ratio)?;
         Ok(Some(match alloc {
             Allocation::Uniform => mor::modal::uniform_allocation(&ns, budget),
+            Allocation::Bound => mor::lqo::bound_orders(&self.deep, budget, &self.opts.lqo)?,
             Allocation::Sensitivity => {
                 let curves = &self.sensitivity(recipe)?.curves;
                 mor::alloc::min_cost_orders(curves, budget)?
@@ -337,6 +342,63 @@ impl<'a> Reducer<'a> {
         }
         Ok(&self.sensitivity[&key])
     }
+}
+
+/// The LQO model of every layer's gate fitted at its operating point ([`mor::gatefit`]) on the
+/// gate inputs `y = s + D u` the full model records on `calibration` (training reviews), with
+/// the per-layer report; `None` for a gate whose LQO model is exact.
+///
+/// # Errors
+/// An empty calibration set; model or fit errors.
+pub fn fit_gates(
+    model: &S5Model,
+    deep: &mor::DeepSsm,
+    calibration: &EvalSet,
+) -> Result<(
+    Vec<Option<mor::gatefit::LqoTerms>>,
+    Vec<Option<mor::gatefit::GateFitReport>>,
+)> {
+    if calibration.is_empty() {
+        bail!("no calibration reviews to fit the gates' LQO models on");
+    }
+    let mut fits: Vec<Option<mor::gatefit::GateFit>> =
+        deep.layers.iter().map(mor::gatefit::GateFit::new).collect();
+    for tokens in &calibration.tokens {
+        let inputs = layer_inputs(model, tokens)?;
+        fits.par_iter_mut()
+            .zip(inputs.par_iter())
+            .zip(deep.layers.par_iter())
+            .try_for_each(|((fit, u), layer)| -> Result<()> {
+                let Some(fit) = fit else { return Ok(()) };
+                let mut y = mor::refit::state_output(&layer.ssm, u.as_ref())?;
+                if let Some(d) = &layer.ssm.d {
+                    for t in 0..y.nrows() {
+                        for (o, &dk) in d.iter().enumerate() {
+                            y[(t, o)] += dk * u[(t, o)];
+                        }
+                    }
+                }
+                Ok(fit.add(y.as_ref())?)
+            })?;
+    }
+    let mut terms = Vec::with_capacity(fits.len());
+    let mut reports = Vec::with_capacity(fits.len());
+    for (l, fit) in fits.iter().enumerate() {
+        match fit {
+            None => {
+                terms.push(None);
+                reports.push(None);
+            }
+            Some(f) => {
+                let (t, r) = f
+                    .solve()
+                    .with_context(|| format!("gate fit of layer {l}"))?;
+                terms.push(Some(t));
+                reports.push(Some(r));
+            }
+        }
+    }
+    Ok((terms, reports))
 }
 
 /// [`Reducer::sensitivity`]'s measurement for `base` (a reducer, optionally `+refit`).

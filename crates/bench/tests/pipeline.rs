@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const ALL_METHODS: [&str; 17] = [
+const ALL_METHODS: [&str; 18] = [
     "modal",
     "bt",
     "last",
@@ -18,6 +18,7 @@ const ALL_METHODS: [&str; 17] = [
     "h2",
     "tlh2",
     "lqo-h2",
+    "lqo-h2@bound",
     "ebt",
     "emodal",
     "emodal+refit",
@@ -190,6 +191,8 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
             row("emodal").kept_modes
         );
         assert!(row("emodal@sens+refit").logit_err_mean.is_finite());
+        // `lqo-h2` keeps the same ratio in every layer, like `h2`.
+        assert_eq!(row("lqo-h2").kept_modes, row("h2").kept_modes);
     }
 
     for f in [

@@ -5,6 +5,9 @@
 //! `lqo-h2`). An [`Allocation`] named in a recipe (`<method>@<allocation>`, [`crate::recipe`])
 //! replaces it, so any reducer can be paired with any allocation:
 //! - `uniform`: the same ratio in every layer ([`crate::modal::uniform_allocation`]);
+//! - `bound` (`lqo-h2` only): by the output-error bound's layer weights
+//!   ([`crate::lqo::bound_orders`]), the allocation of the project's first reconstruction of the
+//!   paper, kept as a separate, documented preset;
 //! - `sens`: by measured sensitivity. For each layer ℓ and each order `k` of a grid
 //!   ([`sensitivity_grid`]) the caller measures a cost `c_ℓ(k)`: the mean squared change of the
 //!   model's logits on calibration (training) sequences when layer ℓ **alone** is reduced to `k`
@@ -25,18 +28,25 @@ use crate::error::{Error, Result};
 pub enum Allocation {
     /// The same ratio in every layer.
     Uniform,
+    /// By the output-error bound's layer weights (`lqo-h2` only).
+    Bound,
     /// By the measured calibration logit change of each layer reduced alone.
     Sensitivity,
 }
 
 impl Allocation {
     /// Every allocation, in table order.
-    pub const ALL: [Allocation; 2] = [Allocation::Uniform, Allocation::Sensitivity];
+    pub const ALL: [Allocation; 3] = [
+        Allocation::Uniform,
+        Allocation::Bound,
+        Allocation::Sensitivity,
+    ];
 
-    /// The name after the `@` (`uniform`, `sens`).
+    /// The name after the `@` (`uniform`, `bound`, `sens`).
     pub fn name(self) -> &'static str {
         match self {
             Allocation::Uniform => "uniform",
+            Allocation::Bound => "bound",
             Allocation::Sensitivity => "sens",
         }
     }

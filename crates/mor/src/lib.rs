@@ -21,6 +21,7 @@ pub mod bound;
 pub mod bt;
 pub mod empirical;
 pub mod error;
+pub mod gatefit;
 pub mod gram;
 pub mod h2opt;
 pub mod hinf;

@@ -40,6 +40,7 @@
 use crate::block::DiagBlock;
 use crate::bound;
 use crate::error::{Error, Result};
+use crate::gatefit::LqoTerms;
 use crate::gram;
 use crate::h2opt::{self, H2Options, Objective, Param, Quad, Red};
 use crate::model::{DeepSsm, Gate, Layer};
@@ -70,6 +71,11 @@ pub struct LqoOptions {
     pub floor_fraction: f64,
     /// Run the gradient refinement (otherwise: modal truncation at the allocated orders).
     pub refine: bool,
+    /// Per layer, the LQO read-out fitted at the gate's operating point
+    /// ([`crate::gatefit`]); `None` (or a layer's exact LQO gate) = [`lqo_structured`].
+    pub terms: Option<Vec<Option<LqoTerms>>>,
+    /// Horizon `T` of a time-limited LQO h2 objective (lags `|j| < T`); `None` = infinite.
+    pub horizon: Option<usize>,
 }
 
 impl Default for LqoOptions {
@@ -85,6 +91,8 @@ impl Default for LqoOptions {
             min_per_layer: 1,
             floor_fraction: 0.5,
             refine: true,
+            terms: None,
+            horizon: None,
         }
     }
 }
@@ -131,9 +139,24 @@ pub fn lqo_terms(layer: &Layer) -> (Mat<f64>, Vec<Mat<f64>>) {
     )
 }
 
-/// Squared LQO h2 error `J` of a reduced SSM block of a layer (three-term closed form with the
-/// structured `N_i`; the SSM's own `linear`/`quadratic` are ignored).
+/// LQO h2 error of a reduced SSM block of a layer (three-term closed form with the structured
+/// `N_i` of [`lqo_structured`]; the SSM's own `linear`/`quadratic` are ignored).
 pub fn lqo_h2_error(layer: &Layer, reduced: &DiagBlock) -> Result<f64> {
+    let (e, quad) = lqo_structured(layer);
+    lqo_h2_error_with(layer, reduced, LqoTerms { e, quad }, None)
+}
+
+/// LQO h2 error of a reduced SSM block of a layer with the read-out `terms`, time-limited to
+/// lags `|j| < T` with `horizon = Some(T)`.
+///
+/// # Errors
+/// [`Error::Unstable`] for an unstable block; [`Error::Shape`] for mismatched blocks.
+pub fn lqo_h2_error_with(
+    layer: &Layer,
+    reduced: &DiagBlock,
+    terms: LqoTerms,
+    horizon: Option<usize>,
+) -> Result<f64> {
     gram::check_stable(&layer.ssm, "lqo: full block")?;
     gram::check_stable(reduced, "lqo: reduced block")?;
     if reduced.n_inputs() != layer.ssm.n_inputs() || reduced.n_outputs() != layer.ssm.n_outputs() {
@@ -145,8 +168,7 @@ pub fn lqo_h2_error(layer: &Layer, reduced: &DiagBlock) -> Result<f64> {
             layer.ssm.n_inputs()
         )));
     }
-    let (e, q) = lqo_structured(layer);
-    let obj = Objective::new(&layer.ssm, None, e.as_ref(), q);
+    let obj = Objective::new(&layer.ssm, horizon, terms.e.as_ref(), terms.quad);
     Ok(obj.eval(&Red::from_block(reduced), None).max(0.0).sqrt())
 }
 
@@ -258,6 +280,22 @@ fn allocate(
     r
 }
 
+/// The LQO read-out of layer `l` that `opts` asks for: the fitted terms if given, else the
+/// gate's structural model ([`lqo_structured`]).
+pub fn layer_terms(layer: &Layer, l: usize, opts: &LqoOptions) -> LqoTerms {
+    match opts
+        .terms
+        .as_ref()
+        .and_then(|t| t.get(l).cloned().flatten())
+    {
+        Some(t) => t,
+        None => {
+            let (e, quad) = lqo_structured(layer);
+            LqoTerms { e, quad }
+        }
+    }
+}
+
 /// `lqo-h2` for a whole model: allocate `budget` kept modes (stored complex modes, summed over
 /// layers) by the output-error bound ([`bound_orders`]) and reduce each layer's SSM by
 /// gradient-based LQO-h2 optimisation ([`reduce_layer`]). `layer_h2_errors` are the LQO h2
@@ -312,9 +350,10 @@ pub fn bound_orders(model: &DeepSsm, budget: usize, opts: &LqoOptions) -> Result
     let curves: Vec<Vec<f64>> = model
         .layers
         .par_iter()
-        .map(|layer| {
-            let (e, q) = lqo_structured(layer);
-            let obj = Objective::new(&layer.ssm, None, e.as_ref(), q);
+        .enumerate()
+        .map(|(l, layer)| {
+            let t = layer_terms(layer, l, opts);
+            let obj = Objective::new(&layer.ssm, opts.horizon, t.e.as_ref(), t.quad);
             modal_error_curve(layer, &obj)
         })
         .collect();
@@ -324,14 +363,20 @@ pub fn bound_orders(model: &DeepSsm, budget: usize, opts: &LqoOptions) -> Result
     Ok(allocate(&curves, &weights, budget, floor))
 }
 
-/// `lqo-h2` of one layer at order `k`: the h2-optimal reduction of the layer's SSM with its LQO
-/// read-out (the gate's `E`, `N_i`), started from the modal truncation at `k` (and balanced
-/// truncation with `opts.h2.try_bt_init`), stable parameterisation; `opts.refine = false`
-/// returns the modal truncation. `h2_error` is the LQO h2 error.
+/// `lqo-h2` of one layer at order `k`: the h2-optimal reduction of the layer's SSM with the LQO
+/// read-out `terms` ([`layer_terms`]; time-limited with `opts.horizon`), started from the modal
+/// truncation at `k` (and balanced truncation with `opts.h2.try_bt_init`), stable
+/// parameterisation; `opts.refine = false` returns the modal truncation. `h2_error` is the LQO
+/// h2 error.
 ///
 /// # Errors
 /// [`Error::Argument`] for `k` outside `1..=n`; [`Error::Unstable`] for an unstable block.
-pub fn reduce_layer(layer: &Layer, k: usize, opts: &LqoOptions) -> Result<BlockReduction> {
+pub fn reduce_layer(
+    layer: &Layer,
+    k: usize,
+    terms: LqoTerms,
+    opts: &LqoOptions,
+) -> Result<BlockReduction> {
     let n = layer.ssm.n_modes();
     if !(1..=n).contains(&k) {
         return Err(Error::Argument(format!(
@@ -339,8 +384,7 @@ pub fn reduce_layer(layer: &Layer, k: usize, opts: &LqoOptions) -> Result<BlockR
         )));
     }
     gram::check_stable(&layer.ssm, "lqo-h2: block")?;
-    let (e, q) = lqo_structured(layer);
-    let obj = Objective::new(&layer.ssm, None, e.as_ref(), q);
+    let obj = Objective::new(&layer.ssm, opts.horizon, terms.e.as_ref(), terms.quad);
     let rank = modal_ranking(&layer.ssm);
     let modal = take_top(&layer.ssm, &rank, k);
     let red = if k == n {
@@ -389,7 +433,7 @@ pub fn reduce_model_lqo_orders(
         .zip(orders.par_iter())
         .enumerate()
         .map(|(l, (layer, &k))| {
-            reduce_layer(layer, k, opts).map_err(|e| match e {
+            reduce_layer(layer, k, layer_terms(layer, l, opts), opts).map_err(|e| match e {
                 Error::Argument(m) => Error::Argument(format!("layer {l}: {m}")),
                 Error::Unstable(m) => Error::Unstable(format!("layer {l}: {m}")),
                 other => other,

@@ -5,6 +5,7 @@
 //!
 //! The allocations split the model's budget of kept modes over the layers ([`crate::alloc`]):
 //! - `uniform`: the same ratio in every layer;
+//! - `bound` (`lqo-h2` only): by the output-error bound's layer weights;
 //! - `sens`: by the measured calibration logit change of each layer reduced alone (with the
 //!   recipe's reducer and post-step).
 //!
@@ -121,8 +122,15 @@ impl std::str::FromStr for Recipe {
                 (m, Some(alloc))
             }
         };
+        let reducer: Method = method.parse()?;
+        if alloc == Some(Allocation::Bound) && reducer != Method::LqoH2 {
+            return Err(Error::Argument(format!(
+                "`{s}`: the `bound` allocation uses the LQO layer weights of `lqo-h2` and exists \
+                 only as `lqo-h2@bound`"
+            )));
+        }
         Ok(Recipe {
-            reducer: method.parse()?,
+            reducer,
             alloc,
             post,
         })
@@ -146,7 +154,10 @@ mod tests {
                 assert_eq!(r.post, Some(p));
                 assert_eq!(r.to_string(), name);
                 assert!(r.needs_calibration());
-                for a in Allocation::ALL {
+                for a in Allocation::ALL
+                    .into_iter()
+                    .filter(|&a| a != Allocation::Bound || m == Method::LqoH2)
+                {
                     let name = format!("{m}@{}+{}", a.name(), p.name());
                     let r: Recipe = name.parse().unwrap();
                     assert_eq!((r.reducer, r.alloc, r.post), (m, Some(a), Some(p)));
@@ -159,6 +170,7 @@ mod tests {
             }
         }
         assert!("modal@sens".parse::<Recipe>().unwrap().needs_calibration());
+        assert!("lqo-h2@bound+refit".parse::<Recipe>().is_ok());
         assert!(
             !"modal@uniform"
                 .parse::<Recipe>()
@@ -177,6 +189,7 @@ mod tests {
             "emodal+refit@sens",
             "emodal@sens@sens",
             "@sens",
+            "h2@bound",
         ] {
             assert!(bad.parse::<Recipe>().is_err(), "{bad}");
         }

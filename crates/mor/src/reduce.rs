@@ -47,7 +47,9 @@ pub enum Method {
     /// Time-limited h2 gradient MOR (unconstrained λ; may return unstable models).
     #[serde(rename = "tlh2")]
     Tlh2,
-    /// Sakamoto & Sato (arXiv 2510.14542): LQO layers, h2 errors weighted by the output-error bound.
+    /// Sakamoto & Sato (arXiv 2510.14542): each layer a linear-quadratic-output system reduced by
+    /// its time-limited LQO h2 objective, the same order ratio in every layer (the bound-weighted
+    /// allocation is the preset `lqo-h2@bound`).
     #[serde(rename = "lqo-h2")]
     LqoH2,
 }
@@ -289,8 +291,11 @@ pub fn reference_budget(layer_modes: &[usize], ratio: f64) -> Result<usize> {
 /// (proportional shares of the budget, largest-remainder rounding, [`modal::uniform_allocation`]); `last` (layer-normalised H∞ scores, [`modal::last_normalise`]),
 /// `aire`, `last-ref`, `aire-ref` (layer-normalised energy or reference-code scores) and
 /// `global-hinf` (raw H∞ scores) use one global threshold ([`modal::allocate_global`]); `lqo-h2`
-/// allocates the budget by the output-error bound (`lqo::reduce_model_lqo`). `tlh2` uses the
-/// horizon `opts.horizon` or else `model.max_len`. Layers are reduced in parallel (rayon).
+/// (the paper as it most plausibly states it) keeps the same ratio in every layer too, each
+/// layer reduced by its time-limited LQO h2 objective ([`reduce_layer`]; the bound-weighted
+/// allocation is [`crate::lqo::reduce_model_lqo`], `lqo-h2@bound` in a recipe). `tlh2` and
+/// `lqo-h2` use the horizon `opts.horizon` (`opts.lqo.horizon`) or else `model.max_len`. Layers
+/// are reduced in parallel (rayon).
 ///
 /// # Errors
 /// [`Error::Argument`] for a bad ratio or a method not available; errors of the block methods.
@@ -330,7 +335,6 @@ pub fn reduce_model(
                 .map(|(l, k)| modal::truncate_modes(&l.ssm, k))
                 .collect::<Result<_>>()?
         }
-        Method::LqoH2 => return crate::lqo::reduce_model_lqo(model, budget, &opts.lqo),
         _ => {
             return reduce_model_orders(
                 model,
@@ -377,7 +381,11 @@ pub fn reduce_layer(
             })?;
             reduce_with_gramian(&l.ssm, method, r, ctrb)
         }
-        Method::LqoH2 => crate::lqo::reduce_layer(l, r, &opts.lqo),
+        Method::LqoH2 => {
+            let mut o = opts.lqo.clone();
+            o.horizon = o.horizon.or(Some(model.max_len));
+            crate::lqo::reduce_layer(l, r, crate::lqo::layer_terms(l, layer, &o), &o)
+        }
         Method::Tlh2 if opts.horizon.is_none() => {
             let o = ReduceOptions {
                 horizon: Some(model.max_len),
@@ -522,7 +530,10 @@ mod tests {
                 assert_eq!(layer.ssm.n_modes(), red.kept_modes[l]);
                 let horizon = (method == Method::Tlh2).then_some(32);
                 let want = if method == Method::LqoH2 {
-                    crate::lqo::lqo_h2_error(&m.layers[l], &layer.ssm).unwrap()
+                    let (e, quad) = crate::lqo::lqo_structured(&m.layers[l]);
+                    let terms = crate::gatefit::LqoTerms { e, quad };
+                    crate::lqo::lqo_h2_error_with(&m.layers[l], &layer.ssm, terms, Some(32))
+                        .unwrap()
                 } else {
                     gram::h2_error(&m.layers[l].ssm, &layer.ssm, horizon).unwrap()
                 };
