@@ -8,9 +8,7 @@ use crate::results::{Row, write_atomic};
 use crate::sections::{EvalConfig, SweepConfig};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -523,31 +521,17 @@ pub fn git_commit() -> String {
     }
 }
 
-/// Lower-case hex SHA-256 of bytes.
+/// Lower-case hex SHA-256 of bytes ([`lra::fetch::sha256_hex`]).
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
+    lra::fetch::sha256_hex(bytes)
 }
 
-/// Lower-case hex SHA-256 of a file, streamed.
+/// Lower-case hex SHA-256 of a file, streamed ([`lra::fetch::sha256_file`]).
+///
+/// # Errors
+/// The file cannot be opened or read.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    lra::fetch::sha256_file(path).with_context(|| format!("cannot hash {}", path.display()))
 }
 
 /// The current UTC time as RFC 3339 (`2026-11-29T10:21:51Z`).

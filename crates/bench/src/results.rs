@@ -8,8 +8,6 @@
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Method name of the unreduced reference row.
@@ -222,37 +220,18 @@ pub fn write_csv_atomic<T: Serialize>(path: &Path, rows: &[T], header: &[&str]) 
     write_atomic(path, &buf)
 }
 
-/// Writes bytes to `path` atomically (temp file + fsync + rename).
+/// Writes bytes to `path` atomically ([`mor::io::write_atomic`]: temp file, fsync, rename;
+/// nothing is left behind on failure).
+///
+/// # Errors
+/// The path and a hint when the directory is not writable.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?
-        .to_string_lossy();
-    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let res = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| {
-            format!(
-                "cannot write {} (is the directory writable? choose another `out_dir`)",
-                path.display()
-            )
-        });
-    }
-    Ok(())
+    mor::io::write_atomic(path, bytes).with_context(|| {
+        format!(
+            "cannot write {} (is the directory writable? choose another `out_dir`)",
+            path.display()
+        )
+    })
 }
 
 /// The result files of one run directory.

@@ -498,12 +498,15 @@ pub fn read_json(path: impl AsRef<Path>) -> Result<DiagBlock> {
     from_json_str(&text, &p.display().to_string())
 }
 
-/// Writes `bytes` atomically: a temporary file next to `path`, then a rename.
+/// Writes `bytes` to `path` atomically: a temporary file beside it (`.<name>.<pid>.tmp`),
+/// written, fsynced and renamed over `path`, then the directory synced. On failure the temporary
+/// file is removed and `path` is untouched. The one implementation of the workspace (`s5` and
+/// `bench` call it).
+///
+/// # Errors
+/// [`Error::Io`] naming the path that failed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
+    use std::io::Write;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -512,14 +515,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|source| Error::Io {
-        path: tmp.display().to_string(),
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let io = |p: &Path, source| Error::Io {
+        path: p.display().to_string(),
         source,
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| {
+    };
+    let res = (|| -> std::result::Result<(), (std::path::PathBuf, std::io::Error)> {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| (tmp.clone(), e))?;
+        f.write_all(bytes).map_err(|e| (tmp.clone(), e))?;
+        f.sync_all().map_err(|e| (tmp.clone(), e))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| (path.to_path_buf(), e))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    res.map_err(|(p, e)| {
         let _ = std::fs::remove_file(&tmp);
-        io(e)
+        io(&p, e)
     })
 }
 

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, safetensors::Load};
@@ -100,23 +99,17 @@ fn ck_err(path: &Path, msg: impl Into<String>) -> Error {
     }
 }
 
-/// Write `bytes` to `path` atomically: a temporary file beside it, flushed and synced, renamed.
+/// Write `bytes` to `path` atomically ([`mor::io::write_atomic`]), creating the directory.
 ///
 /// # Errors
 /// [`Error::Io`] with the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
-    f.sync_all().map_err(|e| io_err(&tmp, e))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    mor::io::write_atomic(path, bytes).map_err(|e| match e {
+        mor::Error::Io { path, source } => io_err(Path::new(&path), source),
+        other => other.into(),
+    })
 }
 
 fn tensors_to_bytes(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<Vec<u8>> {
