@@ -291,7 +291,7 @@ impl SweepRowOptions {
             recipes.iter().any(|r| r.as_ref().is_none_or(f))
         };
         let refit = used(&|r| r.post.is_some());
-        let lqo = used(&|r| r.reducer == Method::LqoH2);
+        let lqo = used(&|r| matches!(r.reducer, Method::LqoH2 | Method::LqoH2Taylor));
         let hinf = used(&|r| {
             matches!(
                 r.reducer,

@@ -53,7 +53,7 @@ fn method_order() -> impl Iterator<Item = &'static str> {
 
 /// Each method's colour (colour-blind friendly Tableau-10 hues first, in the order the methods
 /// were added, so a method keeps its colour when others are added).
-const METHOD_COLORS: [(&str, RGBColor); 13] = [
+const METHOD_COLORS: [(&str, RGBColor); 14] = [
     ("modal", RGBColor(31, 119, 180)),
     ("bt", RGBColor(255, 127, 14)),
     ("last", RGBColor(44, 160, 44)),
@@ -61,12 +61,13 @@ const METHOD_COLORS: [(&str, RGBColor); 13] = [
     ("uniform-hinf", RGBColor(148, 103, 189)),
     ("h2", RGBColor(140, 86, 75)),
     ("tlh2", RGBColor(227, 119, 194)),
-    ("lqo-h2", RGBColor(23, 190, 207)),
+    ("lqo-h2-taylor", RGBColor(23, 190, 207)),
     ("ebt", RGBColor(188, 189, 34)),
     ("emodal", RGBColor(127, 127, 127)),
     ("aire", RGBColor(0, 92, 49)),
     ("last-ref", RGBColor(152, 223, 138)),
     ("aire-ref", RGBColor(255, 187, 120)),
+    ("lqo-h2", RGBColor(57, 59, 121)),
 ];
 
 /// A fixed colour per method (colour-blind friendly Tableau-10 hues), so the same method has the

@@ -214,13 +214,39 @@ impl<'a> Reducer<'a> {
         })
     }
 
-    /// Computes the reducer's own calibration data if it needs some and has none yet.
+    /// Computes the reducer's own calibration data if it needs some and has none yet: the
+    /// gates' LQO models of `lqo-h2`, the bound's layer weights of the bound-weighted
+    /// allocations, the empirical Gramians of `ebt`/`emodal`.
     fn prepare(&mut self, recipe: Recipe) -> Result<()> {
+        use mor::Method::{LqoH2, LqoH2Taylor};
         let m = recipe.reducer;
-        if m == mor::Method::LqoH2
-            && recipe.alloc.is_none()
-            && self.opts.lqo.layer_weights.is_none()
-        {
+        if m == LqoH2 && self.opts.lqo.terms.is_none() {
+            let t0 = Instant::now();
+            let cal = &self.calibration(recipe)?.reducers;
+            let (terms, reports) = fit_gates(self.model, &self.deep, cal)?;
+            tracing::info!(
+                "lqo-h2: gate LQO models fitted at the operating point on {} calibration reviews \
+                 in {:.1} s; relative output error per layer (Taylor at y = 0 → fitted): {}",
+                cal.len(),
+                t0.elapsed().as_secs_f64(),
+                reports
+                    .iter()
+                    .map(|r| r.map_or("exact".into(), |r| format!(
+                        "{:.3}→{:.3}",
+                        r.taylor_error, r.fitted_error
+                    )))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            self.opts.lqo.terms = Some(terms);
+            self.gate_fit = Some(reports);
+        }
+        let bound_weighted = match m {
+            LqoH2 => recipe.alloc == Some(Allocation::Bound),
+            LqoH2Taylor => matches!(recipe.alloc, None | Some(Allocation::Bound)),
+            _ => false,
+        };
+        if bound_weighted && self.opts.lqo.layer_weights.is_none() {
             let cal = &self.calibration(recipe)?.reducers;
             let w = calibrated_layer_weights(self.model, &self.deep, cal)?;
             tracing::info!(
@@ -258,7 +284,11 @@ impl<'a> Reducer<'a> {
         let budget = mor::reduce::mode_budget(&ns, ratio)?;
         Ok(Some(match alloc {
             Allocation::Uniform => mor::modal::uniform_allocation(&ns, budget),
-            Allocation::Bound => mor::lqo::bound_orders(&self.deep, budget, &self.opts.lqo)?,
+            Allocation::Bound => mor::lqo::bound_orders(
+                &self.deep,
+                budget,
+                &mor::reduce::lqo_options(recipe.reducer, &self.deep, &self.opts),
+            )?,
             Allocation::Sensitivity => {
                 let curves = &self.sensitivity(recipe)?.curves;
                 mor::alloc::min_cost_orders(curves, budget)?
@@ -344,20 +374,19 @@ impl<'a> Reducer<'a> {
     }
 }
 
+/// Per layer, a gate's fitted LQO terms and the fit's report (`None`: the LQO model is exact).
+pub type GateFits = (
+    Vec<Option<mor::gatefit::LqoTerms>>,
+    Vec<Option<mor::gatefit::GateFitReport>>,
+);
+
 /// The LQO model of every layer's gate fitted at its operating point ([`mor::gatefit`]) on the
 /// gate inputs `y = s + D u` the full model records on `calibration` (training reviews), with
 /// the per-layer report; `None` for a gate whose LQO model is exact.
 ///
 /// # Errors
 /// An empty calibration set; model or fit errors.
-pub fn fit_gates(
-    model: &S5Model,
-    deep: &mor::DeepSsm,
-    calibration: &EvalSet,
-) -> Result<(
-    Vec<Option<mor::gatefit::LqoTerms>>,
-    Vec<Option<mor::gatefit::GateFitReport>>,
-)> {
+pub fn fit_gates(model: &S5Model, deep: &mor::DeepSsm, calibration: &EvalSet) -> Result<GateFits> {
     if calibration.is_empty() {
         bail!("no calibration reviews to fit the gates' LQO models on");
     }

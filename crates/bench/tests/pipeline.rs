@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const ALL_METHODS: [&str; 18] = [
+const ALL_METHODS: [&str; 19] = [
     "modal",
     "bt",
     "last",
@@ -19,6 +19,7 @@ const ALL_METHODS: [&str; 18] = [
     "tlh2",
     "lqo-h2",
     "lqo-h2@bound",
+    "lqo-h2-taylor",
     "ebt",
     "emodal",
     "emodal+refit",

@@ -310,7 +310,7 @@ mod tests {
         assert_eq!(*g.last().unwrap(), 96);
         assert!(g.windows(2).all(|w| w[0] < w[1]));
         let c = curve(&[1.0, 0.0]);
-        assert!(min_cost_orders(&[c.clone()], 3).is_err());
+        assert!(min_cost_orders(std::slice::from_ref(&c), 3).is_err());
         assert!(min_cost_orders(&[c.clone(), c.clone()], 1).is_err());
         assert!(min_cost_orders(&[], 1).is_err());
         let mut bad = c.clone();

@@ -291,7 +291,10 @@ fn run(cli: Cli) -> Result<serde_json::Value> {
                 &b,
                 limit,
             )?;
-            if matches!(m, Method::Bt | Method::H2 | Method::Tlh2 | Method::LqoH2) {
+            if matches!(
+                m,
+                Method::Bt | Method::H2 | Method::Tlh2 | Method::LqoH2 | Method::LqoH2Taylor
+            ) {
                 budget(
                     &format!("reducing with {m}"),
                     &sys,

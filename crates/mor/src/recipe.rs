@@ -58,7 +58,10 @@ impl Recipe {
     pub fn needs_calibration(&self) -> bool {
         self.post.is_some()
             || self.alloc == Some(Allocation::Sensitivity)
-            || matches!(self.reducer, Method::Ebt | Method::Emodal | Method::LqoH2)
+            || matches!(
+                self.reducer,
+                Method::Ebt | Method::Emodal | Method::LqoH2 | Method::LqoH2Taylor
+            )
     }
 }
 
@@ -123,10 +126,12 @@ impl std::str::FromStr for Recipe {
             }
         };
         let reducer: Method = method.parse()?;
-        if alloc == Some(Allocation::Bound) && reducer != Method::LqoH2 {
+        if alloc == Some(Allocation::Bound)
+            && !matches!(reducer, Method::LqoH2 | Method::LqoH2Taylor)
+        {
             return Err(Error::Argument(format!(
                 "`{s}`: the `bound` allocation uses the LQO layer weights of `lqo-h2` and exists \
-                 only as `lqo-h2@bound`"
+                 only as `lqo-h2@bound` (or `lqo-h2-taylor`, whose own allocation it is)"
             )));
         }
         Ok(Recipe {
@@ -154,10 +159,9 @@ mod tests {
                 assert_eq!(r.post, Some(p));
                 assert_eq!(r.to_string(), name);
                 assert!(r.needs_calibration());
-                for a in Allocation::ALL
-                    .into_iter()
-                    .filter(|&a| a != Allocation::Bound || m == Method::LqoH2)
-                {
+                for a in Allocation::ALL.into_iter().filter(|&a| {
+                    a != Allocation::Bound || matches!(m, Method::LqoH2 | Method::LqoH2Taylor)
+                }) {
                     let name = format!("{m}@{}+{}", a.name(), p.name());
                     let r: Recipe = name.parse().unwrap();
                     assert_eq!((r.reducer, r.alloc, r.post), (m, Some(a), Some(p)));

@@ -52,11 +52,17 @@ pub enum Method {
     /// allocation is the preset `lqo-h2@bound`).
     #[serde(rename = "lqo-h2")]
     LqoH2,
+    /// The project's first reconstruction of Sakamoto & Sato (rows named `lqo-h2` before session
+    /// 24): the gate's LQO model is its Taylor expansion at `y = 0`, the LQO h2 objective has an
+    /// infinite horizon, and the budget is allocated by the output-error bound's layer weights
+    /// ([`crate::lqo::reduce_model_lqo`]).
+    #[serde(rename = "lqo-h2-taylor")]
+    LqoH2Taylor,
 }
 
 impl Method {
     /// All methods, in the order used in tables and plots.
-    pub const ALL: [Method; 13] = [
+    pub const ALL: [Method; 14] = [
         Method::Modal,
         Method::Bt,
         Method::Last,
@@ -68,12 +74,13 @@ impl Method {
         Method::H2,
         Method::Tlh2,
         Method::LqoH2,
+        Method::LqoH2Taylor,
         Method::Ebt,
         Method::Emodal,
     ];
 
     /// The canonical name (`modal`, `bt`, `last`, `aire`, `last-ref`, `aire-ref`, `global-hinf`,
-    /// `uniform-hinf`, `h2`, `tlh2`, `lqo-h2`, `ebt`, `emodal`).
+    /// `uniform-hinf`, `h2`, `tlh2`, `lqo-h2`, `lqo-h2-taylor`, `ebt`, `emodal`).
     pub fn name(self) -> &'static str {
         match self {
             Method::Modal => "modal",
@@ -89,6 +96,7 @@ impl Method {
             Method::H2 => "h2",
             Method::Tlh2 => "tlh2",
             Method::LqoH2 => "lqo-h2",
+            Method::LqoH2Taylor => "lqo-h2-taylor",
         }
     }
 }
@@ -218,7 +226,7 @@ pub fn reduce_block(
             }
             modal::truncate_modes(block, &modal::top_r(&scores, r))
         }
-        Method::H2 | Method::LqoH2 => h2opt::h2_reduce(block, r, &opts.h2),
+        Method::H2 | Method::LqoH2 | Method::LqoH2Taylor => h2opt::h2_reduce(block, r, &opts.h2),
         Method::Tlh2 => {
             let t = opts.horizon.ok_or_else(|| {
                 Error::Argument("tlh2 needs a horizon (lags |j| < T); pass --horizon T".into())
@@ -272,6 +280,26 @@ fn score_of(block: &DiagBlock, method: Method, opts: &ReduceOptions) -> Option<V
     }
 }
 
+/// The `lqo` options `method` runs with: for `lqo-h2`, `opts.lqo` with the horizon defaulting to
+/// `model.max_len`; for `lqo-h2-taylor`, `opts.lqo` without fitted gate terms and with an
+/// infinite horizon (the Taylor model at `y = 0`); for other methods `opts.lqo` unchanged.
+pub fn lqo_options(
+    method: Method,
+    model: &DeepSsm,
+    opts: &ReduceOptions,
+) -> crate::lqo::LqoOptions {
+    let mut o = opts.lqo.clone();
+    match method {
+        Method::LqoH2 => o.horizon = o.horizon.or(Some(model.max_len)),
+        Method::LqoH2Taylor => {
+            o.terms = None;
+            o.horizon = None;
+        }
+        _ => {}
+    }
+    o
+}
+
 /// The mode budget of the reference codes of LAST and AIRE-Prune: `max(⌊(1 − ratio) · total⌋, 1)`
 /// (Python's `int` truncates where [`mode_budget`] rounds), and at least one mode per layer.
 ///
@@ -312,6 +340,9 @@ pub fn reduce_model(
         mode_budget(&ns, ratio)?
     };
     let reds: Vec<BlockReduction> = match method {
+        Method::LqoH2Taylor => {
+            return crate::lqo::reduce_model_lqo(model, budget, &lqo_options(method, model, opts));
+        }
         Method::Last | Method::GlobalHinf | Method::Aire | Method::LastRef | Method::AireRef => {
             modal::check_horizon(opts.hinf_horizon)?;
             let scores: Vec<Vec<f64>> = model
@@ -381,9 +412,8 @@ pub fn reduce_layer(
             })?;
             reduce_with_gramian(&l.ssm, method, r, ctrb)
         }
-        Method::LqoH2 => {
-            let mut o = opts.lqo.clone();
-            o.horizon = o.horizon.or(Some(model.max_len));
+        Method::LqoH2 | Method::LqoH2Taylor => {
+            let o = lqo_options(method, model, opts);
             crate::lqo::reduce_layer(l, r, crate::lqo::layer_terms(l, layer, &o), &o)
         }
         Method::Tlh2 if opts.horizon.is_none() => {
@@ -507,6 +537,7 @@ mod tests {
             Method::H2,
             Method::Tlh2,
             Method::LqoH2,
+            Method::LqoH2Taylor,
         ] {
             let red = reduce_model(&m, method, 0.5, &opts).unwrap();
             let total: usize = red.kept_modes.iter().sum();
@@ -529,7 +560,9 @@ mod tests {
             {
                 assert_eq!(layer.ssm.n_modes(), red.kept_modes[l]);
                 let horizon = (method == Method::Tlh2).then_some(32);
-                let want = if method == Method::LqoH2 {
+                let want = if method == Method::LqoH2Taylor {
+                    crate::lqo::lqo_h2_error(&m.layers[l], &layer.ssm).unwrap()
+                } else if method == Method::LqoH2 {
                     let (e, quad) = crate::lqo::lqo_structured(&m.layers[l]);
                     let terms = crate::gatefit::LqoTerms { e, quad };
                     crate::lqo::lqo_h2_error_with(&m.layers[l], &layer.ssm, terms, Some(32))
@@ -562,6 +595,7 @@ mod tests {
             Method::H2,
             Method::Tlh2,
             Method::LqoH2,
+            Method::LqoH2Taylor,
         ] {
             let orders = [2, 5, 1];
             let red = reduce_model_orders(&m, method, &orders, &opts).unwrap();
