@@ -3,9 +3,32 @@
 //! blocks must be finite and stable. A checkpoint that fails is refused rather than evaluated
 //! (evaluating the full model in its place, or a model of NaNs, would print a wrong accuracy).
 
-use crate::pipeline::{REDUCED_BLOCKS_FILE, REDUCTION_FILE, ReductionInfo};
 use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// File of a compressed checkpoint holding the reduced SSM blocks (`mor` safetensors layout).
+pub const REDUCED_BLOCKS_FILE: &str = "reduced_ssm.safetensors";
+/// File of a compressed checkpoint describing the reduction.
+pub const REDUCTION_FILE: &str = "reduction.json";
+
+/// `reduction.json` of a compressed checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReductionInfo {
+    /// Reduction method.
+    pub method: String,
+    /// Fraction of SSM modes removed.
+    pub ratio: f64,
+    /// Complex modes kept per layer.
+    pub kept_modes: Vec<usize>,
+    /// Whether every kept mode has `|λ̄| < 1`.
+    pub stable: bool,
+    /// Trainable parameters of the reduced model.
+    pub total_params: usize,
+    /// SHA-256 of the full model's `model.safetensors`.
+    pub source_sha256: String,
+}
 
 /// Whether the checkpoint in `dir` is a compressed one: both [`REDUCED_BLOCKS_FILE`] and
 /// [`REDUCTION_FILE`] present (plain: neither).

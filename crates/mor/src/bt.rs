@@ -43,7 +43,7 @@
 use crate::block::DiagBlock;
 use crate::error::{Error, Result};
 use crate::gram;
-use crate::reduce::BlockReduction;
+use crate::reduction::BlockReduction;
 use faer::{Mat, c64};
 
 /// A real reduced system from balanced truncation, before re-diagonalisation.

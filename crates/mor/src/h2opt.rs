@@ -61,7 +61,7 @@
 use crate::block::DiagBlock;
 use crate::error::{Error, Result};
 use crate::gram;
-use crate::reduce::BlockReduction;
+use crate::reduction::BlockReduction;
 use faer::{Mat, MatRef, c64};
 
 /// Options of the gradient-based methods (`h2`, `tlh2`, and the per-layer step of `lqo-h2`).

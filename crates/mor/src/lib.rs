@@ -55,6 +55,7 @@ pub mod modal;
 pub mod model;
 pub mod recipe;
 pub mod reduce;
+pub mod reduction;
 pub mod refit;
 
 pub use block::DiagBlock;

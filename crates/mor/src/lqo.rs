@@ -44,7 +44,7 @@ use crate::gatefit::LqoTerms;
 use crate::gram;
 use crate::h2opt::{self, H2Options, Objective, Param, Quad, Red};
 use crate::model::{DeepSsm, Gate, Layer};
-use crate::reduce::{BlockReduction, ModelReduction};
+use crate::reduction::{BlockReduction, ModelReduction};
 use faer::Mat;
 use rayon::prelude::*;
 
@@ -440,5 +440,5 @@ pub fn reduce_model_lqo_orders(
             })
         })
         .collect::<Result<_>>()?;
-    Ok(crate::reduce::assemble(model, reds))
+    Ok(crate::reduction::assemble(model, reds))
 }

@@ -8,7 +8,7 @@
 use crate::block::DiagBlock;
 use crate::error::{Error, Result};
 use crate::gram;
-use crate::reduce::BlockReduction;
+use crate::reduction::BlockReduction;
 use faer::Mat;
 
 /// How `modal` ranks modes.
