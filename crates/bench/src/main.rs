@@ -29,6 +29,11 @@ struct Cli {
     /// `configs/`.
     #[arg(long, global = true, default_value = "imdb.toml")]
     config: PathBuf,
+    /// Write the run's outputs (results, plots, manifest) to `<DIR>/<name>/` instead of the
+    /// config's `out_dir`, e.g. to reproduce a committed sweep from scratch without touching it.
+    /// The checkpoint stays the config's (default `<config out_dir>/<name>/model`).
+    #[arg(long, global = true, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
     #[command(subcommand)]
@@ -234,7 +239,11 @@ fn real_main() -> Result<()> {
         return Ok(());
     }
     let config_path = config::resolve(&cli.config)?;
-    let cfg = RunConfig::load(&config_path)?;
+    let mut cfg = RunConfig::load(&config_path)?;
+    if let Some(dir) = &cli.out_dir {
+        cfg.checkpoint = Some(cfg.checkpoint_dir());
+        cfg.out_dir.clone_from(dir);
+    }
     set_threads(cfg.n_threads())?;
     match cli.command {
         None => run(&cfg, &config_path, &cli.run),

@@ -208,10 +208,120 @@ pub fn plot_all(rows: &[Row], kept: &[KeptModes], dir: &Path) -> Result<Vec<Path
             out.push(svg);
         }
     }
+    if rows.iter().any(|r| r.infer_tokens_per_s.is_finite()) {
+        for ext in ["png", "svg"] {
+            let p = dir.join(format!("accuracy_vs_speed.{ext}"));
+            if ext == "png" {
+                write_png(&p, (1100, 750), |root| accuracy_vs_speed(root, rows))?;
+            } else {
+                write_svg(&p, (1100, 750), |root| accuracy_vs_speed(root, rows))?;
+            }
+            out.push(p);
+        }
+    }
     let p = dir.join("modes_per_layer.png");
     write_png(&p, (1500, 600), |root| modes_per_layer(root, kept))?;
     out.push(p);
     Ok(out)
+}
+
+/// Accuracy (%) against inference throughput (`infer_tokens_per_s`, thousands of tokens/s on
+/// the fixed synthetic batch of every row), one line per method, the full model as a dashed
+/// horizontal line and a point; rows without a measured speed are left out.
+pub fn accuracy_vs_speed<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    rows: &[Row],
+) -> Result<()> {
+    root.fill(&WHITE).map_err(err)?;
+    let (root, legend_area) = root.split_horizontally(root.dim_in_pixel().0 as i32 - 300);
+    let timed: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.accuracy.is_finite() && r.infer_tokens_per_s.is_finite())
+        .collect();
+    let xs = timed.iter().map(|r| r.infer_tokens_per_s / 1e3);
+    let (x_lo, x_hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |a, x| {
+        (a.0.min(x), a.1.max(x))
+    });
+    let (x_lo, x_hi) = if x_lo.is_finite() {
+        (x_lo, x_hi)
+    } else {
+        (0.0, 1.0)
+    };
+    let x_pad = ((x_hi - x_lo) * 0.05).max(x_hi * 0.02).max(1e-3);
+    let (x_min, x_max) = ((x_lo - x_pad).max(0.0), x_hi + x_pad);
+    let (y_lo, y_hi) = timed
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |a, r| {
+            (a.0.min(r.accuracy * 100.0), a.1.max(r.accuracy * 100.0))
+        });
+    let (y_lo, y_hi) = if y_lo.is_finite() {
+        (y_lo, y_hi)
+    } else {
+        (0.0, 100.0)
+    };
+    let pad = ((y_hi - y_lo) * 0.08).max(1.0);
+    let (y_lo, y_hi) = ((y_lo - pad).max(0.0), (y_hi + pad).min(100.0));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Test accuracy vs. inference speed after reduction (no retraining)",
+            (FONT, 24),
+        )
+        .margin(20)
+        .x_label_area_size(55)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x_min..x_max, y_lo..y_hi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("inference throughput (thousand tokens/s, fixed batch, same threads)")
+        .y_desc("test accuracy (%)")
+        .axis_desc_style((FONT, 18))
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(err)?;
+    let mut legend: Vec<LegendEntry> = Vec::new();
+    let full = timed.iter().find(|r| r.method == FULL);
+    if let Some(f) = full {
+        let y = f.accuracy * 100.0;
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(x_min, y), (x_max, y)],
+                10,
+                6,
+                BLACK.stroke_width(2),
+            ))
+            .map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Circle::new(
+                (f.infer_tokens_per_s / 1e3, y),
+                6,
+                BLACK.filled(),
+            )))
+            .map_err(err)?;
+        legend.push((
+            format!(
+                "full model ({y:.2} %, {:.1}k tok/s)",
+                f.infer_tokens_per_s / 1e3
+            ),
+            BLACK,
+            true,
+        ));
+    }
+    for m in methods_in(rows) {
+        let mut pts: Vec<(f64, f64)> = timed
+            .iter()
+            .filter(|r| r.method == m)
+            .map(|r| (r.infer_tokens_per_s / 1e3, r.accuracy * 100.0))
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        legend.push(draw_method_line(&mut chart, pts, m)?);
+    }
+    draw_legend(&legend_area, &legend)?;
+    root.present().map_err(err)?;
+    Ok(())
 }
 
 /// Accuracy (%) against total trainable parameters, one line per method.

@@ -201,6 +201,8 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
         "accuracy_vs_params.svg",
         "bound_vs_error.png",
         "modes_per_layer.png",
+        "accuracy_vs_speed.png",
+        "accuracy_vs_speed.svg",
         "kept_modes.csv",
     ] {
         let len = std::fs::metadata(out.join(f)).map(|m| m.len()).unwrap_or(0);
@@ -244,6 +246,7 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
     assert_eq!(man["earlier_runs"].as_array().unwrap().len(), 2, "{man}");
 
     verify_recomputes_the_committed_rows(root, cfg_s, &out);
+    fresh_out_dir_recomputes_every_row(root, cfg_s, &out);
 
     // plot re-draws from the CSV.
     std::fs::remove_file(out.join("bound_vs_error.png")).unwrap();
@@ -434,6 +437,40 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
     }
     out.sort();
     out
+}
+
+/// `--out-dir` writes a complete new run from the same checkpoint and leaves the committed one
+/// untouched: every row recomputed, with the same kept modes and accuracies.
+fn fresh_out_dir_recomputes_every_row(root: &Path, cfg_s: &str, out: &Path) {
+    let before = snapshot(out);
+    let fresh = root.join("fresh");
+    let o = bench(
+        &["--config", cfg_s, "--out-dir", fresh.to_str().unwrap()],
+        root,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(snapshot(out), before, "--out-dir changed the committed run");
+    assert!(
+        !fresh.join("t").join("model").exists(),
+        "the checkpoint was retrained"
+    );
+    let (old, new) = (
+        read_rows(&out.join("results.csv")),
+        read_rows(&fresh.join("t").join("results.csv")),
+    );
+    assert_eq!(old.len(), new.len());
+    for r in &old {
+        let n = new
+            .iter()
+            .find(|x| x.has_key(&r.method, r.ratio))
+            .unwrap_or_else(|| panic!("{} @ {} missing", r.method, r.ratio));
+        assert_eq!(
+            (n.kept_modes, n.accuracy),
+            (r.kept_modes, r.accuracy),
+            "{}",
+            r.method
+        );
+    }
 }
 
 /// `bench verify` on the finished sweep of `out`: the sampled rows reproduce and nothing in the
