@@ -760,6 +760,7 @@ fn sweep_stage(
     eval_bar.finish_and_clear();
     sweep_bar.finish_and_clear();
     man.add_stage("sweep", t);
+    write_calibration_report(&out, &backend.reducer)?;
     if summary.stopped_early {
         man.write(&out)?;
         eprintln!(
@@ -1031,6 +1032,32 @@ fn plot_merged(csv: &Path, also: &[PathBuf], out: Option<&Path>) -> Result<Vec<P
     write_atomic(&md, bench::sweep::markdown_summary(&rows).as_bytes())?;
     files.push(md);
     Ok(files)
+}
+
+/// Merges what the reducer's data-driven parts measured in this sweep (the `sens` cost curves,
+/// the `lqo-h2` gate fits) into `<run>/calibration.json`, keeping the entries of earlier runs of
+/// the same directory; nothing is written when nothing was measured.
+fn write_calibration_report(run_dir: &Path, reducer: &Reducer<'_>) -> Result<()> {
+    let new = reducer.calibration_report();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let path = run_dir.join("calibration.json");
+    let mut all = match std::fs::read(&path) {
+        Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => bail!(
+                "{} is not a JSON object; move it away (it is rewritten by every sweep)",
+                path.display()
+            ),
+        },
+        Err(_) => serde_json::Map::new(),
+    };
+    all.extend(new);
+    bench::results::write_atomic(
+        &path,
+        serde_json::to_string_pretty(&serde_json::Value::Object(all))?.as_bytes(),
+    )
 }
 
 /// The calibration (training) reviews of a run ([`Calibration`]), seeded with `eval.seed`.

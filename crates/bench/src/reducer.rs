@@ -341,6 +341,23 @@ impl<'a> Reducer<'a> {
         Ok(Reduced { reduction, refit })
     }
 
+    /// What the data-driven parts measured so far, for `<run>/calibration.json`: the `sens`
+    /// cost curves by base recipe and the gate fits of `lqo-h2` (empty if nothing was measured).
+    pub fn calibration_report(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        for s in self.sensitivity.values() {
+            if let Ok(v) = serde_json::to_value(s) {
+                out.insert(format!("sensitivity {}", s.recipe), v);
+            }
+        }
+        if let Some(g) = &self.gate_fit
+            && let Ok(v) = serde_json::to_value(g)
+        {
+            out.insert("lqo-h2 gate fit per layer".into(), v);
+        }
+        out
+    }
+
     /// The cost curves of the `sens` allocation for `recipe`'s reducer and post-step (measured
     /// on first need, then cached; [`mor::alloc`]). For each layer ℓ and each order `k` of
     /// [`mor::alloc::sensitivity_grid`], layer ℓ alone is reduced to `k` modes by the reducer,

@@ -209,6 +209,29 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
         let min = if f.ends_with(".csv") { 200 } else { 5000 };
         assert!(len > min, "{f}: {len} bytes");
     }
+    // What the data-driven parts measured: the `sens` curves (cost 0 at the full order, one
+    // curve per layer) and the lqo-h2 gate fits.
+    let cal: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("calibration.json")).unwrap())
+            .unwrap();
+    let curves = cal["sensitivity emodal+refit"]["curves"]
+        .as_array()
+        .unwrap();
+    assert_eq!(curves.len(), 2, "{cal}");
+    for c in curves {
+        assert_eq!(c["costs"].as_array().unwrap().last().unwrap(), 0.0);
+        assert_eq!(c["orders"][0], 1);
+    }
+    let fits = cal["lqo-h2 gate fit per layer"].as_array().unwrap();
+    assert_eq!(fits.len(), 2);
+    // (The mean Jacobian is not the least-squares linear model, so the fitted model can be
+    // worse than the Taylor one where the gate works near y = 0, as in this tiny model.)
+    for f in fits {
+        for k in ["fitted_error", "taylor_error", "mean_opening"] {
+            let v = f[k].as_f64().unwrap();
+            assert!(v.is_finite() && v >= 0.0, "{f}");
+        }
+    }
     let man: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     for key in [
