@@ -9,6 +9,7 @@ pub mod manifest;
 pub mod outdir;
 pub mod pipeline;
 pub mod plot;
+pub mod progress;
 pub mod reducer;
 pub mod results;
 pub mod sections;

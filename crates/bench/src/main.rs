@@ -17,7 +17,7 @@ use bench::reducer::{Calibration, Reducer};
 use bench::results::{ResultsStore, write_atomic};
 use bench::sweep::{SweepBackend, SweepOptions, run_sweep, summary_table};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::MultiProgress;
 
 use config::RunConfig;
 
@@ -345,17 +345,7 @@ fn set_threads(n: usize) -> Result<()> {
     Ok(())
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what} {{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ETA {{eta_precise}}"
-        ))
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    pb
-}
+use bench::progress::bar;
 
 /// `bench data`: load (fetching what is missing), verify, print the statistics.
 fn data(cfg: &RunConfig, json: bool) -> Result<()> {

@@ -4,6 +4,7 @@
 //! curves) and the post-steps (`refit`, `refit-seq`).
 
 use crate::pipeline::{EvalSet, bound_inputs, evaluate};
+use crate::progress::bar;
 use crate::sections::{ALLOCATION_REVIEWS, CALIBRATION_REVIEWS};
 use crate::subset::balanced_subset;
 use anyhow::{Context, Result, bail};
@@ -64,13 +65,16 @@ pub fn empirical_gramians(
         .iter()
         .map(|l| mor::empirical::EmpiricalGramian::new(&l.ssm))
         .collect();
+    let pb = bar(calibration.len() as u64, "gramian");
     for tokens in &calibration.tokens {
         let inputs = model.ssm_inputs(tokens)?;
         for (a, u) in acc.iter_mut().zip(&inputs) {
             let h = u.len() / tokens.len();
             a.add(faer::MatRef::from_row_major_slice(u, tokens.len(), h))?;
         }
+        pb.inc(1);
     }
+    pb.finish_and_clear();
     Ok(acc
         .iter()
         .map(mor::empirical::EmpiricalGramian::gramian)
@@ -409,7 +413,9 @@ pub fn fit_gates(model: &S5Model, deep: &mor::DeepSsm, calibration: &EvalSet) ->
     }
     let mut fits: Vec<Option<mor::gatefit::GateFit>> =
         deep.layers.iter().map(mor::gatefit::GateFit::new).collect();
+    let pb = bar(calibration.len() as u64, "gates  ");
     for tokens in &calibration.tokens {
+        pb.inc(1);
         let inputs = layer_inputs(model, tokens)?;
         fits.par_iter_mut()
             .zip(inputs.par_iter())
@@ -427,6 +433,7 @@ pub fn fit_gates(model: &S5Model, deep: &mor::DeepSsm, calibration: &EvalSet) ->
                 Ok(fit.add(y.as_ref())?)
             })?;
     }
+    pb.finish_and_clear();
     let mut terms = Vec::with_capacity(fits.len());
     let mut reports = Vec::with_capacity(fits.len());
     for (l, fit) in fits.iter().enumerate() {
@@ -481,12 +488,15 @@ fn measure_sensitivity(r: &Reducer<'_>, base: Recipe, cal: &Calibration) -> Resu
             .zip(&blocks)
             .map(|(&(l, _), b)| mor::refit::BlockRefit::new(&r.deep.layers[l].ssm, b))
             .collect::<mor::Result<_>>()?;
+        let pb = bar(cal.refit.len() as u64, "sens refit");
         for tokens in &cal.refit.tokens {
             let inputs = layer_inputs(r.model, tokens)?;
             fits.par_iter_mut()
                 .zip(&grid)
                 .try_for_each(|(f, &(l, _))| f.add(inputs[l].as_ref()))?;
+            pb.inc(1);
         }
+        pb.finish_and_clear();
         blocks = fits
             .par_iter()
             .map(|f| Ok(f.solve(&r.refit)?.0))
@@ -502,7 +512,10 @@ fn measure_sensitivity(r: &Reducer<'_>, base: Recipe, cal: &Calibration) -> Resu
             costs: Vec::new(),
         })
         .collect();
+    let pb = bar(grid.len() as u64, "sens cost");
     for (&(l, k), block) in grid.iter().zip(blocks) {
+        pb.set_message(format!("layer {l}, order {k}"));
+        pb.inc(1);
         let mut deep = r.deep.clone();
         deep.layers[l].ssm = block;
         let logits = evaluate(&s5::with_reduced(r.model, &deep)?, set, None, false)?.logits;
@@ -520,6 +533,7 @@ fn measure_sensitivity(r: &Reducer<'_>, base: Recipe, cal: &Calibration) -> Resu
         curves[l].orders.push(k);
         curves[l].costs.push(cost);
     }
+    pb.finish_and_clear();
     for c in &mut curves {
         c.orders.push(c.n_modes);
         c.costs.push(0.0);
@@ -565,11 +579,14 @@ pub fn refit(
         bail!("no calibration reviews to refit on");
     }
     let mut fit = mor::refit::ModelRefit::new(deep, reduced)?;
+    let pb = bar(calibration.len() as u64, "refit  ");
     for tokens in &calibration.tokens {
         let inputs = layer_inputs(model, tokens)?;
         let refs: Vec<_> = inputs.iter().map(faer::Mat::as_ref).collect();
         fit.add(&refs)?;
+        pb.inc(1);
     }
+    pb.finish_and_clear();
     Ok(fit.solve(opts)?)
 }
 
