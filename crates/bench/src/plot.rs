@@ -287,14 +287,7 @@ pub fn accuracy_vs_speed<DB: DrawingBackend>(
     let full = timed.iter().find(|r| r.method == FULL);
     if let Some(f) = full {
         let y = f.accuracy * 100.0;
-        chart
-            .draw_series(DashedLineSeries::new(
-                [(x_min, y), (x_max, y)],
-                10,
-                6,
-                BLACK.stroke_width(2),
-            ))
-            .map_err(err)?;
+        draw_full_line(&mut chart, x_min, x_max, y)?;
         chart
             .draw_series(std::iter::once(Circle::new(
                 (f.infer_tokens_per_s / 1e3, y),
@@ -386,14 +379,7 @@ pub fn accuracy_vs_params<DB: DrawingBackend>(
 
     if let Some(f) = full {
         let y = f.accuracy * 100.0;
-        chart
-            .draw_series(DashedLineSeries::new(
-                [(x_min, y), (x_max, y)],
-                10,
-                6,
-                BLACK.stroke_width(2),
-            ))
-            .map_err(err)?;
+        draw_full_line(&mut chart, x_min, x_max, y)?;
         legend.push((format!("full model ({y:.2} %)"), BLACK, true));
         let xr = f.total_params as f64 * (1.0 - PAPER_REDUCTION);
         let grey = RGBColor(120, 120, 120);
@@ -660,6 +646,28 @@ pub fn paper_figure<DB: DrawingBackend>(
     }
     draw_legend(&legend_area, &legend)?;
     root.present().map_err(err)?;
+    Ok(())
+}
+
+/// The full model's accuracy `y` as a dashed black line across `x_min..x_max`.
+fn draw_full_line<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    x_min: f64,
+    x_max: f64,
+    y: f64,
+) -> Result<()> {
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(x_min, y), (x_max, y)],
+            10,
+            6,
+            BLACK.stroke_width(2),
+        ))
+        .map_err(err)?;
     Ok(())
 }
 
