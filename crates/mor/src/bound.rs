@@ -89,6 +89,67 @@ struct SsmFactors {
     d_abs: Vec<f64>,
 }
 
+/// Gains of `z ↦ 𝒮(norm(z))` without the norm's shift, i.e. of `𝒮 ∘ diag(s)` for BatchNorm
+/// `u = s ⊙ z + t` (the part through which an error `z − ẑ` travels).
+#[derive(Clone, Copy, Debug)]
+struct InputGains {
+    /// `γ^in_ℓ = min(certified ‖G(ω) diag(s)‖_∞ (or its ℓ1 kernel gain), γ_ℓ Ln_ℓ)`: ℓ2→ℓ2.
+    gain: f64,
+    /// `p^in_ℓ = min(max_c (sqrt(G^s_cc) + |D_c s_c|), p_ℓ Ln_ℓ)`: ℓ2→peak (`G^s` the
+    /// time-limited Gramian of the scaled block).
+    peak: f64,
+}
+
+/// `block` with its input columns scaled by `s` (`B̄ diag(s)`, `D ⊙ s`).
+fn scaled_block(block: &DiagBlock, s: &[f64]) -> DiagBlock {
+    let mut out = block.clone();
+    for i in 0..out.n_modes() {
+        for (c, sc) in s.iter().enumerate() {
+            out.b[(i, c)] *= *sc;
+        }
+    }
+    if let Some(d) = &mut out.d {
+        for (dc, sc) in d.iter_mut().zip(s) {
+            *dc *= *sc;
+        }
+    }
+    out
+}
+
+/// `max_c (sqrt(G_cc) + |D_c|)` of `block` (time-limited Gramian, horizon `horizon`), with the
+/// relative rounding allowance of [`ssm_factors`].
+fn peak_gain(block: &DiagBlock, horizon: usize) -> f64 {
+    let g = gram::gram(block, Some(horizon));
+    (0..block.n_outputs())
+        .map(|c| {
+            let d = block.d.as_ref().map_or(0.0, |d| d[c].abs());
+            (g[(c, c)].max(0.0) * (1.0 + 1e-9)).sqrt() + 1e-300 + d
+        })
+        .fold(0.0f64, f64::max)
+}
+
+fn input_gains(layer: &Layer, full: &SsmFactors, norm: &NormFactors, horizon: usize) -> InputGains {
+    let ln = norm.lipschitz();
+    let p = (0..full.peak_l2.len())
+        .map(|c| full.peak_l2[c] + full.d_abs[c])
+        .fold(0.0f64, f64::max);
+    let (crude_gain, crude_peak) = (full.gain * ln, p * ln);
+    match &layer.norm {
+        Norm::Batch { scale, .. } => {
+            let sb = scaled_block(&layer.ssm, scale);
+            let dmax = sb.d.as_ref().map_or(0.0, |d| maxabs(d));
+            InputGains {
+                gain: ssm_gain(&sb, horizon, dmax, HINF_FULL).min(crude_gain),
+                peak: peak_gain(&sb, horizon).min(crude_peak),
+            }
+        }
+        Norm::Identity | Norm::Layer { .. } => InputGains {
+            gain: crude_gain,
+            peak: crude_peak,
+        },
+    }
+}
+
 /// Precomputed weight-only factors of a full model and its reduction for sequences of length up
 /// to `horizon`; [`BoundPrep::evaluate`] then costs `O(layers · h)` per input.
 #[derive(Clone, Debug)]
@@ -98,6 +159,10 @@ pub struct BoundPrep {
     red: Vec<SsmFactors>,
     /// `ε_ℓ` (zero when no reduction was given).
     err: Vec<f64>,
+    /// `ε^peak_ℓ`: ℓ2→peak gain of the error system (zero when no reduction was given).
+    err_peak: Vec<f64>,
+    /// Gains of the full SSMs from the norm's input (BatchNorm scale folded in).
+    full_in: Vec<InputGains>,
     layers: Vec<LayerStatic>,
     decoder_norm: f64,
 }
@@ -424,18 +489,34 @@ fn check_pair(full: &DeepSsm, reduced: &DeepSsm) -> Result<()> {
     Ok(())
 }
 
-/// `ε_ℓ`: the smaller of `Σ_{|j|<T} ‖g(j) − ĝ(j)‖_F + max_c |D_c − D̂_c|` and the certified H∞
-/// norm of the error system (kernel difference plus `D − D̂`).
-fn error_gain(full: &DiagBlock, red: &DiagBlock, horizon: usize) -> f64 {
-    let mut diff = gram::difference_block(full, red);
+/// `(ε_ℓ, ε^peak_ℓ)` of the error system `𝒮 − 𝒮̂` (kernel difference plus `D − D̂`, identical
+/// modes merged, [`gram::difference_block_merged`]): `ε_ℓ` the smaller of
+/// `Σ_{|j|<T} ‖g(j) − ĝ(j)‖_F + max_c |D_c − D̂_c|` and the certified H∞ norm (ℓ2→ℓ2);
+/// `ε^peak_ℓ = min(max_c (sqrt(G^e_cc) + |D_c − D̂_c|), ε_ℓ)` (ℓ2→peak, `G^e` the time-limited
+/// Gramian of the error system, with an absolute rounding allowance of `1e-10` times the
+/// Gramian diagonals of both blocks).
+fn error_gain(full: &DiagBlock, red: &DiagBlock, horizon: usize) -> (f64, f64) {
+    let mut diff = gram::difference_block_merged(full, red);
     let p = full.n_outputs();
     let zero = vec![0.0; p];
     let d1 = full.d.as_deref().unwrap_or(&zero);
     let d2 = red.d.as_deref().unwrap_or(&zero);
     let dd: Vec<f64> = d1.iter().zip(d2).map(|(x, y)| x - y).collect();
     let dd_max = dd.iter().fold(0.0f64, |a, x| a.max(x.abs()));
-    diff.d = Some(dd);
-    ssm_gain(&diff, horizon, dd_max, HINF_REDUCED)
+    diff.d = Some(dd.clone());
+    let eps = ssm_gain(&diff, horizon, dd_max, HINF_REDUCED);
+    let (gf, gr, ge) = (
+        gram::gram(full, Some(horizon)),
+        gram::gram(red, Some(horizon)),
+        gram::gram(&diff, Some(horizon)),
+    );
+    let peak = (0..p)
+        .map(|c| {
+            let allowance = 1e-10 * (gf[(c, c)].abs() + gr[(c, c)].abs());
+            (ge[(c, c)].max(0.0) * (1.0 + 1e-9) + allowance).sqrt() + dd[c].abs()
+        })
+        .fold(0.0f64, f64::max);
+    (eps, peak.min(eps))
 }
 
 /// Precomputes the weight-only factors of the bound for sequences of length `≤ horizon`
@@ -467,10 +548,19 @@ pub fn prepare_bound(
         .par_iter()
         .map(|l| ssm_factors(&l.ssm, horizon, HINF_FULL))
         .collect();
+    let full_in: Vec<InputGains> = full
+        .layers
+        .par_iter()
+        .zip(&fulls)
+        .zip(&layers)
+        .map(|((l, f), st)| input_gains(l, f, &st.norm, horizon))
+        .collect();
     let prep = BoundPrep {
         horizon,
         red: fulls.clone(),
         err: vec![0.0; fulls.len()],
+        err_peak: vec![0.0; fulls.len()],
+        full_in,
         full: fulls,
         layers,
         decoder_norm: spectral_norm(&full.decoder_w)?,
@@ -504,7 +594,7 @@ impl BoundPrep {
             )));
         }
         let horizon = self.horizon;
-        let per: Vec<(SsmFactors, f64)> = (0..full.layers.len())
+        let per: Vec<(SsmFactors, (f64, f64))> = (0..full.layers.len())
             .into_par_iter()
             .map(|l| {
                 let rs = &reduced.layers[l].ssm;
@@ -514,10 +604,12 @@ impl BoundPrep {
                 )
             })
             .collect();
-        let (red, err) = per.into_iter().unzip();
+        let (red, gains): (Vec<SsmFactors>, Vec<(f64, f64)>) = per.into_iter().unzip();
+        let (err, err_peak) = gains.into_iter().unzip();
         Ok(BoundPrep {
             red,
             err,
+            err_peak,
             ..self.clone()
         })
     }
@@ -625,35 +717,98 @@ pub struct MeasuredLayer {
     pub y_peak: f64,
 }
 
+/// The error a reduced SSM makes on the full model's recorded input of its layer, `(𝒮_ℓ − 𝒮̂_ℓ) u_ℓ`
+/// (`[L, h]`, true positions; computed by running both SSMs on `u_ℓ`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InjectedError {
+    /// `‖(𝒮_ℓ − 𝒮̂_ℓ) u_ℓ‖_2` (Frobenius over `[L, h]`).
+    pub l2: f64,
+    /// Its largest absolute entry.
+    pub peak: f64,
+}
+
+/// The certified bound's factors for one input, per layer (what `results/*/bound_factors.json`
+/// stores; `BOUND.md`, "Measured activations").
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct LayerFactors {
+    /// `γ_ℓ`: ℓ2→ℓ2 gain of the full SSM.
+    pub ssm_gain: f64,
+    /// `γ^in_ℓ`: ℓ2→ℓ2 gain from the norm's input (BatchNorm scale folded in).
+    pub ssm_gain_in: f64,
+    /// `Ln_ℓ`: Lipschitz constant of the norm.
+    pub norm_lipschitz: f64,
+    /// `ε_ℓ`: ℓ2→ℓ2 gain of the error system.
+    pub error_gain: f64,
+    /// `ε^peak_ℓ`: ℓ2→peak gain of the error system.
+    pub error_peak_gain: f64,
+    /// `Y_ℓ`: the box of every SSM output of both models.
+    pub peak_bound: f64,
+    /// `Lg_ℓ = Lg(Y_ℓ)`: the gate's Lipschitz constant on it.
+    pub gate_lipschitz: f64,
+    /// `Û_ℓ`: bound on `‖û_ℓ‖_2`.
+    pub input_bound: f64,
+    /// Bound on `‖(𝒮_ℓ − 𝒮̂_ℓ) û_ℓ‖_2`, the error injected by the reduction of this layer.
+    pub injected: f64,
+    /// `δ_ℓ`: bound on `‖z_ℓ − ẑ_ℓ‖_2` after this layer.
+    pub delta: f64,
+    /// First-order factor `∂bound/∂injected_ℓ` at zero error (boxes = measured peaks):
+    /// `‖W_dec‖_2/√L · Π_{k>ℓ}(1 + Lg_k γ^in_k) · Lg_ℓ`.
+    pub sensitivity: f64,
+}
+
 impl BoundPrep {
     /// The output-error bound for one input from the full model's measured activations on it
-    /// (a posteriori; derivation in `BOUND.md`, "Measured activations"). Instead of propagating
-    /// worst-case norms through every layer, it uses the measured `‖u_ℓ‖_2` and `‖y_ℓ‖_∞` of the
-    /// full trajectory (each enlarged by [`MEASURE_MARGIN`]) and covers the reduced trajectory by
-    /// the error recursion itself: with `δ_{ℓ−1} ≥ ‖z_{ℓ−1} − ẑ_{ℓ−1}‖_2`, `Δu = Ln δ_{ℓ−1}`,
-    /// `Û = min(‖u_ℓ‖_2 + Δu, U_ℓ)`, every SSM output either model produces in layer ℓ lies in
-    /// the box `Y_ℓ = min(‖y_ℓ‖_∞ + p_ℓ Δu + ε_ℓ Û, Y_ℓ^a-priori)` (`p_ℓ` the ℓ2→peak gain of the
-    /// full SSM; `U_ℓ`, `Y_ℓ^a-priori` those of [`BoundPrep::evaluate`] for `input`), and
-    /// `δ_ℓ = δ_{ℓ−1} + Lg_ℓ(Y_ℓ) (γ_ℓ Δu + ε_ℓ Û)`, `‖Δlogits‖_2 ≤ ‖W_dec‖_2 δ_N / √L`.
-    /// By induction over the layers it is never above the a-priori bound.
-    /// `layer_weights` are the first-order factors `∂bound/∂ε_ℓ` at `ε = 0` (boxes `Y_ℓ` =
-    /// measured peaks); `peak_bounds` are the `Y_ℓ`.
+    /// (a posteriori; derivation in `BOUND.md`, "Measured activations"): as
+    /// [`BoundPrep::evaluate_recorded`] without recorded layer errors.
     ///
     /// # Errors
-    /// As [`BoundPrep::evaluate`]; [`Error::Argument`] if `measured` does not have one entry per
-    /// layer or a measured value is negative or not finite.
+    /// As [`BoundPrep::evaluate_recorded`].
     pub fn evaluate_measured(
         &self,
         input: &BoundInput,
         measured: &[MeasuredLayer],
     ) -> Result<BoundReport> {
+        Ok(self.evaluate_recorded(input, measured, &[])?.0)
+    }
+
+    /// The output-error bound for one input from the full model's measured activations on it
+    /// and, where given, the reduced layers' errors on the full model's recorded inputs
+    /// (`injected[ℓ]`; missing or `None` entries use the certified gains). Uses the measured
+    /// `‖u_ℓ‖_2` and `‖y_ℓ‖_∞` of the full trajectory (each enlarged by [`MEASURE_MARGIN`]) and
+    /// covers the reduced trajectory by the error recursion: with `δ_{ℓ−1} ≥ ‖z_{ℓ−1} − ẑ_{ℓ−1}‖_2`,
+    /// `Δu = Ln δ_{ℓ−1}`, `Û = min(‖u_ℓ‖_2 + Δu, U_ℓ)`,
+    ///
+    /// ```text
+    /// inj_ℓ  = min(ε Û, ‖(𝒮−𝒮̂)u_ℓ‖_2 + ε Δu)                  ≥ ‖(𝒮−𝒮̂)û_ℓ‖_2
+    /// peak_ℓ = min(ε^peak Û, max|(𝒮−𝒮̂)u_ℓ| + ε^peak Δu)        ≥ ‖(𝒮−𝒮̂)û_ℓ‖_∞
+    /// Y_ℓ    = min(‖y_ℓ‖_∞ + p^in δ_{ℓ−1} + peak_ℓ, Y_ℓ^a-priori)
+    /// δ_ℓ    = δ_{ℓ−1} + Lg_ℓ(Y_ℓ) (γ^in δ_{ℓ−1} + inj_ℓ),   ‖Δlogits‖_2 ≤ ‖W_dec‖_2 δ_N / √L
+    /// ```
+    ///
+    /// (`γ^in`, `p^in` the gains of `𝒮 ∘ diag(s)`, BatchNorm folded in). Every step is at most
+    /// the a-priori one, so the result never exceeds [`BoundPrep::evaluate`]'s bound.
+    /// `layer_weights` keep the first-order factors of the session-23 form
+    /// (`Π(1 + Lg γ Ln)`, unfolded), which `lqo-h2-taylor@bound` allocates by; the new
+    /// first-order factors are `LayerFactors::sensitivity`.
+    ///
+    /// # Errors
+    /// As [`BoundPrep::evaluate`]; [`Error::Argument`] if `measured` does not have one entry per
+    /// layer, `injected` has more entries than layers, or a measured value is negative or not
+    /// finite.
+    pub fn evaluate_recorded(
+        &self,
+        input: &BoundInput,
+        measured: &[MeasuredLayer],
+        injected: &[Option<InjectedError>],
+    ) -> Result<(BoundReport, Vec<LayerFactors>)> {
         let nl = self.layers.len();
         let len = input.len;
         let apriori = self.evaluate(input)?;
-        if measured.len() != nl {
+        if measured.len() != nl || injected.len() > nl {
             return Err(Error::Argument(format!(
-                "bound: {} measured layers for a model of {nl} layers",
-                measured.len()
+                "bound: {} measured and {} recorded layers for a model of {nl} layers",
+                measured.len(),
+                injected.len()
             )));
         }
         if let Some((i, m)) = measured.iter().enumerate().find(|(_, m)| {
@@ -663,9 +818,19 @@ impl BoundPrep {
                 "bound: measured activations of layer {i} must be finite and ≥ 0 (got {m:?})"
             )));
         }
+        if let Some((i, e)) = injected.iter().enumerate().find(|(_, e)| {
+            e.is_some_and(|e| {
+                !(e.l2 >= 0.0 && e.peak >= 0.0 && e.l2.is_finite() && e.peak.is_finite())
+            })
+        }) {
+            return Err(Error::Argument(format!(
+                "bound: recorded error of layer {i} must be finite and ≥ 0 (got {e:?})"
+            )));
+        }
         let sl = (len as f64).sqrt();
         let grow = 1.0 + MEASURE_MARGIN;
         let mut delta = 0.0f64;
+        let mut factors = Vec::with_capacity(nl);
         let (mut lgs, mut lg0s, mut lns, mut ys, mut gains, mut u2s) = (
             Vec::with_capacity(nl),
             Vec::with_capacity(nl),
@@ -676,18 +841,33 @@ impl BoundPrep {
         );
         for (li, meas) in measured.iter().enumerate() {
             let st = &self.layers[li];
-            let f = &self.full[li];
-            let eps = self.err[li];
+            let (f, fin) = (&self.full[li], &self.full_in[li]);
+            let (eps, eps_peak) = (self.err[li], self.err_peak[li]);
             let ln = st.norm.lipschitz();
-            let p = (0..f.peak_l2.len())
-                .map(|c| f.peak_l2[c] + f.d_abs[c])
-                .fold(0.0f64, f64::max);
             let (u2, py) = (meas.u_l2 * grow, meas.y_peak * grow);
             let du = ln * delta;
             let uh = (u2 + du).min(apriori.input_bounds[li]);
-            let y = (py + p * du + eps * uh).min(apriori.peak_bounds[li]);
+            let (mut inj, mut inj_peak) = (eps * uh, eps_peak * uh);
+            if let Some(Some(rec)) = injected.get(li) {
+                inj = inj.min(rec.l2 * grow + eps * du);
+                inj_peak = inj_peak.min(rec.peak * grow + eps_peak * du);
+            }
+            let y = (py + fin.peak * delta + inj_peak).min(apriori.peak_bounds[li]);
             let lg = st.gate.lipschitz(y);
-            delta += lg * (f.gain * du + eps * uh);
+            delta += lg * (fin.gain * delta + inj);
+            factors.push(LayerFactors {
+                ssm_gain: f.gain,
+                ssm_gain_in: fin.gain,
+                norm_lipschitz: ln,
+                error_gain: eps,
+                error_peak_gain: eps_peak,
+                peak_bound: y,
+                gate_lipschitz: lg,
+                input_bound: uh,
+                injected: inj,
+                delta,
+                sensitivity: 0.0,
+            });
             lgs.push(lg);
             lg0s.push(st.gate.lipschitz(py));
             lns.push(ln);
@@ -696,22 +876,27 @@ impl BoundPrep {
             u2s.push(u2);
         }
         let mut weights = vec![0.0; nl];
-        let mut tail = self.decoder_norm / sl;
+        let (mut tail, mut tail_in) = (self.decoder_norm / sl, self.decoder_norm / sl);
         for li in (0..nl).rev() {
             weights[li] = tail * lg0s[li] * u2s[li];
             tail *= 1.0 + lg0s[li] * gains[li] * lns[li];
+            factors[li].sensitivity = tail_in * lg0s[li];
+            tail_in *= 1.0 + lg0s[li] * self.full_in[li].gain;
         }
-        Ok(BoundReport {
-            bound: self.decoder_norm * delta / sl,
-            layer_weights: weights,
-            layer_errors: self.err.clone(),
-            ssm_gains: gains,
-            norm_lipschitz: lns,
-            gate_lipschitz: lgs,
-            peak_bounds: ys,
-            input_bounds: u2s,
-            decoder_norm: self.decoder_norm,
-        })
+        Ok((
+            BoundReport {
+                bound: self.decoder_norm * delta / sl,
+                layer_weights: weights,
+                layer_errors: self.err.clone(),
+                ssm_gains: gains,
+                norm_lipschitz: lns,
+                gate_lipschitz: lgs,
+                peak_bounds: ys,
+                input_bounds: u2s,
+                decoder_norm: self.decoder_norm,
+            },
+            factors,
+        ))
     }
 }
 

@@ -4,8 +4,8 @@
 
 use faer::{Mat, c64};
 use mor::bound::{
-    BoundInput, GELU_TANH_DERIV_MAX, MeasuredLayer, kernel_l1_norm, output_error_bound,
-    prepare_bound,
+    BoundInput, GELU_TANH_DERIV_MAX, InjectedError, MeasuredLayer, kernel_l1_norm,
+    output_error_bound, prepare_bound,
 };
 use mor::h2opt::{H2Options, h2_reduce};
 use mor::{DeepSsm, DiagBlock, Gate, Layer, Norm, gram};
@@ -28,9 +28,82 @@ fn forward(model: &DeepSsm, z0: &[Vec<f64>]) -> Vec<f64> {
 /// Reference forward that also measures, per layer, `‖u‖_2` of the SSM input and `‖y‖_∞` of the
 /// SSM output.
 fn forward_measured(model: &DeepSsm, z0: &[Vec<f64>]) -> (Vec<f64>, Vec<MeasuredLayer>) {
+    let (logits, measured, _) = forward_recorded(model, z0);
+    (logits, measured)
+}
+
+/// `y = 𝒮 u` of one block by explicit forward and reverse recursions, `[L, h]`.
+fn apply_ssm(s: &DiagBlock, u: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    let l = u.len();
+    let h = s.n_outputs();
+    let n = s.n_modes();
+    let mut y = vec![vec![0.0; h]; l];
+    let bu = |k: usize, i: usize| (0..u[k].len()).map(|c| s.b[(i, c)] * u[k][c]).sum::<c64>();
+    let mut x = vec![c64::new(0.0, 0.0); n];
+    for k in 0..l {
+        for i in 0..n {
+            x[i] = s.lambda[i] * x[i] + bu(k, i);
+        }
+        for o in 0..h {
+            y[k][o] += (0..n).map(|i| 2.0 * (s.c[(o, i)] * x[i]).re).sum::<f64>();
+        }
+    }
+    if let Some(cr) = &s.c_rev {
+        let mut x = vec![c64::new(0.0, 0.0); n];
+        for k in (0..l).rev() {
+            for i in 0..n {
+                x[i] = s.lambda[i] * x[i] + bu(k, i);
+            }
+            for o in 0..h {
+                y[k][o] += (0..n).map(|i| 2.0 * (cr[(o, i)] * x[i]).re).sum::<f64>();
+            }
+        }
+    }
+    if let Some(d) = &s.d {
+        for k in 0..l {
+            for c in 0..h {
+                y[k][c] += d[c] * u[k][c];
+            }
+        }
+    }
+    y
+}
+
+/// The errors `(𝒮_ℓ − 𝒮̂_ℓ) u_ℓ` of the reduced SSMs on the full model's recorded inputs.
+fn injected_errors(
+    full: &DeepSsm,
+    red: &DeepSsm,
+    inputs: &[Vec<Vec<f64>>],
+) -> Vec<Option<InjectedError>> {
+    full.layers
+        .iter()
+        .zip(&red.layers)
+        .zip(inputs)
+        .map(|((a, b), u)| {
+            let (ya, yb) = (apply_ssm(&a.ssm, u), apply_ssm(&b.ssm, u));
+            let d: Vec<f64> = ya
+                .iter()
+                .flatten()
+                .zip(yb.iter().flatten())
+                .map(|(x, y)| x - y)
+                .collect();
+            Some(InjectedError {
+                l2: d.iter().map(|x| x * x).sum::<f64>().sqrt(),
+                peak: d.iter().fold(0.0f64, |a, x| a.max(x.abs())),
+            })
+        })
+        .collect()
+}
+
+/// [`forward_measured`] plus every layer's SSM input `u_ℓ` (`[n_layers][L][h]`).
+fn forward_recorded(
+    model: &DeepSsm,
+    z0: &[Vec<f64>],
+) -> (Vec<f64>, Vec<MeasuredLayer>, Vec<Vec<Vec<f64>>>) {
     let l = z0.len();
     let mut z: Vec<Vec<f64>> = z0.to_vec();
     let mut measured = Vec::new();
+    let mut inputs = Vec::new();
     for layer in &model.layers {
         let h = z[0].len();
         let u: Vec<Vec<f64>> = z
@@ -49,37 +122,8 @@ fn forward_measured(model: &DeepSsm, z0: &[Vec<f64>]) -> (Vec<f64>, Vec<Measured
                 }
             })
             .collect();
-        let s = &layer.ssm;
-        let n = s.n_modes();
-        let mut y = vec![vec![0.0; h]; l];
-        let bu = |k: usize, i: usize| (0..h).map(|c| s.b[(i, c)] * u[k][c]).sum::<c64>();
-        let mut x = vec![c64::new(0.0, 0.0); n];
-        for k in 0..l {
-            for i in 0..n {
-                x[i] = s.lambda[i] * x[i] + bu(k, i);
-            }
-            for o in 0..h {
-                y[k][o] += (0..n).map(|i| 2.0 * (s.c[(o, i)] * x[i]).re).sum::<f64>();
-            }
-        }
-        if let Some(cr) = &s.c_rev {
-            let mut x = vec![c64::new(0.0, 0.0); n];
-            for k in (0..l).rev() {
-                for i in 0..n {
-                    x[i] = s.lambda[i] * x[i] + bu(k, i);
-                }
-                for o in 0..h {
-                    y[k][o] += (0..n).map(|i| 2.0 * (cr[(o, i)] * x[i]).re).sum::<f64>();
-                }
-            }
-        }
-        if let Some(d) = &s.d {
-            for k in 0..l {
-                for c in 0..h {
-                    y[k][c] += d[c] * u[k][c];
-                }
-            }
-        }
+        let y = apply_ssm(&layer.ssm, &u);
+        inputs.push(u.clone());
         measured.push(MeasuredLayer {
             u_l2: u.iter().flatten().map(|x| x * x).sum::<f64>().sqrt(),
             y_peak: y.iter().flatten().fold(0.0f64, |a, x| a.max(x.abs())),
@@ -117,7 +161,7 @@ fn forward_measured(model: &DeepSsm, z0: &[Vec<f64>]) -> (Vec<f64>, Vec<Measured
                 + model.decoder_b[o]
         })
         .collect();
-    (logits, measured)
+    (logits, measured, inputs)
 }
 
 fn cz(rng: &mut ChaCha8Rng, s: f64) -> c64 {
@@ -254,6 +298,7 @@ fn bound_holds_on_random_models_and_inputs() {
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     let mut ratios = Vec::new();
     let mut tightening = Vec::new();
+    let mut recorded = Vec::new();
     let mut cases = 0;
     for (mi, &(gate_kind, norm_kind, nl)) in [
         (0, 0, 2),
@@ -284,7 +329,7 @@ fn bound_holds_on_random_models_and_inputs() {
             let l2 = z0.iter().flatten().map(|x| x * x).sum::<f64>().sqrt();
             let linf = z0.iter().flatten().fold(0.0f64, |a, x| a.max(x.abs()));
             let input = BoundInput { len: l, l2, linf };
-            let (a, m) = forward_measured(&full, &z0);
+            let (a, m, inputs) = forward_recorded(&full, &z0);
             let b = forward(&red, &z0);
             let meas = a
                 .iter()
@@ -309,6 +354,17 @@ fn bound_holds_on_random_models_and_inputs() {
                 post.bound
             );
             assert!(post.bound <= rep.bound * (1.0 + 1e-12));
+            // With the reduced layers' errors on the recorded inputs: holds, and never looser.
+            let inj = injected_errors(&full, &red, &inputs);
+            let (rec, factors) = prep.evaluate_recorded(&input, &m, &inj).unwrap();
+            assert!(
+                meas <= rec.bound && rec.bound <= post.bound * (1.0 + 1e-12),
+                "recorded-error bound: measured {meas}, recorded {}, measured-only {} (model {mi}, L={l})",
+                rec.bound,
+                post.bound
+            );
+            assert_eq!(factors.len(), nl);
+            recorded.push(rec.bound / post.bound);
             tightening.push(post.bound / rep.bound);
             if meas > 0.0 {
                 ratios.push(one.bound / meas);
@@ -338,4 +394,114 @@ fn bound_holds_on_random_models_and_inputs() {
     );
     // Measured activations replace worst-case peak propagation: strictly tighter on most inputs.
     assert!(tightening[tightening.len() / 2] < 0.9);
+    recorded.sort_by(f64::total_cmp);
+    println!(
+        "recorded-error bound / measured-activation bound: min {:.3e}, median {:.3e}, max {:.3e}",
+        recorded[0],
+        recorded[recorded.len() / 2],
+        recorded[recorded.len() - 1]
+    );
+    assert!(recorded[recorded.len() / 2] < 1.0);
+}
+
+/// Squared logit error of `red` against `full` on `z0`.
+fn logit_error(full: &DeepSsm, red: &DeepSsm, z0: &[Vec<f64>]) -> f64 {
+    let (a, b) = (forward(full, z0), forward(red, z0));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Adversarial inputs: a random-restart hill climb on the embedded input maximises the measured
+/// logit error (entries kept in [-2, 2]); every input it visits must satisfy all forms of the
+/// bound.
+#[test]
+fn bound_holds_on_error_maximising_inputs() {
+    let mut rng = ChaCha8Rng::seed_from_u64(33);
+    for (mi, &(gate_kind, norm_kind, nl)) in [(0, 0, 2), (1, 0, 2), (0, 2, 3)].iter().enumerate() {
+        let h = 3;
+        let full = random_model(&mut rng, nl, h, 3, gate_kind, norm_kind);
+        let red = reduce_model(&full, 1, false);
+        let l = 8;
+        let prep = prepare_bound(&full, Some(&red), l).unwrap();
+        let mut z: Vec<Vec<f64>> = (0..l)
+            .map(|_| (0..h).map(|_| 2.0 * rng.random::<f64>() - 1.0).collect())
+            .collect();
+        let mut best = logit_error(&full, &red, &z);
+        let start = best;
+        let mut worst_ratio = f64::INFINITY;
+        for step in 0..300 {
+            let mut cand = z.clone();
+            let scale = if step < 150 { 0.5 } else { 0.1 };
+            for row in cand.iter_mut() {
+                for x in row.iter_mut() {
+                    *x = (*x + scale * (2.0 * rng.random::<f64>() - 1.0)).clamp(-2.0, 2.0);
+                }
+            }
+            let err = logit_error(&full, &red, &cand);
+            let l2 = cand.iter().flatten().map(|x| x * x).sum::<f64>().sqrt();
+            let linf = cand.iter().flatten().fold(0.0f64, |a, x| a.max(x.abs()));
+            let input = BoundInput { len: l, l2, linf };
+            let (_, m, inputs) = forward_recorded(&full, &cand);
+            let inj = injected_errors(&full, &red, &inputs);
+            let (rec, _) = prep.evaluate_recorded(&input, &m, &inj).unwrap();
+            let post = prep.evaluate_measured(&input, &m).unwrap();
+            let pri = prep.evaluate(&input).unwrap();
+            for (what, b) in [
+                ("recorded", rec.bound),
+                ("measured", post.bound),
+                ("a-priori", pri.bound),
+            ] {
+                assert!(
+                    err <= b,
+                    "{what} bound {b} < error {err} (model {mi}, step {step})"
+                );
+            }
+            worst_ratio = worst_ratio.min(rec.bound / err);
+            if err > best {
+                best = err;
+                z = cand;
+            }
+        }
+        println!(
+            "model {mi}: hill climb raised the error {start:.3e} -> {best:.3e}; tightest recorded bound/error {worst_ratio:.3e}"
+        );
+        assert!(best > start, "the search must find a worse input");
+    }
+}
+
+/// Merging the identical modes of a modal truncation leaves the error kernel unchanged and
+/// removes the cancelled modes.
+#[test]
+fn merged_difference_block_has_the_same_kernel() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let full = random_model(&mut rng, 1, 3, 5, 2, 2);
+    let a = &full.layers[0].ssm;
+    let mut red = gram::select_modes(a, &[0, 2, 3]);
+    // A refitted read-out on one kept mode: merged, not cancelled.
+    red.c[(1, 1)] += c64::new(0.3, -0.1);
+    let plain = gram::difference_block(a, &red);
+    let merged = gram::difference_block_merged(a, &red);
+    assert_eq!(plain.n_modes(), 8);
+    assert_eq!(
+        merged.n_modes(),
+        3,
+        "modes 1, 4 dropped by the truncation and mode 2 (refitted)"
+    );
+    for j in -6i64..=6 {
+        let (g1, g2) = (gram::kernel(&plain, j), gram::kernel(&merged, j));
+        for r in 0..3 {
+            for c in 0..3 {
+                assert!((g1[(r, c)] - g2[(r, c)]).abs() < 1e-12, "lag {j}");
+            }
+        }
+    }
+    // An unrelated reduction (different eigenvalues) merges nothing.
+    let mut other = red.clone();
+    for l in other.lambda.iter_mut() {
+        *l *= 0.9;
+    }
+    assert_eq!(gram::difference_block_merged(a, &other).n_modes(), 8);
 }

@@ -14,6 +14,7 @@ pub mod optim;
 pub mod params;
 pub mod perf;
 pub mod scan;
+pub mod sensitivity;
 pub mod ssm;
 pub mod ssm_op;
 pub mod stack;

@@ -325,7 +325,7 @@ impl S5Model {
     }
 
     /// Checks `tokens` `[b, l]` and `lengths` `[b]`; returns `(l, tokens flat, lengths)`.
-    fn checked_inputs(
+    pub(crate) fn checked_inputs(
         &self,
         tokens: &Tensor,
         lengths: &Tensor,
