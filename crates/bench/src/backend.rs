@@ -2,6 +2,7 @@
 //! ([`Reducer`]), rebuilds with `s5`, evaluates, measures the inference throughput and computes
 //! the output-error bound of every row.
 
+use crate::estimate::{EstimateSet, RowFactors};
 use crate::pipeline::{EvalSet, Evaluation, bound_inputs, evaluate, param_counts};
 use crate::reducer::Reducer;
 use crate::sweep::{Point, SweepBackend};
@@ -45,6 +46,8 @@ pub struct S5Backend<'a> {
     /// Whether to measure each point's inference throughput ([`infer_speed`]; default `true`);
     /// when `false` it is NaN (for `bench verify`, which does not compare timings).
     pub measure_speed: bool,
+    /// The reviews every row's first-order estimate is computed on (`None`: no estimate).
+    pub estimate: Option<EstimateSet>,
     /// The full model's bound factors (with its certified H∞ gains), prepared at the first
     /// reduction and reused for every other.
     full_bound: Option<mor::bound::BoundPrep>,
@@ -61,6 +64,7 @@ impl<'a> S5Backend<'a> {
             pb: None,
             measured: Vec::new(),
             measure_speed: true,
+            estimate: None,
             full_bound: None,
         })
     }
@@ -111,6 +115,8 @@ impl SweepBackend for S5Backend<'_> {
             reduce_seconds: 0.0,
             eval_seconds: ev.seconds,
             infer_tokens_per_s,
+            estimates: Vec::new(),
+            factors: None,
         })
     }
 
@@ -134,24 +140,45 @@ impl SweepBackend for S5Backend<'_> {
             self.full_bound = Some(prepare_bound(&self.reducer.deep, None, horizon)?);
         }
         let full_bound = self.full_bound.as_ref().expect("prepared just above");
-        let bounds = match full_bound.with_reduced(&self.reducer.deep, &red.model) {
-            Ok(prep) => self
+        let prep = full_bound
+            .with_reduced(&self.reducer.deep, &red.model)
+            .map_err(|e| tracing::warn!("{method} @ {ratio}: bound not available: {e}"))
+            .ok();
+        let (bounds, factors): (Vec<f64>, Vec<Vec<mor::bound::LayerFactors>>) = match &prep {
+            Some(prep) => self
                 .inputs
                 .iter()
                 .enumerate()
                 .map(|(i, inp)| {
                     let r = match self.measured.get(i) {
-                        Some(m) => prep.evaluate_measured(inp, m),
-                        None => prep.evaluate(inp),
+                        Some(m) => prep.evaluate_recorded(inp, m, &[], &[]),
+                        None => prep.evaluate(inp).map(|r| (r, Vec::new())),
                     };
-                    r.map(|r| r.bound).unwrap_or(f64::NAN)
+                    r.map(|(r, f)| (r.bound, f)).unwrap_or((f64::NAN, Vec::new()))
                 })
-                .collect(),
-            Err(e) => {
-                tracing::warn!("{method} @ {ratio}: bound not available: {e}");
-                vec![f64::NAN; self.set.len()]
-            }
+                .unzip(),
+            None => (vec![f64::NAN; self.set.len()], Vec::new()),
         };
+        let t_est = Instant::now();
+        let estimates = match &self.estimate {
+            Some(est) => est.run(
+                self.reducer.model,
+                &rebuilt,
+                prep.as_ref(),
+                &self.inputs,
+                &self.measured,
+            )?,
+            None => Vec::new(),
+        };
+        tracing::info!(
+            "{method} @ {ratio}: evaluation {:.1} s, first-order estimate on {} reviews {:.1} s",
+            ev.seconds,
+            estimates.len(),
+            t_est.elapsed().as_secs_f64()
+        );
+        let factors = prep
+            .as_ref()
+            .map(|_| RowFactors::new(method, ratio, &factors, &estimates));
         Ok(Point {
             kept_per_layer: red.kept_modes.clone(),
             ssm_params: ssm,
@@ -163,6 +190,8 @@ impl SweepBackend for S5Backend<'_> {
             reduce_seconds,
             eval_seconds: ev.seconds,
             infer_tokens_per_s,
+            estimates,
+            factors,
         })
     }
 }

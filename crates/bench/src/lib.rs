@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod compressed;
 pub mod data;
+pub mod estimate;
 pub mod manifest;
 pub mod outdir;
 pub mod pipeline;

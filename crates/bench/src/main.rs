@@ -737,6 +737,12 @@ fn sweep_stage(
     )?;
     let mut backend = S5Backend::new(reducer, &set)?;
     backend.pb = Some(eval_bar.clone());
+    backend.estimate = bench::estimate::EstimateSet::new(
+        &set,
+        cfg.eval.estimate_reviews,
+        cfg.eval.seed,
+        cfg.eval.batch_size,
+    )?;
     let summary = run_sweep(
         &store,
         &mut backend,
@@ -879,6 +885,12 @@ fn verify(cfg: &RunConfig, csv: &Path, n_rows: usize, seed: u64) -> Result<()> {
     )?;
     let mut backend = S5Backend::new(reducer, &set)?;
     backend.measure_speed = false;
+    backend.estimate = bench::estimate::EstimateSet::new(
+        &set,
+        cfg.eval.estimate_reviews,
+        cfg.eval.seed,
+        cfg.eval.batch_size,
+    )?;
     let mp = MultiProgress::new();
     let rows_bar = mp.add(bar(picked.len() as u64, "verify "));
     let eval_bar = mp.add(bar(set.len() as u64, "reviews"));
@@ -1172,6 +1184,7 @@ fn recalibrate_bn(
             max_samples: reviews,
             batch_size: batch,
             seed,
+            estimate_reviews: 0,
         },
     )
     .context("building the calibration set from the training reviews")?;

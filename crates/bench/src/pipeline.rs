@@ -284,6 +284,33 @@ impl EvalSet {
         })
     }
 
+    /// The reviews at `positions` (increasing indices into this set) as a set of their own,
+    /// batched by `batch_size`; its `indices` are still indices into the test split.
+    ///
+    /// # Errors
+    /// No positions, a position out of range, batch size 0.
+    pub fn subset(&self, positions: &[usize], batch_size: usize) -> Result<Self> {
+        if positions.is_empty() {
+            bail!("no reviews selected");
+        }
+        if let Some(&p) = positions.iter().find(|&&p| p >= self.len()) {
+            bail!("position {p} is out of range (the set has {})", self.len());
+        }
+        let enc = Encoded {
+            tokens: positions.iter().map(|&p| self.tokens[p].clone()).collect(),
+            labels: positions.iter().map(|&p| self.labels[p]).collect(),
+        };
+        let batcher = Batcher::new(enc, batch_size, 0)?;
+        let batches: Vec<Batch> = batcher.eval_batches().collect();
+        let enc = batcher.data().clone();
+        Ok(EvalSet {
+            indices: positions.iter().map(|&p| self.indices[p]).collect(),
+            labels: enc.labels,
+            tokens: enc.tokens,
+            batches,
+        })
+    }
+
     /// Number of evaluated reviews.
     pub fn len(&self) -> usize {
         self.labels.len()

@@ -1019,6 +1019,12 @@ mod tests {
             reduce_seconds: 0.1,
             eval_seconds: 0.1,
             infer_tokens_per_s: 1000.0,
+            bound_median: f64::NAN,
+            bound_over_error_median: f64::NAN,
+            estimate_reviews: 0,
+            estimate_mean: f64::NAN,
+            estimate_conservative_mean: f64::NAN,
+            estimate_over_error_median: f64::NAN,
         }
     }
 

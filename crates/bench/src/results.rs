@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 pub const FULL: &str = "full";
 
 /// The columns of `results.csv`, in order.
-pub const COLUMNS: [&str; 17] = [
+pub const COLUMNS: [&str; 23] = [
     "method",
     "ratio",
     "kept_modes",
@@ -32,6 +32,12 @@ pub const COLUMNS: [&str; 17] = [
     "reduce_seconds",
     "eval_seconds",
     "infer_tokens_per_s",
+    "bound_median",
+    "bound_over_error_median",
+    "estimate_reviews",
+    "estimate_mean",
+    "estimate_conservative_mean",
+    "estimate_over_error_median",
 ];
 
 /// One row of `results.csv`: one model (full or reduced) evaluated on the evaluation set.
@@ -83,6 +89,28 @@ pub struct Row {
     /// empty (NaN) in files written before the column existed.
     #[serde(default = "nan")]
     pub infer_tokens_per_s: f64,
+    /// Median over evaluated reviews of the certified output-error bound
+    /// (`mor::bound::BoundPrep::evaluate_measured`, `crates/mor/BOUND.md`); empty (NaN) for the
+    /// full model and in files written before the column existed.
+    #[serde(default = "nan")]
+    pub bound_median: f64,
+    /// Median over evaluated reviews with a non-zero logit error of certified bound / error.
+    #[serde(default = "nan")]
+    pub bound_over_error_median: f64,
+    /// Reviews of the estimate subset (`[eval] estimate_reviews`; a fixed, seeded, balanced
+    /// subset of the evaluated ones) the `estimate_*` columns are computed on; 0 = none.
+    #[serde(default)]
+    pub estimate_reviews: usize,
+    /// Mean over the estimate reviews of the first-order logit-error **estimate** (not a bound)
+    /// `‖Σ_ℓ ∂logits/∂y_ℓ · (𝒮_ℓ − 𝒮̂_ℓ) u_ℓ‖₂` (`s5::sensitivity`), logit units.
+    #[serde(default = "nan")]
+    pub estimate_mean: f64,
+    /// Mean of its conservative form `Σ_ℓ ‖∂logits/∂y_ℓ‖₂ ‖(𝒮_ℓ − 𝒮̂_ℓ) u_ℓ‖₂` (an estimate).
+    #[serde(default = "nan")]
+    pub estimate_conservative_mean: f64,
+    /// Median over the estimate reviews with a non-zero logit error of estimate / error.
+    #[serde(default = "nan")]
+    pub estimate_over_error_median: f64,
 }
 
 fn nan() -> f64 {
@@ -168,7 +196,16 @@ pub fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
 /// Columns added to `results.csv` after its first layout; files without some of them are still
 /// read (the missing values are derived, as [`Row::ssm_param_reduction`], or NaN), and the next
 /// write adds them.
-const ADDED_COLUMNS: [&str; 2] = ["ssm_param_reduction", "infer_tokens_per_s"];
+const ADDED_COLUMNS: [&str; 8] = [
+    "ssm_param_reduction",
+    "infer_tokens_per_s",
+    "bound_median",
+    "bound_over_error_median",
+    "estimate_reviews",
+    "estimate_mean",
+    "estimate_conservative_mean",
+    "estimate_over_error_median",
+];
 
 /// Reads `results.csv`, checking the header is exactly [`COLUMNS`], or [`COLUMNS`] without some
 /// of the [`ADDED_COLUMNS`] (a file from before they existed).
@@ -202,6 +239,25 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
         }
     }
     Ok(rows)
+}
+
+/// Reads a JSON file written by this tool; a missing file is `T::default()`.
+///
+/// # Errors
+/// An unreadable file, or one that is not the expected JSON (named, with how to fix it; the file
+/// is left as it is).
+pub fn read_json_or_default<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> Result<T> {
+    if !path.exists() {
+        return Ok(T::default());
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a file this tool wrote (move it away to start it afresh)",
+            path.display()
+        )
+    })
 }
 
 /// Writes a whole CSV atomically: temp file in the same directory, fsync, rename.
@@ -309,6 +365,12 @@ mod tests {
             reduce_seconds: 0.1,
             eval_seconds: 0.2,
             infer_tokens_per_s: 5000.0,
+            bound_median: f64::NAN,
+            bound_over_error_median: f64::NAN,
+            estimate_reviews: 0,
+            estimate_mean: f64::NAN,
+            estimate_conservative_mean: f64::NAN,
+            estimate_over_error_median: f64::NAN,
         }
     }
 

@@ -18,6 +18,15 @@ pub struct EvalConfig {
     /// Seed of the subset.
     #[serde(default)]
     pub seed: u64,
+    /// Reviews of the evaluation set (a seeded, class-balanced subset of it, the same for every
+    /// row) on which each row's first-order logit-error estimate is computed
+    /// (`s5::sensitivity`; `estimate_*` columns of `results.csv`); 0 = no estimate.
+    #[serde(default = "default_estimate_reviews")]
+    pub estimate_reviews: usize,
+}
+
+fn default_estimate_reviews() -> usize {
+    256
 }
 
 fn default_eval_batch() -> usize {
@@ -30,6 +39,7 @@ impl Default for EvalConfig {
             max_samples: 0,
             batch_size: default_eval_batch(),
             seed: 0,
+            estimate_reviews: default_estimate_reviews(),
         }
     }
 }

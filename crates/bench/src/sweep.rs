@@ -5,6 +5,7 @@
 //! the measured output error against the full model, whether the bound held, the parameter
 //! reduction, and writing each row at once.
 
+use crate::estimate::{self, ReviewEstimate, RowFactors, median, upsert_factors};
 use crate::results::{FULL, KeptModes, ResultsStore, Row, same_ratio};
 use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
@@ -37,6 +38,11 @@ pub struct Point {
     pub eval_seconds: f64,
     /// Inference throughput on one fixed synthetic batch (tokens/s; NaN if not measured).
     pub infer_tokens_per_s: f64,
+    /// First-order estimates on the estimate subset (empty if none).
+    pub estimates: Vec<ReviewEstimate>,
+    /// Per-layer bound factors and sensitivities (`bound_factors.json`); `None` for the full
+    /// model or when the bound was not available.
+    pub factors: Option<RowFactors>,
 }
 
 /// What a sweep needs from the model side.
@@ -105,6 +111,12 @@ pub fn full_row(full: &Point) -> Row {
         reduce_seconds: 0.0,
         eval_seconds: full.eval_seconds,
         infer_tokens_per_s: full.infer_tokens_per_s,
+        bound_median: f64::NAN,
+        bound_over_error_median: f64::NAN,
+        estimate_reviews: 0,
+        estimate_mean: f64::NAN,
+        estimate_conservative_mean: f64::NAN,
+        estimate_over_error_median: f64::NAN,
     }
 }
 
@@ -128,6 +140,33 @@ pub fn reduced_row(full: &Point, p: &Point, method: &str, ratio: f64) -> Result<
     } else {
         p.bounds.iter().copied().fold(0.0, f64::max)
     };
+    let errs: Vec<f64> = full
+        .logits
+        .iter()
+        .zip(&p.logits)
+        .map(|(a, b)| logit_error(a, b))
+        .collect();
+    let nan_free = |v: &[f64]| !v.is_empty() && v.iter().all(|x| !x.is_nan());
+    let (bound_median, bound_over_error_median) = if nan_free(&p.bounds) {
+        (
+            median(p.bounds.iter().copied()),
+            median(
+                errs.iter()
+                    .zip(&p.bounds)
+                    .filter(|(e, _)| **e > 0.0)
+                    .map(|(e, b)| b / e),
+            ),
+        )
+    } else {
+        (f64::NAN, f64::NAN)
+    };
+    let est = &p.estimates;
+    let estimate_over_error_median = median(
+        est.iter()
+            .filter_map(|e| errs.get(e.position).map(|&err| (e, err)))
+            .filter(|(_, err)| *err > 0.0)
+            .map(|(e, err)| e.estimate / err),
+    );
     Ok(Row {
         method: method.to_string(),
         ratio,
@@ -146,6 +185,12 @@ pub fn reduced_row(full: &Point, p: &Point, method: &str, ratio: f64) -> Result<
         reduce_seconds: p.reduce_seconds,
         eval_seconds: p.eval_seconds,
         infer_tokens_per_s: p.infer_tokens_per_s,
+        bound_median,
+        bound_over_error_median,
+        estimate_reviews: est.len(),
+        estimate_mean: estimate::mean(est.iter().map(|e| e.estimate)),
+        estimate_conservative_mean: estimate::mean(est.iter().map(|e| e.conservative)),
+        estimate_over_error_median,
     })
 }
 
@@ -242,6 +287,9 @@ pub fn run_sweep(
             }
         };
         let row = reduced_row(&full, &p, &method, ratio)?;
+        if let (Some(f), Some(dir)) = (&p.factors, store.results.parent()) {
+            upsert_factors(dir, f)?;
+        }
         store.upsert(&row, &KeptModes::new(&method, ratio, &p.kept_per_layer))?;
         written += 1;
         pb.inc(1);
@@ -401,6 +449,8 @@ mod tests {
                 reduce_seconds: 0.0,
                 eval_seconds: 0.1,
                 infer_tokens_per_s: f64::NAN,
+                estimates: vec![],
+                factors: None,
             })
         }
         fn reduced(&mut self, method: &str, ratio: f64) -> Result<Point> {
@@ -417,6 +467,8 @@ mod tests {
                 reduce_seconds: 0.01,
                 eval_seconds: 0.01,
                 infer_tokens_per_s: f64::NAN,
+                estimates: vec![],
+                factors: None,
             })
         }
     }
@@ -475,6 +527,12 @@ mod tests {
             reduce_seconds: 0.0,
             eval_seconds: 0.0,
             infer_tokens_per_s: 1.0,
+            bound_median: f64::NAN,
+            bound_over_error_median: f64::NAN,
+            estimate_reviews: 0,
+            estimate_mean: f64::NAN,
+            estimate_conservative_mean: f64::NAN,
+            estimate_over_error_median: f64::NAN,
         };
         let rows = vec![
             row(FULL, 0.0, 0.5, 0.0),

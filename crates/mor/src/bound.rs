@@ -768,12 +768,13 @@ impl BoundPrep {
         input: &BoundInput,
         measured: &[MeasuredLayer],
     ) -> Result<BoundReport> {
-        Ok(self.evaluate_recorded(input, measured, &[])?.0)
+        Ok(self.evaluate_recorded(input, measured, &[], &[])?.0)
     }
 
     /// The output-error bound for one input from the full model's measured activations on it
     /// and, where given, the reduced layers' errors on the full model's recorded inputs
-    /// (`injected[ℓ]`; missing or `None` entries use the certified gains). Uses the measured
+    /// (`injected[ℓ]`; missing or `None` entries use the certified gains) and the reduced
+    /// model's measured peaks (below). Uses the measured
     /// `‖u_ℓ‖_2` and `‖y_ℓ‖_∞` of the full trajectory (each enlarged by [`MEASURE_MARGIN`]) and
     /// covers the reduced trajectory by the error recursion: with `δ_{ℓ−1} ≥ ‖z_{ℓ−1} − ẑ_{ℓ−1}‖_2`,
     /// `Δu = Ln δ_{ℓ−1}`, `Û = min(‖u_ℓ‖_2 + Δu, U_ℓ)`,
@@ -787,6 +788,12 @@ impl BoundPrep {
     ///
     /// (`γ^in`, `p^in` the gains of `𝒮 ∘ diag(s)`, BatchNorm folded in). Every step is at most
     /// the a-priori one, so the result never exceeds [`BoundPrep::evaluate`]'s bound.
+    ///
+    /// `reduced_peaks[ℓ]`, if given, is the measured `‖ŷ_ℓ‖_∞` of the **reduced** model's own
+    /// forward pass on the same input: the box is then also at most
+    /// `max(‖y_ℓ‖_∞, ‖ŷ_ℓ‖_∞)` (enlarged by [`MEASURE_MARGIN`]), the convex hull of both
+    /// trajectories' outputs. This form needs both models run on the input, so it certifies the
+    /// composition argument rather than saving any work (`BOUND.md`, "Ladder").
     /// `layer_weights` keep the first-order factors of the session-23 form
     /// (`Π(1 + Lg γ Ln)`, unfolded), which `lqo-h2-taylor@bound` allocates by; the new
     /// first-order factors are `LayerFactors::sensitivity`.
@@ -800,15 +807,22 @@ impl BoundPrep {
         input: &BoundInput,
         measured: &[MeasuredLayer],
         injected: &[Option<InjectedError>],
+        reduced_peaks: &[f64],
     ) -> Result<(BoundReport, Vec<LayerFactors>)> {
         let nl = self.layers.len();
         let len = input.len;
         let apriori = self.evaluate(input)?;
-        if measured.len() != nl || injected.len() > nl {
+        if measured.len() != nl || injected.len() > nl || reduced_peaks.len() > nl {
             return Err(Error::Argument(format!(
-                "bound: {} measured and {} recorded layers for a model of {nl} layers",
+                "bound: {} measured, {} recorded and {} reduced-peak layers for a model of {nl} layers",
                 measured.len(),
-                injected.len()
+                injected.len(),
+                reduced_peaks.len()
+            )));
+        }
+        if let Some(p) = reduced_peaks.iter().find(|p| !(**p >= 0.0 && p.is_finite())) {
+            return Err(Error::Argument(format!(
+                "bound: a measured peak of the reduced model must be finite and ≥ 0 (got {p})"
             )));
         }
         if let Some((i, m)) = measured.iter().enumerate().find(|(_, m)| {
@@ -852,7 +866,10 @@ impl BoundPrep {
                 inj = inj.min(rec.l2 * grow + eps * du);
                 inj_peak = inj_peak.min(rec.peak * grow + eps_peak * du);
             }
-            let y = (py + fin.peak * delta + inj_peak).min(apriori.peak_bounds[li]);
+            let mut y = (py + fin.peak * delta + inj_peak).min(apriori.peak_bounds[li]);
+            if let Some(&rp) = reduced_peaks.get(li) {
+                y = y.min(py.max(rp * grow));
+            }
             let lg = st.gate.lipschitz(y);
             delta += lg * (fin.gain * delta + inj);
             factors.push(LayerFactors {

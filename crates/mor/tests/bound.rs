@@ -356,7 +356,12 @@ fn bound_holds_on_random_models_and_inputs() {
             assert!(post.bound <= rep.bound * (1.0 + 1e-12));
             // With the reduced layers' errors on the recorded inputs: holds, and never looser.
             let inj = injected_errors(&full, &red, &inputs);
-            let (rec, factors) = prep.evaluate_recorded(&input, &m, &inj).unwrap();
+            let (rec, factors) = prep.evaluate_recorded(&input, &m, &inj, &[]).unwrap();
+            // Boxes from both models' measured peaks (the reduced model run too): still holds.
+            let (_, mr) = forward_measured(&red, &z0);
+            let peaks: Vec<f64> = mr.iter().map(|x| x.y_peak).collect();
+            let (both, _) = prep.evaluate_recorded(&input, &m, &inj, &peaks).unwrap();
+            assert!(meas <= both.bound && both.bound <= rec.bound * (1.0 + 1e-12));
             assert!(
                 meas <= rec.bound && rec.bound <= post.bound * (1.0 + 1e-12),
                 "recorded-error bound: measured {meas}, recorded {}, measured-only {} (model {mi}, L={l})",
@@ -446,7 +451,10 @@ fn bound_holds_on_error_maximising_inputs() {
             let input = BoundInput { len: l, l2, linf };
             let (_, m, inputs) = forward_recorded(&full, &cand);
             let inj = injected_errors(&full, &red, &inputs);
-            let (rec, _) = prep.evaluate_recorded(&input, &m, &inj).unwrap();
+            let (rec, _) = prep.evaluate_recorded(&input, &m, &inj, &[]).unwrap();
+            let (_, mr) = forward_measured(&red, &cand);
+            let peaks: Vec<f64> = mr.iter().map(|x| x.y_peak).collect();
+            let (both, _) = prep.evaluate_recorded(&input, &m, &inj, &peaks).unwrap();
             let post = prep.evaluate_measured(&input, &m).unwrap();
             let pri = prep.evaluate(&input).unwrap();
             for (what, b) in [
