@@ -154,7 +154,8 @@ impl SweepBackend for S5Backend<'_> {
                         Some(m) => prep.evaluate_recorded(inp, m, &[], &[]),
                         None => prep.evaluate(inp).map(|r| (r, Vec::new())),
                     };
-                    r.map(|(r, f)| (r.bound, f)).unwrap_or((f64::NAN, Vec::new()))
+                    r.map(|(r, f)| (r.bound, f))
+                        .unwrap_or((f64::NAN, Vec::new()))
                 })
                 .unzip(),
             None => (vec![f64::NAN; self.set.len()], Vec::new()),

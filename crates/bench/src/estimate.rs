@@ -33,6 +33,8 @@ pub struct ReviewEstimate {
     pub contribution: Vec<f64>,
     /// Per layer `‖(𝒮_ℓ − 𝒮̂_ℓ) u_ℓ‖₂`.
     pub error_l2: Vec<f64>,
+    /// Per layer the largest entry of `|(𝒮_ℓ − 𝒮̂_ℓ) u_ℓ|`.
+    pub error_peak: Vec<f64>,
 }
 
 /// A fixed subset of the evaluation set on which every row's estimate is computed.
@@ -106,6 +108,7 @@ impl EstimateSet {
                     sensitivity: lin.sensitivity[bi].clone(),
                     contribution: e.contributions,
                     error_l2: e.error_l2,
+                    error_peak: e.error_peak,
                 });
             }
         }

@@ -144,8 +144,22 @@ pub fn compare(
         push(field, a, b, ok || old_bound);
     }
     if !c.bound_median.is_nan() {
-        push_rel(&mut out, c, "bound_median", c.bound_median, r.bound_median, BOUND_RTOL);
-        push_rel(&mut out, c, "estimate_mean", c.estimate_mean, r.estimate_mean, LOGIT_ERR_RTOL);
+        push_rel(
+            &mut out,
+            c,
+            "bound_median",
+            c.bound_median,
+            r.bound_median,
+            BOUND_RTOL,
+        );
+        push_rel(
+            &mut out,
+            c,
+            "estimate_mean",
+            c.estimate_mean,
+            r.estimate_mean,
+            LOGIT_ERR_RTOL,
+        );
     }
     out
 }

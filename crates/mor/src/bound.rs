@@ -820,7 +820,10 @@ impl BoundPrep {
                 reduced_peaks.len()
             )));
         }
-        if let Some(p) = reduced_peaks.iter().find(|p| !(**p >= 0.0 && p.is_finite())) {
+        if let Some(p) = reduced_peaks
+            .iter()
+            .find(|p| !(**p >= 0.0 && p.is_finite()))
+        {
             return Err(Error::Argument(format!(
                 "bound: a measured peak of the reduced model must be finite and ≥ 0 (got {p})"
             )));
