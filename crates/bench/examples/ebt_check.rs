@@ -58,6 +58,7 @@ fn main() -> Result<()> {
         max_samples: n,
         batch_size: 16,
         seed,
+        estimate_reviews: 0,
     };
     let calibration = EvalSet::new(&imdb.train, tok.as_ref(), &cal_cfg(64, 0))?;
     // A larger sample of another seed, minus the calibration reviews: their true tokens.

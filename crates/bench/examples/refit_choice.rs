@@ -97,6 +97,7 @@ fn main() -> Result<()> {
         max_samples: n,
         batch_size: 16,
         seed,
+        estimate_reviews: 0,
     };
     // The reducers' own calibration set (the sweep's: 64 reviews, seed 0) and the refit sets.
     let cal = EvalSet::new(&imdb.train, tok.as_ref(), &cfg(64, 0))?;

@@ -26,7 +26,7 @@ pub struct EvalConfig {
 }
 
 fn default_estimate_reviews() -> usize {
-    256
+    128
 }
 
 fn default_eval_batch() -> usize {

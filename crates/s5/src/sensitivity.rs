@@ -25,8 +25,6 @@ pub struct Linearisation {
     pub logits: Vec<Vec<f64>>,
     /// Per layer, the SSM input `u_ℓ` `[b, l, H]` (detached, evaluation mode).
     pub inputs: Vec<Tensor>,
-    /// Per layer, the SSM output `y_ℓ` `[b, l, H]` (detached).
-    pub outputs: Vec<Tensor>,
     /// Per layer and class `k`, `∂logit_k/∂y_ℓ` `[b, l, H]` (zero at padded positions).
     pub jacobians: Vec<Vec<Tensor>>,
     /// Per sequence and layer, `‖J_ℓ‖₂`: the largest singular value of the `[classes, l·H]`
@@ -67,7 +65,7 @@ impl S5Model {
         let flat = tokens.flatten_all()?;
         let mut x = self.encoder.index_select(&flat, 0)?.reshape((b, l, h))?;
         let mask = Mask::new(&lens, l, &x)?;
-        let (mut inputs, mut outputs, mut taps) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut inputs, mut taps) = (Vec::new(), Vec::new());
         for layer in &self.layers {
             let u = layer.norm.forward(&x, &mask, false)?;
             let y = layer.ssm.forward_t(&u, &lens, true)?;
@@ -77,7 +75,6 @@ impl S5Model {
             let y_tapped = (&y + tap.as_tensor())?;
             x = layer.gate.residual(&x, &y_tapped, None, None)?;
             inputs.push(u.detach());
-            outputs.push(y.detach());
             taps.push(tap);
         }
         let pooled = mask.pool.matmul(&x)?.squeeze(1)?;
@@ -100,7 +97,6 @@ impl S5Model {
         Ok(Linearisation {
             logits: logits.to_dtype(DType::F64)?.to_vec2()?,
             inputs,
-            outputs,
             jacobians,
             sensitivity,
             lengths: lens,
@@ -169,16 +165,21 @@ fn largest_eigenvalue(m: &[Vec<f64>]) -> f64 {
 }
 
 /// The first-order estimate of `logits(u) − logits_r(u)` per sequence of the batch `lin` was
-/// computed on, for `reduced`, a reduction of the model `lin` comes from (same layers, norms and
-/// gates; only the SSMs differ): runs every reduced SSM on the full model's recorded inputs
-/// `u_ℓ`.
+/// computed on, for `reduced`, a reduction of `full` (the model `lin` comes from; same layers,
+/// norms and gates, only the SSMs differ): runs every full and reduced SSM on the full model's
+/// recorded inputs `u_ℓ`. `lin` can be kept and reused for any number of reductions.
 ///
 /// # Errors
-/// [`Error::Config`] if `reduced` has another number of layers; candle errors (shapes).
-pub fn first_order_estimate(lin: &Linearisation, reduced: &S5Model) -> Result<Vec<Estimate>> {
-    if reduced.layers.len() != lin.inputs.len() {
+/// [`Error::Config`] if a model has another number of layers than `lin`; candle errors (shapes).
+pub fn first_order_estimate(
+    lin: &Linearisation,
+    full: &S5Model,
+    reduced: &S5Model,
+) -> Result<Vec<Estimate>> {
+    if reduced.layers.len() != lin.inputs.len() || full.layers.len() != lin.inputs.len() {
         return Err(Error::Config(format!(
-            "first-order estimate: the reduced model has {} layers, the linearisation {}",
+            "first-order estimate: the models have {} and {} layers, the linearisation {}",
+            full.layers.len(),
             reduced.layers.len(),
             lin.inputs.len()
         )));
@@ -196,10 +197,13 @@ pub fn first_order_estimate(lin: &Linearisation, reduced: &S5Model) -> Result<Ve
             error_peak: Vec::new(),
         })
         .collect();
-    for (li, layer) in reduced.layers.iter().enumerate() {
+    for (li, (layer, full_layer)) in reduced.layers.iter().zip(&full.layers).enumerate() {
+        let y = full_layer
+            .ssm
+            .forward_t(&lin.inputs[li], &lin.lengths, false)?;
         let y_red = layer.ssm.forward_t(&lin.inputs[li], &lin.lengths, false)?;
-        let d = (&lin.outputs[li].to_dtype(DType::F64)? - y_red.to_dtype(DType::F64)?)?
-            .broadcast_mul(&lin.mask)?;
+        let d =
+            (y.to_dtype(DType::F64)? - y_red.to_dtype(DType::F64)?)?.broadcast_mul(&lin.mask)?;
         let l2: Vec<f64> = d.sqr()?.sum((1, 2))?.sqrt()?.to_vec1()?;
         let peak: Vec<f64> = d.abs()?.max(2)?.max(1)?.to_vec1()?;
         let mut layer_change = vec![vec![0.0; classes]; b];

@@ -81,8 +81,12 @@ fn predicted_change_matches_finite_differences() {
         );
     }
     // Unchanged model: no error anywhere.
-    let same =
-        first_order_estimate(&lin, &with_reduced(&m, &to_mor(&m, 40).unwrap()).unwrap()).unwrap();
+    let same = first_order_estimate(
+        &lin,
+        &m,
+        &with_reduced(&m, &to_mor(&m, 40).unwrap()).unwrap(),
+    )
+    .unwrap();
     assert!(
         same.iter()
             .all(|e| e.estimate < 1e-10 && e.error_l2.iter().all(|&x| x < 1e-10))
@@ -92,7 +96,7 @@ fn predicted_change_matches_finite_differences() {
         for t in [1e-2, 1e-3] {
             let red = perturbed(&m, &layers, t);
             let actual = logits(&red, &tok, &len);
-            let est = first_order_estimate(&lin, &red).unwrap();
+            let est = first_order_estimate(&lin, &m, &red).unwrap();
             let mut worst = 0.0f64;
             for (bi, e) in est.iter().enumerate() {
                 let diff: Vec<f64> = full[bi]
