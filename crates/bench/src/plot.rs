@@ -4,8 +4,9 @@
 //! - `accuracy_vs_params.png` / `.svg`: test accuracy against total trainable parameters, one
 //!   line per method, the full model as a horizontal reference and the paper's ~60 % parameter
 //!   reduction (Sakamoto & Sato, arXiv 2510.14542 v2) as a vertical line.
-//! - `bound_vs_error.png`: the a-priori output-error bound against the measured output error,
-//!   log-log, with the line `y = x` (points above it: the bound holds).
+//! - `error_calibration.png`: per row, the certified output-error bound (`bound_median`) and
+//!   the first-order estimate (`estimate_mean`) against the measured mean logit error, two
+//!   log-log panels with the line `y = x` (replaced `bound_vs_error.png`).
 //! - `modes_per_layer.png`: kept complex modes per layer for each method, at a few ratios.
 //! - `paper_figure_ssm.png` / `.svg` and `paper_figure_total.png` / `.svg`: the paper's figure,
 //!   the change in test accuracy from the full model against the share of parameters removed,
@@ -189,6 +190,9 @@ pub fn write_svg(
         .with_context(|| format!("cannot write the figure {}", path.display()))
 }
 
+/// File name of the calibration figure ([`error_calibration`]; replaced `bound_vs_error.png`).
+pub const CALIBRATION_FIGURE: &str = "error_calibration.png";
+
 /// Draws every figure of a run into `dir`; returns the files written.
 pub fn plot_all(rows: &[Row], kept: &[KeptModes], dir: &Path) -> Result<Vec<PathBuf>> {
     register_fonts();
@@ -199,8 +203,8 @@ pub fn plot_all(rows: &[Row], kept: &[KeptModes], dir: &Path) -> Result<Vec<Path
     let svg = dir.join("accuracy_vs_params.svg");
     write_svg(&svg, (1100, 750), |root| accuracy_vs_params(root, rows))?;
     out.push(svg);
-    let p = dir.join("bound_vs_error.png");
-    write_png(&p, (900, 800), |root| bound_vs_error(root, rows))?;
+    let p = dir.join(CALIBRATION_FIGURE);
+    write_png(&p, (1500, 720), |root| error_calibration(root, rows))?;
     out.push(p);
     for (axis, name) in [(ParamAxis::Ssm, "ssm"), (ParamAxis::Total, "total")] {
         if rows.iter().any(|r| r.method == FULL) {
@@ -738,21 +742,53 @@ fn draw_legend<DB: DrawingBackend>(
     Ok(())
 }
 
-/// Bound against measured output error, log-log, one colour per method, with `y = x`.
-pub fn bound_vs_error<DB: DrawingBackend>(
+/// The calibration figure: per row, the certified bound (`bound_median`, left) and the
+/// first-order estimate (`estimate_mean`, right) against the measured mean logit error,
+/// log-log, one colour per method, each with `y = x`. Rows without the columns (written before
+/// they existed) are left out.
+pub fn error_calibration<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     rows: &[Row],
 ) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
+    let (left, right) = root.split_horizontally(root.dim_in_pixel().0 / 2);
+    scatter_panel(
+        &left,
+        rows,
+        |r| r.bound_median,
+        "Certified bound (median over reviews)",
+        "certified bound (logit units)",
+        "y = x (bound = error)",
+    )?;
+    scatter_panel(
+        &right,
+        rows,
+        |r| r.estimate_mean,
+        "First-order estimate (mean; not a bound)",
+        "first-order estimate (logit units)",
+        "y = x (estimate = error)",
+    )?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// One log-log panel of [`error_calibration`]: `y(row)` against `logit_err_mean`.
+fn scatter_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    rows: &[Row],
+    y: fn(&Row) -> f64,
+    title: &str,
+    y_desc: &str,
+    diag_label: &str,
+) -> Result<()> {
     let pts: Vec<(&Row, f64, f64)> = rows
         .iter()
         .filter(|r| r.method != FULL)
-        .filter(|r| r.logit_err_max.is_finite() && r.bound_max.is_finite())
-        .filter(|r| r.logit_err_max > 0.0 && r.bound_max > 0.0)
-        .map(|r| (r, r.logit_err_max, r.bound_max))
+        .map(|r| (r, r.logit_err_mean, y(r)))
+        .filter(|p| p.1.is_finite() && p.2.is_finite() && p.1 > 0.0 && p.2 > 0.0)
         .collect();
-    // Each axis spans its own data (the bound is often many decades above the error; a shared
-    // range would crowd every point into one corner).
+    // Each axis spans its own data (the bound is many decades above the error; a shared range
+    // would crowd every point into one corner).
     let span = |v: &mut dyn Iterator<Item = f64>| {
         let (lo, hi) = v.fold((f64::INFINITY, f64::NEG_INFINITY), |a, x| {
             (a.0.min(x), a.1.max(x))
@@ -760,18 +796,20 @@ pub fn bound_vs_error<DB: DrawingBackend>(
         if lo.is_finite() {
             (lo / 2.0, hi * 2.0)
         } else {
-            (1e-6, 1.0)
+            (1e-3, 1e3)
         }
     };
     let (x_lo, x_hi) = span(&mut pts.iter().map(|p| p.1));
     let (y_lo, y_hi) = span(&mut pts.iter().map(|p| p.2));
-    // The diagonal bound = error, where it crosses the frame.
+    // The diagonal, where it crosses the frame.
     let (d_lo, d_hi) = (x_lo.max(y_lo), x_hi.min(y_hi));
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            "Output-error bound vs. measured logit error (max over evaluated reviews)",
-            (FONT, 20),
-        )
+    let caption = if d_lo < d_hi || pts.is_empty() {
+        title.to_string()
+    } else {
+        format!("{title}; y = x lies below the frame")
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 19))
         .margin(20)
         .x_label_area_size(55)
         .y_label_area_size(80)
@@ -779,12 +817,12 @@ pub fn bound_vs_error<DB: DrawingBackend>(
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("measured max logit error (2-norm, logit units)")
-        .y_desc("a-priori bound (logit units)")
+        .x_desc("measured mean logit error (2-norm, logit units)")
+        .y_desc(y_desc)
         .x_label_formatter(&log_tick)
         .y_label_formatter(&log_tick)
-        .axis_desc_style((FONT, 17))
-        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 16))
+        .label_style((FONT, 13))
         .draw()
         .map_err(err)?;
     if d_lo < d_hi {
@@ -794,7 +832,7 @@ pub fn bound_vs_error<DB: DrawingBackend>(
                 BLACK.stroke_width(1),
             ))
             .map_err(err)?
-            .label("y = x (bound = error)")
+            .label(diag_label)
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLACK));
     }
     // Hollow rings of growing radius per method: methods that give the same reduced model (and so
@@ -819,15 +857,16 @@ pub fn bound_vs_error<DB: DrawingBackend>(
             .label(m.clone())
             .legend(move |(x, y)| Circle::new((x + 12, y), 5, color.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
+    if !pts.is_empty() {
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 13))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(err)?;
+    }
     Ok(())
 }
 
@@ -1098,7 +1137,7 @@ mod tests {
         ];
         // A directory where a PNG should go: refused naming it, nothing else left behind, the
         // figures before it written whole.
-        let blocker = dir.path().join("bound_vs_error.png");
+        let blocker = dir.path().join("error_calibration.png");
         std::fs::create_dir(&blocker).unwrap();
         std::fs::write(blocker.join("keep.txt"), b"mine").unwrap();
         let e = mor::error::one_line(plot_all(&rows, &kept, dir.path()).unwrap_err().as_ref());

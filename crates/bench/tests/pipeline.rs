@@ -199,7 +199,7 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
     for f in [
         "accuracy_vs_params.png",
         "accuracy_vs_params.svg",
-        "bound_vs_error.png",
+        "error_calibration.png",
         "modes_per_layer.png",
         "accuracy_vs_speed.png",
         "accuracy_vs_speed.svg",
@@ -272,10 +272,10 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
     fresh_out_dir_recomputes_every_row(root, cfg_s, &out);
 
     // plot re-draws from the CSV.
-    std::fs::remove_file(out.join("bound_vs_error.png")).unwrap();
+    std::fs::remove_file(out.join("error_calibration.png")).unwrap();
     let o = bench(&["plot", "--config", cfg_s], root);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(out.join("bound_vs_error.png").exists());
+    assert!(out.join("error_calibration.png").exists());
 
     // compress writes a checkpoint that evaluates to the sweep's accuracy for that point (for
     // ebt, whose Gramians compress records again from the calibration reviews, too).

@@ -656,7 +656,7 @@ fn a_sweep_never_mixes_rows_of_other_inputs() {
     let lqo = variant(root, &base, "lqo", |t| {
         format!("{}lqo_floor_fraction = 1.0\n", extend(t))
     });
-    let stale_png = run.join(format!(".bound_vs_error.png.{}.tmp.png", dead_pid()));
+    let stale_png = run.join(format!(".error_calibration.png.{}.tmp.png", dead_pid()));
     std::fs::write(&stale_png, b"\x89PNG half").unwrap();
     succeeds(&["sweep", "--config", &lqo], root);
     assert!(!stale_png.exists());
@@ -705,7 +705,7 @@ fn a_figure_that_cannot_be_written_is_named_without_litter() {
     let cfg_s = cfg.to_str().unwrap();
     let run = root.join("results/t");
     succeeds(&["sweep", "--config", cfg_s], root);
-    let figure = run.join("bound_vs_error.png");
+    let figure = run.join("error_calibration.png");
     let before = std::fs::read(run.join("accuracy_vs_params.png")).unwrap();
     // A directory of the user's where a figure goes: `plot` fails naming it, leaves it alone
     // and leaves no temporary file.
