@@ -156,6 +156,11 @@ pub fn mean(values: impl IntoIterator<Item = f64>) -> f64 {
     if n == 0 { f64::NAN } else { s / n as f64 }
 }
 
+/// JSON has no NaN: `serde_json` writes it as `null`, read back here as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// One layer's factors in `bound_factors.json`: the certified bound's factors (median over the
 /// evaluated reviews of [`LayerFactors`], measured-activation form) and, from the estimate
 /// subset, the mean logit sensitivity, first-order contribution and recorded layer error.
@@ -164,10 +169,13 @@ pub struct LayerSummary {
     /// Medians over reviews of the certified bound's factors.
     pub certified: LayerFactorsMedian,
     /// Mean over the estimate reviews of `‖∂logits/∂y_ℓ‖₂` (NaN without estimate).
+    #[serde(deserialize_with = "nan_if_null")]
     pub logit_sensitivity_mean: f64,
     /// Mean of `‖J_ℓ (𝒮_ℓ − 𝒮̂_ℓ) u_ℓ‖₂` (logit units).
+    #[serde(deserialize_with = "nan_if_null")]
     pub first_order_contribution_mean: f64,
     /// Mean of `‖(𝒮_ℓ − 𝒮̂_ℓ) u_ℓ‖₂` on the recorded inputs.
+    #[serde(deserialize_with = "nan_if_null")]
     pub recorded_error_l2_mean: f64,
 }
 
@@ -175,16 +183,27 @@ pub struct LayerSummary {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct LayerFactorsMedian {
+    #[serde(deserialize_with = "nan_if_null")]
     pub ssm_gain: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub ssm_gain_in: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub norm_lipschitz: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub error_gain: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub error_peak_gain: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub peak_bound: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub gate_lipschitz: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub input_bound: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub injected: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub delta: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub sensitivity: f64,
 }
 

@@ -659,6 +659,7 @@ mod tests {
             max_samples: 16,
             batch_size: 16,
             seed: 0,
+            estimate_reviews: 0,
         };
         let s = sweep(&["modal", "last"]);
         let mut prev = Manifest::start("x", Path::new("Cargo.toml"), 1).unwrap();

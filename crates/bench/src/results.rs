@@ -365,12 +365,12 @@ mod tests {
             reduce_seconds: 0.1,
             eval_seconds: 0.2,
             infer_tokens_per_s: 5000.0,
-            bound_median: f64::NAN,
-            bound_over_error_median: f64::NAN,
-            estimate_reviews: 0,
-            estimate_mean: f64::NAN,
-            estimate_conservative_mean: f64::NAN,
-            estimate_over_error_median: f64::NAN,
+            bound_median: 0.3,
+            bound_over_error_median: 30.0,
+            estimate_reviews: 4,
+            estimate_mean: 0.011,
+            estimate_conservative_mean: 0.05,
+            estimate_over_error_median: 1.1,
         }
     }
 

@@ -558,6 +558,34 @@ mod tests {
     }
 
     #[test]
+    fn estimate_columns_pair_each_estimate_with_its_review() {
+        let mut fake = Fake { calls: vec![] };
+        let full = fake.full().unwrap();
+        let mut p = fake.reduced("modal", 0.5).unwrap();
+        // Review 2's error is 0 (excluded from the ratio), the others 0.05.
+        p.logits[2] = full.logits[2].clone();
+        let est = |position: usize, estimate: f64| ReviewEstimate {
+            position,
+            estimate,
+            conservative: 2.0 * estimate,
+            recorded_bound: f64::NAN,
+            sensitivity: vec![],
+            contribution: vec![],
+            error_l2: vec![],
+            error_peak: vec![],
+        };
+        p.estimates = vec![est(1, 0.1), est(2, 0.3), est(7, 0.025)];
+        let r = reduced_row(&full, &p, "modal", 0.5).unwrap();
+        assert_eq!(r.estimate_reviews, 3);
+        assert!((r.estimate_mean - 0.425 / 3.0).abs() < 1e-12);
+        assert!((r.estimate_conservative_mean - 0.85 / 3.0).abs() < 1e-12);
+        // Ratios 2.0 and 0.5 (review 2 has no error): median 1.25.
+        assert!((r.estimate_over_error_median - 1.25).abs() < 1e-9);
+        // The bound ratio also skips the error-free review: 9 ratios of 2.0.
+        assert!((r.bound_over_error_median - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
     fn error_stats_closed_form() {
         let full = vec![vec![0.0, 0.0], vec![1.0, 1.0]];
         let red = vec![vec![3.0, 4.0], vec![1.0, 1.0]];
@@ -611,6 +639,10 @@ mod tests {
         let r = rows.iter().find(|x| x.has_key("bt", 0.5)).unwrap();
         assert!((r.logit_err_max - 0.05).abs() < 1e-12);
         assert!((r.bound_max - 0.1).abs() < 1e-12);
+        assert!((r.bound_median - 0.1).abs() < 1e-12);
+        assert!((r.bound_over_error_median - 2.0).abs() < 1e-9);
+        assert_eq!(r.estimate_reviews, 0);
+        assert!(r.estimate_mean.is_nan());
         assert!(r.bound_holds);
         assert!((r.param_reduction - 0.04).abs() < 1e-12);
         assert!(!rows.iter().find(|x| x.method == "tlh2").unwrap().stable);

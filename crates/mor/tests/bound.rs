@@ -458,6 +458,7 @@ fn bound_holds_on_error_maximising_inputs() {
             let post = prep.evaluate_measured(&input, &m).unwrap();
             let pri = prep.evaluate(&input).unwrap();
             for (what, b) in [
+                ("both trajectories", both.bound),
                 ("recorded", rec.bound),
                 ("measured", post.bound),
                 ("a-priori", pri.bound),
