@@ -165,7 +165,10 @@ fn main() -> Result<()> {
     }
     let mut sensitivity = Vec::new();
     for &recipe in &recipes {
-        if recipe.alloc == Some(mor::alloc::Allocation::Sensitivity) {
+        if matches!(
+            recipe.alloc,
+            Some(mor::alloc::Allocation::Sensitivity | mor::alloc::Allocation::FirstOrder)
+        ) {
             sensitivity.push(serde_json::to_value(reducer.sensitivity(recipe)?)?);
         }
     }

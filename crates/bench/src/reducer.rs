@@ -159,6 +159,8 @@ impl Calibration {
 pub struct Sensitivity {
     /// The recipe whose reducer and post-step the costs were measured with (no allocation).
     pub recipe: String,
+    /// `sens` (measured logit change) or `first-order` (predicted by `s5::sensitivity`).
+    pub allocation: String,
     /// One curve per layer: orders and mean squared logit change on the allocation set.
     pub curves: Vec<CostCurve>,
     /// Reviews of the allocation set.
@@ -183,8 +185,9 @@ pub struct Reducer<'a> {
     pub refit: mor::refit::RefitOptions,
     /// Training reviews for the data-driven parts, if any.
     calibration: Option<&'a Calibration>,
-    /// Cost curves of the `sens` allocation, per reducer and whether it is refitted.
-    sensitivity: HashMap<(mor::Method, bool), Sensitivity>,
+    /// Cost curves of the `sens` and `first-order` allocations, per reducer, whether it is
+    /// refitted, and the allocation.
+    sensitivity: HashMap<(mor::Method, bool, Allocation), Sensitivity>,
     /// Per layer, how well the gate's LQO models describe it on the calibration reviews
     /// (`None` for a gate whose LQO model is exact), once `lqo-h2` has fitted them.
     pub gate_fit: Option<Vec<Option<mor::gatefit::GateFitReport>>>,
@@ -293,7 +296,7 @@ impl<'a> Reducer<'a> {
                 budget,
                 &mor::reduce::lqo_options(recipe.reducer, &self.deep, &self.opts),
             )?,
-            Allocation::Sensitivity => {
+            Allocation::Sensitivity | Allocation::FirstOrder => {
                 let curves = &self.sensitivity(recipe)?.curves;
                 mor::alloc::min_cost_orders(curves, budget)?
             }
@@ -351,7 +354,7 @@ impl<'a> Reducer<'a> {
         let mut out = serde_json::Map::new();
         for s in self.sensitivity.values() {
             if let Ok(v) = serde_json::to_value(s) {
-                out.insert(format!("sensitivity {}", s.recipe), v);
+                out.insert(format!("{} costs {}", s.allocation, s.recipe), v);
             }
         }
         if let Some(g) = &self.gate_fit
@@ -367,13 +370,19 @@ impl<'a> Reducer<'a> {
     /// [`mor::alloc::sensitivity_grid`], layer ℓ alone is reduced to `k` modes by the reducer,
     /// refitted on the refit set if the recipe has a post-step (for one reduced layer `refit` and
     /// `refit-seq` coincide), and the cost is the mean over the allocation set of
-    /// `‖logits − logits_full‖²`. The refit accumulators of all `(ℓ, k)` are fed in one pass over
-    /// the refit set.
+    /// `‖logits − logits_full‖²`; for `@first-order`, its first-order prediction
+    /// `‖J_ℓ (𝒮_ℓ − 𝒮̂_ℓ) u_ℓ‖²` from one linearisation of the full model on the allocation set
+    /// (`s5::sensitivity::layer_change`). The refit accumulators of all `(ℓ, k)` are fed in one
+    /// pass over the refit set.
     ///
     /// # Errors
     /// No calibration set; reduction, refit or model errors.
     pub fn sensitivity(&mut self, recipe: Recipe) -> Result<&Sensitivity> {
-        let key = (recipe.reducer, recipe.post.is_some());
+        let alloc = match recipe.alloc {
+            Some(a @ Allocation::FirstOrder) => a,
+            _ => Allocation::Sensitivity,
+        };
+        let key = (recipe.reducer, recipe.post.is_some(), alloc);
         if !self.sensitivity.contains_key(&key) {
             self.prepare(recipe)?;
             let base = Recipe {
@@ -382,9 +391,10 @@ impl<'a> Reducer<'a> {
                 ..recipe
             };
             let cal = self.calibration(recipe)?;
-            let s = measure_sensitivity(self, base, cal)?;
+            let s = measure_sensitivity(self, base, cal, alloc == Allocation::FirstOrder)?;
             tracing::info!(
-                "{base}: sens allocation costs of {} layers on {} training reviews in {:.0} s",
+                "{base}: {} allocation costs of {} layers on {} training reviews in {:.0} s",
+                alloc.name(),
                 s.curves.len(),
                 s.reviews,
                 s.seconds
@@ -454,11 +464,34 @@ pub fn fit_gates(model: &S5Model, deep: &mor::DeepSsm, calibration: &EvalSet) ->
     Ok((terms, reports))
 }
 
-/// [`Reducer::sensitivity`]'s measurement for `base` (a reducer, optionally `+refit`).
-fn measure_sensitivity(r: &Reducer<'_>, base: Recipe, cal: &Calibration) -> Result<Sensitivity> {
+/// [`Reducer::sensitivity`]'s measurement for `base` (a reducer, optionally `+refit`): the
+/// measured logit change, or with `first_order` its first-order prediction.
+fn measure_sensitivity(
+    r: &Reducer<'_>,
+    base: Recipe,
+    cal: &Calibration,
+    first_order: bool,
+) -> Result<Sensitivity> {
     let t0 = Instant::now();
     let set = &cal.allocation;
-    let full = evaluate(r.model, set, None, false)?.logits;
+    let full = if first_order {
+        Vec::new()
+    } else {
+        evaluate(r.model, set, None, false)?.logits
+    };
+    let lins = if first_order {
+        let dev = candle_core::Device::Cpu;
+        set.batches
+            .iter()
+            .map(|b| {
+                let tokens = candle_core::Tensor::from_slice(&b.tokens, (b.batch, b.len), &dev)?;
+                let lengths = candle_core::Tensor::from_slice(&b.lengths, b.batch, &dev)?;
+                Ok(r.model.linearise(&tokens, &lengths)?)
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     let grid: Vec<(usize, usize)> = r
         .deep
         .layers
@@ -518,13 +551,28 @@ fn measure_sensitivity(r: &Reducer<'_>, base: Recipe, cal: &Calibration) -> Resu
         pb.inc(1);
         let mut deep = r.deep.clone();
         deep.layers[l].ssm = block;
-        let logits = evaluate(&s5::with_reduced(r.model, &deep)?, set, None, false)?.logits;
-        let cost = logits
-            .iter()
-            .zip(&full)
-            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>())
-            .sum::<f64>()
-            / set.len().max(1) as f64;
+        let reduced = s5::with_reduced(r.model, &deep)?;
+        let cost = if first_order {
+            let mut total = 0.0;
+            for lin in &lins {
+                let lc = s5::sensitivity::layer_change(
+                    lin,
+                    l,
+                    &r.model.layers[l].ssm,
+                    &reduced.layers[l].ssm,
+                )?;
+                total += lc.change.iter().flatten().map(|v| v * v).sum::<f64>();
+            }
+            total / set.len().max(1) as f64
+        } else {
+            let logits = evaluate(&reduced, set, None, false)?.logits;
+            logits
+                .iter()
+                .zip(&full)
+                .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>())
+                .sum::<f64>()
+                / set.len().max(1) as f64
+        };
         if !cost.is_finite() {
             bail!(
                 "{base}: layer {l} alone at order {k} gives non-finite logits on calibration reviews"
@@ -540,6 +588,7 @@ fn measure_sensitivity(r: &Reducer<'_>, base: Recipe, cal: &Calibration) -> Resu
     }
     Ok(Sensitivity {
         recipe: base.to_string(),
+        allocation: if first_order { "first-order" } else { "sens" }.into(),
         curves,
         reviews: set.len(),
         seconds: t0.elapsed().as_secs_f64(),

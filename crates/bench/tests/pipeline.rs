@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const ALL_METHODS: [&str; 19] = [
+const ALL_METHODS: [&str; 20] = [
     "modal",
     "bt",
     "last",
@@ -26,6 +26,7 @@ const ALL_METHODS: [&str; 19] = [
     "h2+refit-seq",
     "modal@uniform",
     "emodal@sens+refit",
+    "emodal@first-order+refit",
 ];
 const RATIOS: [f64; 3] = [0.25, 0.5, 0.75];
 
@@ -152,7 +153,8 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
         "method,ratio,kept_modes,ssm_params,total_params,param_reduction,ssm_param_reduction,\
          accuracy,n_eval,\
          logit_err_mean,logit_err_max,bound_max,bound_holds,stable,reduce_seconds,eval_seconds,\
-         infer_tokens_per_s"
+         infer_tokens_per_s,bound_median,bound_over_error_median,estimate_reviews,estimate_mean,\
+         estimate_conservative_mean,estimate_over_error_median"
     );
     let full = &rows[0];
     assert_eq!(full.n_eval, 40);
@@ -164,7 +166,18 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
         assert!(r.logit_err_max >= r.logit_err_mean, "{r:?}");
         if r.stable && r.bound_max.is_finite() {
             assert!(r.bound_holds, "bound violated: {r:?}");
+            assert!(r.bound_median <= r.bound_max, "{r:?}");
         }
+        // The first-order estimate on every evaluated review (40 < the default 128).
+        assert_eq!(r.estimate_reviews, 40, "{r:?}");
+        assert!(
+            r.estimate_mean.is_finite() && r.estimate_mean >= 0.0,
+            "{r:?}"
+        );
+        assert!(
+            r.estimate_conservative_mean >= r.estimate_mean * (1.0 - 1e-9),
+            "{r:?}"
+        );
     }
     // uniform methods at the same ratio keep the same number of modes
     let k = |m: &str, r: f64| rows.iter().find(|x| x.has_key(m, r)).unwrap().kept_modes;
@@ -192,6 +205,11 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
             row("emodal").kept_modes
         );
         assert!(row("emodal@sens+refit").logit_err_mean.is_finite());
+        assert_eq!(
+            row("emodal@first-order+refit").kept_modes,
+            row("emodal").kept_modes
+        );
+        assert!(row("emodal@first-order+refit").logit_err_mean.is_finite());
         // `lqo-h2` keeps the same ratio in every layer, like `h2`.
         assert_eq!(row("lqo-h2").kept_modes, row("h2").kept_modes);
     }
@@ -214,13 +232,22 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
     let cal: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("calibration.json")).unwrap())
             .unwrap();
-    let curves = cal["sensitivity emodal+refit"]["curves"]
-        .as_array()
-        .unwrap();
-    assert_eq!(curves.len(), 2, "{cal}");
-    for c in curves {
-        assert_eq!(c["costs"].as_array().unwrap().last().unwrap(), 0.0);
-        assert_eq!(c["orders"][0], 1);
+    for key in ["sens costs emodal+refit", "first-order costs emodal+refit"] {
+        let curves = cal[key]["curves"].as_array().unwrap();
+        assert_eq!(curves.len(), 2, "{key}: {cal}");
+        for c in curves {
+            assert_eq!(c["costs"].as_array().unwrap().last().unwrap(), 0.0);
+            assert_eq!(c["orders"][0], 1);
+        }
+    }
+    // The bound's per-layer factors of every reduced row.
+    let factors: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("bound_factors.json")).unwrap())
+            .unwrap();
+    let factors = factors.as_array().unwrap();
+    assert!(factors.len() >= 3 * RATIOS.len(), "{}", factors.len());
+    for f in factors {
+        assert_eq!(f["layers"].as_array().unwrap().len(), 2, "{f}");
     }
     let fits = cal["lqo-h2 gate fit per layer"].as_array().unwrap();
     assert_eq!(fits.len(), 2);

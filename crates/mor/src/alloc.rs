@@ -13,7 +13,12 @@
 //!   model's logits on calibration (training) sequences when layer ℓ **alone** is reduced to `k`
 //!   modes by the recipe's reducer and post-step (issue 9, item 4b). [`min_cost_orders`] then
 //!   returns the orders minimising `Σ_ℓ c_ℓ(k_ℓ)` subject to `Σ_ℓ k_ℓ = budget`, exactly, by
-//!   dynamic programming (not greedily).
+//!   dynamic programming (not greedily);
+//! - `first-order`: the same, with the cost predicted instead of measured (issue 9, item 4a):
+//!   `c_ℓ(k)` is the mean over calibration sequences of `‖J_ℓ (𝒮_ℓ − 𝒮̂_ℓ(k)) u_ℓ‖²`, the
+//!   squared first-order logit change of layer ℓ's reduction (`J_ℓ = ∂logits/∂y_ℓ` on the full
+//!   model's trajectory, `u_ℓ` the recorded layer input). It needs one linearisation of the full
+//!   model, then one pass of two SSMs per grid point instead of a forward pass of the whole model.
 //!
 //! The sum is a model, not a measurement: it treats the layers' effects on the logits as
 //! additive in squared norm (exact to first order when the layers' logit changes are
@@ -32,22 +37,26 @@ pub enum Allocation {
     Bound,
     /// By the measured calibration logit change of each layer reduced alone.
     Sensitivity,
+    /// By the first-order (predicted) calibration logit change of each layer reduced alone.
+    FirstOrder,
 }
 
 impl Allocation {
     /// Every allocation, in table order.
-    pub const ALL: [Allocation; 3] = [
+    pub const ALL: [Allocation; 4] = [
         Allocation::Uniform,
         Allocation::Bound,
         Allocation::Sensitivity,
+        Allocation::FirstOrder,
     ];
 
-    /// The name after the `@` (`uniform`, `bound`, `sens`).
+    /// The name after the `@` (`uniform`, `bound`, `sens`, `first-order`).
     pub fn name(self) -> &'static str {
         match self {
             Allocation::Uniform => "uniform",
             Allocation::Bound => "bound",
             Allocation::Sensitivity => "sens",
+            Allocation::FirstOrder => "first-order",
         }
     }
 }

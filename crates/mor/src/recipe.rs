@@ -57,7 +57,10 @@ impl Recipe {
     /// Whether the recipe needs calibration (training) data beyond the model itself.
     pub fn needs_calibration(&self) -> bool {
         self.post.is_some()
-            || self.alloc == Some(Allocation::Sensitivity)
+            || matches!(
+                self.alloc,
+                Some(Allocation::Sensitivity | Allocation::FirstOrder)
+            )
             || matches!(
                 self.reducer,
                 Method::Ebt | Method::Emodal | Method::LqoH2 | Method::LqoH2Taylor

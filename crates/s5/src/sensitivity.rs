@@ -198,26 +198,15 @@ pub fn first_order_estimate(
         })
         .collect();
     for (li, (layer, full_layer)) in reduced.layers.iter().zip(&full.layers).enumerate() {
-        let y = full_layer
-            .ssm
-            .forward_t(&lin.inputs[li], &lin.lengths, false)?;
-        let y_red = layer.ssm.forward_t(&lin.inputs[li], &lin.lengths, false)?;
-        let d =
-            (y.to_dtype(DType::F64)? - y_red.to_dtype(DType::F64)?)?.broadcast_mul(&lin.mask)?;
-        let l2: Vec<f64> = d.sqr()?.sum((1, 2))?.sqrt()?.to_vec1()?;
-        let peak: Vec<f64> = d.abs()?.max(2)?.max(1)?.to_vec1()?;
-        let mut layer_change = vec![vec![0.0; classes]; b];
-        for (k, jac) in lin.jacobians[li].iter().enumerate() {
-            for (bi, v) in inner(jac, &d)?.into_iter().enumerate() {
-                layer_change[bi][k] = v;
-                change[bi][k] += v;
-            }
-        }
+        let lc = layer_change(lin, li, &full_layer.ssm, &layer.ssm)?;
         for (bi, e) in out.iter_mut().enumerate() {
-            e.contributions.push(norm2(&layer_change[bi]));
-            e.error_l2.push(l2[bi]);
-            e.error_peak.push(peak[bi]);
-            e.conservative += lin.sensitivity[bi][li] * l2[bi];
+            for (acc, v) in change[bi].iter_mut().zip(&lc.change[bi]) {
+                *acc += v;
+            }
+            e.contributions.push(norm2(&lc.change[bi]));
+            e.error_l2.push(lc.error_l2[bi]);
+            e.error_peak.push(lc.error_peak[bi]);
+            e.conservative += lin.sensitivity[bi][li] * lc.error_l2[bi];
         }
     }
     for (e, c) in out.iter_mut().zip(change) {
@@ -225,6 +214,54 @@ pub fn first_order_estimate(
         e.change = c;
     }
     Ok(out)
+}
+
+/// One layer's part of [`first_order_estimate`], per sequence of the batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerChange {
+    /// `J_ℓ (𝒮_ℓ − 𝒮̂_ℓ) u_ℓ`, `[b][classes]`: the first-order logit change of this layer alone.
+    pub change: Vec<Vec<f64>>,
+    /// `‖(𝒮_ℓ − 𝒮̂_ℓ) u_ℓ‖₂` over the true positions, `[b]`.
+    pub error_l2: Vec<f64>,
+    /// Largest `|(𝒮_ℓ − 𝒮̂_ℓ) u_ℓ|` entry over the true positions, `[b]`.
+    pub error_peak: Vec<f64>,
+}
+
+/// The first-order logit change of replacing layer `layer`'s SSM `full` by `reduced` alone, on
+/// the batch of `lin` (both SSMs run on the recorded input `u_ℓ`).
+///
+/// # Errors
+/// [`Error::Config`] for a layer index outside `lin`; candle errors (shapes).
+pub fn layer_change(
+    lin: &Linearisation,
+    layer: usize,
+    full: &crate::ssm::S5Ssm,
+    reduced: &crate::ssm::S5Ssm,
+) -> Result<LayerChange> {
+    let (Some(u), Some(jacs)) = (lin.inputs.get(layer), lin.jacobians.get(layer)) else {
+        return Err(Error::Config(format!(
+            "first-order estimate: layer {layer} of a linearisation of {} layers",
+            lin.inputs.len()
+        )));
+    };
+    let b = lin.lengths.len();
+    let classes = jacs.len();
+    let y = full.forward_t(u, &lin.lengths, false)?;
+    let y_red = reduced.forward_t(u, &lin.lengths, false)?;
+    let d = (y.to_dtype(DType::F64)? - y_red.to_dtype(DType::F64)?)?.broadcast_mul(&lin.mask)?;
+    let error_l2: Vec<f64> = d.sqr()?.sum((1, 2))?.sqrt()?.to_vec1()?;
+    let error_peak: Vec<f64> = d.abs()?.max(2)?.max(1)?.to_vec1()?;
+    let mut change = vec![vec![0.0; classes]; b];
+    for (k, jac) in jacs.iter().enumerate() {
+        for (bi, v) in inner(jac, &d)?.into_iter().enumerate() {
+            change[bi][k] = v;
+        }
+    }
+    Ok(LayerChange {
+        change,
+        error_l2,
+        error_peak,
+    })
 }
 
 fn norm2(v: &[f64]) -> f64 {
