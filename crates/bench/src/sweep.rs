@@ -417,6 +417,101 @@ pub fn markdown_summary(rows: &[Row]) -> String {
     header(&mut s);
     s.push('\n');
     table(&mut s, &|r| format!("{:.3}", r.logit_err_mean));
+    s.push_str(&calibration_summary(rows));
+    s
+}
+
+/// Spearman's rank correlation of two equally long samples (average ranks for ties); NaN for
+/// fewer than 3 pairs or a constant sample.
+pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    fn ranks(v: &[f64]) -> Vec<f64> {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut r = vec![0.0; v.len()];
+        let mut i = 0;
+        while i < idx.len() {
+            let mut j = i;
+            while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+                j += 1;
+            }
+            for &k in &idx[i..=j] {
+                r[k] = (i + j) as f64 / 2.0;
+            }
+            i = j + 1;
+        }
+        r
+    }
+    if a.len() != b.len() || a.len() < 3 {
+        return f64::NAN;
+    }
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = a.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    if va == 0.0 || vb == 0.0 {
+        return f64::NAN;
+    }
+    cov / (va * vb).sqrt()
+}
+
+/// The section of `summary.md` on the certified bound and the first-order estimate, over the
+/// rows that have them (issue 31's criteria): whether the bound held everywhere, the median over
+/// rows of `bound_over_error_median`, the share of rows whose `estimate_over_error_median` lies
+/// in [1/3, 3], and Spearman's correlation across rows of `bound_median` and of
+/// `estimate_mean` with `logit_err_mean`. Empty when no row has the columns.
+pub fn calibration_summary(rows: &[Row]) -> String {
+    let with_bound: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.method != FULL && r.bound_median.is_finite())
+        .collect();
+    let with_est: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.method != FULL && r.estimate_mean.is_finite())
+        .collect();
+    if with_bound.is_empty() && with_est.is_empty() {
+        return String::new();
+    }
+    let mut s =
+        String::from("\nOutput-error bound and first-order estimate (rows that have them):\n\n");
+    if !with_bound.is_empty() {
+        let err: Vec<f64> = with_bound.iter().map(|r| r.logit_err_mean).collect();
+        let bm: Vec<f64> = with_bound.iter().map(|r| r.bound_median).collect();
+        s.push_str(&format!(
+            "- certified bound ({} rows): held on every review of {} rows; median over rows of \
+             `bound_over_error_median` {:.2e}; Spearman(`bound_median`, `logit_err_mean`) {:.3}\n",
+            with_bound.len(),
+            with_bound.iter().filter(|r| r.bound_holds).count(),
+            crate::estimate::median(with_bound.iter().map(|r| r.bound_over_error_median)),
+            spearman(&bm, &err)
+        ));
+    }
+    if !with_est.is_empty() {
+        let err: Vec<f64> = with_est.iter().map(|r| r.logit_err_mean).collect();
+        let em: Vec<f64> = with_est.iter().map(|r| r.estimate_mean).collect();
+        let within = with_est
+            .iter()
+            .filter(|r| (1.0 / 3.0..=3.0).contains(&r.estimate_over_error_median))
+            .count();
+        s.push_str(&format!(
+            "- first-order estimate ({} rows, not a bound): `estimate_over_error_median` in \
+             [1/3, 3] on {} rows ({:.0} %), range {:.2}–{:.2}; Spearman(`estimate_mean`, \
+             `logit_err_mean`) {:.3}\n",
+            with_est.len(),
+            within,
+            100.0 * within as f64 / with_est.len() as f64,
+            with_est
+                .iter()
+                .map(|r| r.estimate_over_error_median)
+                .fold(f64::INFINITY, f64::min),
+            with_est
+                .iter()
+                .map(|r| r.estimate_over_error_median)
+                .fold(0.0f64, f64::max),
+            spearman(&em, &err)
+        ));
+    }
     s
 }
 
@@ -583,6 +678,22 @@ mod tests {
         assert!((r.estimate_over_error_median - 1.25).abs() < 1e-9);
         // The bound ratio also skips the error-free review: 9 ratios of 2.0.
         assert!((r.bound_over_error_median - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn spearman_matches_hand_computed_ranks() {
+        // Monotone transforms keep the rank correlation.
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let b = [1e1, 1e3, 1e2, 1e5, 1e4];
+        // d = (0, 1, -1, 1, -1): 1 − 6·4 / (5·24) = 0.8.
+        assert!((spearman(&a, &b) - 0.8).abs() < 1e-12);
+        assert!((spearman(&a, &a.map(|x: f64| x.exp())) - 1.0).abs() < 1e-12);
+        assert!((spearman(&a, &a.map(|x| -x)) + 1.0).abs() < 1e-12);
+        // Ties get average ranks.
+        let t = spearman(&[1.0, 1.0, 2.0, 3.0], &[1.0, 2.0, 3.0, 4.0]);
+        assert!((t - 0.9486832980505138).abs() < 1e-12, "{t}");
+        assert!(spearman(&[1.0, 2.0], &[1.0, 2.0]).is_nan());
+        assert!(spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]).is_nan());
     }
 
     #[test]
