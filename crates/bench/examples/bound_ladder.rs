@@ -15,10 +15,12 @@
 //! - `estimate`: `‖Σ_ℓ J_ℓ (𝒮_ℓ − 𝒮̂_ℓ)u_ℓ‖` (first order, not certified).
 //!
 //! ```text
-//! cargo run --release -p bench --example bound_ladder -- [METHODS] [RATIOS] [REVIEWS] [CHECKPOINT]
+//! cargo run --release -p bench --example bound_ladder -- [RECIPES] [RATIOS] [REVIEWS] [CHECKPOINT]
 //! ```
 //!
-//! Defaults: `modal,h2`, ratios `0.6,0.9`, 16 test reviews (the class-balanced sample of seed 0),
+//! Recipes reduce exactly as the sweep does ([`bench::reducer::Reducer`] with its calibration
+//! sets of training reviews). Defaults: `modal,h2`, ratios `0.6,0.9`, 16 test reviews (the
+//! class-balanced sample of seed 0),
 //! `results/imdb/model`. Prints a Markdown table of medians (and the range) over reviews, and the
 //! per-layer factors of the first review for the first method and ratio.
 
@@ -29,14 +31,14 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use bench::estimate::{EstimateSet, median};
 use bench::pipeline::{EvalSet, bound_inputs, evaluate};
+use bench::reducer::{Calibration, Reducer};
 use bench::sections::EvalConfig;
-use mor::Method;
 use mor::bound::{InjectedError, prepare_bound};
-use mor::reduce::{ReduceOptions, reduce_model};
+use mor::recipe::Recipe;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let methods: Vec<Method> = args
+    let methods: Vec<Recipe> = args
         .get(1)
         .map_or("modal,h2", String::as_str)
         .split(',')
@@ -62,7 +64,21 @@ fn main() -> Result<()> {
     };
     let inputs = bound_inputs(model, &set)?;
     let full_ev = evaluate(model, &set, None, true)?;
-    let deep = s5::to_mor(model, s.loaded.meta.max_len)?;
+    let cal = Calibration::sample(
+        &s.imdb.train,
+        s.tok.as_ref(),
+        16,
+        0,
+        bench::sections::DEFAULT_REFIT_REVIEWS,
+    )?;
+    let mut reducer = Reducer::new(
+        model,
+        s.loaded.meta.max_len,
+        Default::default(),
+        Default::default(),
+        Some(&cal),
+    )?;
+    let deep = reducer.deep.clone();
     let horizon = set.max_len();
     let full_prep = prepare_bound(&deep, None, horizon)?;
     println!(
@@ -80,7 +96,7 @@ fn main() -> Result<()> {
     let mut first = true;
     for &method in &methods {
         for &ratio in &ratios {
-            let red = reduce_model(&deep, method, ratio, &ReduceOptions::default())?;
+            let red = reducer.reduce(method, ratio)?.reduction;
             let rebuilt = s5::with_reduced(model, &red.model)?;
             let red_ev = evaluate(&rebuilt, &set, None, true)?;
             let prep = full_prep.with_reduced(&deep, &red.model)?;
