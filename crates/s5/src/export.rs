@@ -5,7 +5,8 @@
 //! `[H, n]` (complex, `c64`), D `[H]`; the evaluation-mode norm (BatchNorm as scale/shift); the
 //! gate `W` `[H, H]`, `b` `[H]`; the decoder. The embedding is not part of `mor`'s model.
 
-use crate::model::{S5Layer, S5Model};
+use crate::layer::S5Layer;
+use crate::model::S5Model;
 use crate::ssm::S5Ssm;
 use crate::{Error, Result};
 

@@ -1,7 +1,7 @@
 //! Evaluation-mode forward pass of the whole classifier in one kernel: each sequence runs on one
 //! thread through every layer, in blocks of `BLOCK` = 128 time steps that stay in the core's cache.
 //!
-//! The same map as [`crate::S5Model::forward_ops`] in [`crate::Mode::Eval`] (S5, Smith et al.,
+//! The same map as `S5Model::forward_ops` in evaluation mode (S5, Smith et al.,
 //! ICLR 2023, Fig. 1): per layer `u = norm(x)`, `v_k = B̄ u_k` (real matmul with `W_B`
 //! `[H, 2n]`), the diagonal scans `x_k = Λ̄ x_{k−1} + v_k` (and, bidirectional, the reverse
 //! `x'_k = Λ̄ x'_{k+1} + v_k` from the true end), `y = [x, x'] W_C + D ⊙ u` (`W_C` = S5's
@@ -22,7 +22,7 @@ use candle_core::{DType, Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::fused::{Mat, Real, matmul_on};
-use crate::model::S5Model;
+use crate::layer::S5Layer;
 use crate::{Error, GateKind, Result};
 
 /// Time steps per block.
@@ -83,7 +83,7 @@ fn f64s(t: &Tensor) -> Result<Vec<f64>> {
 }
 
 impl<T: Real> LayerArrays<T> {
-    fn new(layer: &crate::model::S5Layer) -> Result<Self> {
+    fn new(layer: &S5Layer) -> Result<Self> {
         let ssm = &layer.ssm;
         let (h, n) = (ssm.width(), ssm.n_modes());
         // The evaluation-mode norm in f64 (BatchNorm folded into scale and shift), as exported
@@ -305,15 +305,30 @@ fn add_gated<T: Real>(x: &mut [T], y: &[T], a: &[T], b: &[T], act: impl Fn(T) ->
     }
 }
 
+/// What the kernel reads of a model (borrowed from the `S5Model` that calls the kernel;
+/// this module does not depend on the model's own module).
+pub(crate) struct ModelView<'a> {
+    /// Embedding `[vocab, H]`.
+    pub encoder: &'a Tensor,
+    /// The residual layers, input side first.
+    pub layers: &'a [S5Layer],
+    /// Decoder weight `[classes, H]` and bias `[classes]`.
+    pub decoder_w: &'a Tensor,
+    pub decoder_b: &'a Tensor,
+    /// `H` and the number of classes.
+    pub d_model: usize,
+    pub n_classes: usize,
+}
+
 /// Every layer's arrays in `T`, the embedding table `[vocab, H]` and the largest mode count.
-fn arrays<T: Real>(model: &S5Model) -> Result<(Vec<LayerArrays<T>>, Vec<T>, usize)> {
+fn arrays<T: Real>(model: &ModelView<'_>) -> Result<(Vec<LayerArrays<T>>, Vec<T>, usize)> {
     let layers = model
         .layers
         .iter()
         .map(LayerArrays::<T>::new)
         .collect::<Result<Vec<_>>>()?;
     let n_max = layers.iter().map(|la| la.n).max().unwrap_or(0);
-    Ok((layers, vec_of(&model.encoder)?, n_max))
+    Ok((layers, vec_of(model.encoder)?, n_max))
 }
 
 /// The embedded sequence `[len, H]` (row-major) of `tokens`.
@@ -328,8 +343,8 @@ fn embed<T: Real>(encoder: &[T], tokens: &[u32], h: usize) -> Vec<T> {
 /// The SSM input `u_ℓ = norm_ℓ(x_ℓ)` of every layer (`[n_layers][len·H]`, row-major `[len, H]`,
 /// f64) for one sequence of true tokens, in evaluation mode (BatchNorm running statistics, no
 /// dropout), computed in f64.
-pub(crate) fn ssm_inputs(model: &S5Model, tokens: &[u32]) -> Result<Vec<Vec<f64>>> {
-    let h = model.config().d_model;
+pub(crate) fn ssm_inputs(model: &ModelView<'_>, tokens: &[u32]) -> Result<Vec<Vec<f64>>> {
+    let h = model.d_model;
     let (layers, encoder, n_max) = arrays::<f64>(model)?;
     let mut x = embed(&encoder, tokens, h);
     let mut scratch = Scratch::new(tokens.len(), h, n_max);
@@ -382,7 +397,7 @@ impl<T: Real> Scratch<T> {
 /// # Errors
 /// A dtype other than f32/f64, candle errors reading the parameters.
 pub(crate) fn forward(
-    model: &S5Model,
+    model: &ModelView<'_>,
     tokens: &[u32],
     lengths: &[u32],
     l: usize,
@@ -398,17 +413,16 @@ pub(crate) fn forward(
 }
 
 fn forward_t<T: Real>(
-    model: &S5Model,
+    model: &ModelView<'_>,
     tokens: &[u32],
     lengths: &[u32],
     l: usize,
     measure: bool,
 ) -> Result<(Tensor, Vec<Vec<LayerStats>>)> {
-    let cfg = model.config();
-    let (h, classes) = (cfg.d_model, cfg.n_classes);
+    let (h, classes) = (model.d_model, model.n_classes);
     let (layers, encoder, n_max) = arrays::<T>(model)?;
-    let dec_w = f64s(&model.decoder_w)?;
-    let dec_b = f64s(&model.decoder_b)?;
+    let dec_w = f64s(model.decoder_w)?;
+    let dec_b = f64s(model.decoder_b)?;
     let per_seq: Vec<(Vec<T>, Vec<LayerStats>)> = lengths
         .par_iter()
         .enumerate()

@@ -8,6 +8,7 @@ pub mod fused;
 pub mod gate;
 pub mod hippo;
 pub mod infer;
+pub mod layer;
 pub mod model;
 pub mod norm;
 pub mod optim;

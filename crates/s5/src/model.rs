@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::fused::ChannelMask;
 use crate::gate::Gate;
+pub use crate::layer::S5Layer;
 use crate::norm::{BatchStats, Mask, Norm};
 use crate::params::{InitRng, param};
 use crate::ssm::S5Ssm;
@@ -31,17 +32,6 @@ pub enum Mode {
         /// Per-step seed of the dropout masks.
         seed: u64,
     },
-}
-
-/// One residual layer: `z ↦ z + drop(gate(ssm(norm(z))))`.
-#[derive(Clone, Debug)]
-pub struct S5Layer {
-    /// Prenorm.
-    pub norm: Norm,
-    /// The SSM (continuous or reduced discrete form).
-    pub ssm: S5Ssm,
-    /// The gate.
-    pub gate: Gate,
 }
 
 /// The S5 classifier. Parameters (names as in S5's code): `encoder.weight` `[vocab, H]`,
@@ -144,7 +134,7 @@ impl S5Model {
         })
     }
 
-    /// Assembles a model from parts (used by [`crate::export::with_reduced`]).
+    /// Assembles a model from parts (used by `export::with_reduced`).
     pub fn from_parts(
         cfg: ModelConfig,
         encoder: Tensor,
@@ -210,7 +200,7 @@ impl S5Model {
         match mode {
             Mode::Eval => {
                 let (l, toks, lens) = self.checked_inputs(tokens, lengths)?;
-                Ok(crate::infer::forward(self, &toks, &lens, l, false)?.0)
+                Ok(crate::infer::forward(&self.view(), &toks, &lens, l, false)?.0)
             }
             Mode::Train { .. } => {
                 let stacked = self.layers.iter().all(|layer| {
@@ -235,7 +225,7 @@ impl S5Model {
         lengths: &Tensor,
     ) -> Result<(Tensor, Vec<Vec<mor::bound::MeasuredLayer>>)> {
         let (l, toks, lens) = self.checked_inputs(tokens, lengths)?;
-        let (logits, stats) = crate::infer::forward(self, &toks, &lens, l, true)?;
+        let (logits, stats) = crate::infer::forward(&self.view(), &toks, &lens, l, true)?;
         let measured = stats
             .into_iter()
             .map(|seq| {
@@ -268,7 +258,7 @@ impl S5Model {
                 self.cfg.vocab_size
             )));
         }
-        crate::infer::ssm_inputs(self, tokens)
+        crate::infer::ssm_inputs(&self.view(), tokens)
     }
 
     /// Logits `[b, classes]` in batch-statistics mode: no dropout, and every BatchNorm normalises
@@ -322,6 +312,18 @@ impl S5Model {
             }
         }
         Ok(())
+    }
+
+    /// What the fused evaluation kernel reads of the model.
+    fn view(&self) -> crate::infer::ModelView<'_> {
+        crate::infer::ModelView {
+            encoder: &self.encoder,
+            layers: &self.layers,
+            decoder_w: &self.decoder_w,
+            decoder_b: &self.decoder_b,
+            d_model: self.cfg.d_model,
+            n_classes: self.cfg.n_classes,
+        }
     }
 
     /// Checks `tokens` `[b, l]` and `lengths` `[b]`; returns `(l, tokens flat, lengths)`.
