@@ -513,7 +513,7 @@ pub fn recalibrate_batch_norm(
 }
 
 fn f64s(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?)
+    Ok(s5::params::to_f64_vec(t)?)
 }
 
 fn argmax(v: &[f64]) -> usize {

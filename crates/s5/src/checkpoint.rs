@@ -410,7 +410,7 @@ fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<()> {
     if !t.dtype().is_float() {
         return Ok(());
     }
-    let values: Vec<f64> = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+    let values = crate::params::to_f64_vec(t)?;
     let bad = values.iter().filter(|v| !v.is_finite()).count();
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(ck_err(

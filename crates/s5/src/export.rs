@@ -27,11 +27,7 @@ pub fn to_mor(model: &S5Model, max_len: usize) -> Result<mor::DeepSsm> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let f64s = |t: &candle_core::Tensor| -> Result<Vec<f64>> {
-        Ok(t.to_dtype(candle_core::DType::F64)?
-            .flatten_all()?
-            .to_vec1()?)
-    };
+    let f64s = crate::params::to_f64_vec;
     let (c, h) = model.decoder_w.dims2()?;
     let w = f64s(&model.decoder_w)?;
     Ok(mor::DeepSsm {

@@ -83,12 +83,8 @@ impl Gate {
     /// Candle errors only.
     pub fn to_mor(&self) -> Result<mor::Gate> {
         let h = self.bias.dims()[0];
-        let w: Vec<f64> = self
-            .weight
-            .to_dtype(candle_core::DType::F64)?
-            .flatten_all()?
-            .to_vec1()?;
-        let b: Vec<f64> = self.bias.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+        let w = crate::params::to_f64_vec(&self.weight)?;
+        let b = crate::params::to_f64_vec(&self.bias)?;
         let w = faer::Mat::from_fn(h, h, |i, j| w[i * h + j]);
         Ok(match self.kind {
             GateKind::HalfGlu2 => mor::Gate::HalfGlu2 { w, b },

@@ -78,10 +78,6 @@ fn vec_of<T: WithDType>(t: &Tensor) -> Result<Vec<T>> {
     Ok(t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()?)
 }
 
-fn f64s(t: &Tensor) -> Result<Vec<f64>> {
-    vec_of::<f64>(t)
-}
-
 impl<T: Real> LayerArrays<T> {
     fn new(layer: &S5Layer) -> Result<Self> {
         let ssm = &layer.ssm;
@@ -105,7 +101,7 @@ impl<T: Real> LayerArrays<T> {
             },
         };
         let disc = ssm.discretise()?;
-        let lam = f64s(&disc.lambda_bar)?;
+        let lam = crate::params::to_f64_vec(&disc.lambda_bar)?;
         // b_bar [n, H, 2] → W_B [H, 2n].
         let b_bar: Vec<T> = vec_of(&disc.b_bar)?;
         let mut w_b = vec![T::zero(); h * 2 * n];
@@ -421,8 +417,8 @@ fn forward_t<T: Real>(
 ) -> Result<(Tensor, Vec<Vec<LayerStats>>)> {
     let (h, classes) = (model.d_model, model.n_classes);
     let (layers, encoder, n_max) = arrays::<T>(model)?;
-    let dec_w = f64s(model.decoder_w)?;
-    let dec_b = f64s(model.decoder_b)?;
+    let dec_w = crate::params::to_f64_vec(model.decoder_w)?;
+    let dec_b = crate::params::to_f64_vec(model.decoder_b)?;
     let per_seq: Vec<(Vec<T>, Vec<LayerStats>)> = lengths
         .par_iter()
         .enumerate()

@@ -138,9 +138,7 @@ impl Norm {
                 running_var,
             } => {
                 if !train {
-                    let f64s = |t: &Tensor| -> Result<Vec<f64>> {
-                        Ok(t.to_dtype(candle_core::DType::F64)?.to_vec1()?)
-                    };
+                    let f64s = crate::params::to_f64_vec;
                     let u = crate::fused::batch_norm_eval(
                         &z.reshape((b * l, h))?,
                         weight,
@@ -249,9 +247,7 @@ impl Norm {
     /// # Errors
     /// Candle errors only.
     pub fn to_mor(&self) -> Result<mor::Norm> {
-        let v = |t: &Tensor| -> Result<Vec<f64>> {
-            Ok(t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?)
-        };
+        let v = crate::params::to_f64_vec;
         Ok(match self {
             Norm::Batch {
                 weight,

@@ -72,3 +72,14 @@ pub fn param<S: Into<Shape>>(
     t.slice_set(&init, 0, 0)?;
     Ok(t)
 }
+
+/// Every element of `t` (any shape, any dtype), row-major, as f64: how parameters and
+/// activations leave candle for `mor` and the runner.
+///
+/// # Errors
+/// Candle errors (a dtype that cannot be cast).
+pub fn to_f64_vec(t: &candle_core::Tensor) -> crate::Result<Vec<f64>> {
+    Ok(t.flatten_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec1::<f64>()?)
+}

@@ -388,11 +388,7 @@ impl S5Ssm {
         let h = self.width();
         let n = self.n_modes();
         let disc = self.discretise()?;
-        let flat = |t: &Tensor| -> Result<Vec<f64>> {
-            Ok(t.to_dtype(candle_core::DType::F64)?
-                .flatten_all()?
-                .to_vec1::<f64>()?)
-        };
+        let flat = crate::params::to_f64_vec;
         let lam = flat(&disc.lambda_bar)?;
         let bb = flat(&disc.b_bar)?;
         let cmat = |t: &Tensor| -> Result<Mat<c64>> {
