@@ -315,6 +315,11 @@ impl<'a> Reducer<'a> {
             Some(orders) => mor::reduce::reduce_model_orders(&self.deep, m, &orders, &self.opts),
         }
         .with_context(|| format!("reducing with {recipe} at ratio {ratio}"))?;
+        if let Some(ov) = recipe.overrides {
+            self.prepare(Recipe::from(ov.method))?;
+            reduction = mor::reduce::apply_override(&self.deep, reduction, ov, &self.opts)
+                .with_context(|| format!("{recipe} at ratio {ratio}: the layer override"))?;
+        }
         let refit = match recipe.post {
             None => None,
             Some(post) => {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const ALL_METHODS: [&str; 20] = [
+const ALL_METHODS: [&str; 21] = [
     "modal",
     "bt",
     "last",
@@ -27,6 +27,7 @@ const ALL_METHODS: [&str; 20] = [
     "modal@uniform",
     "emodal@sens+refit",
     "emodal@first-order+refit",
+    "bt[1=modal]",
 ];
 const RATIOS: [f64; 3] = [0.25, 0.5, 0.75];
 
@@ -210,6 +211,8 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
             row("emodal").kept_modes
         );
         assert!(row("emodal@first-order+refit").logit_err_mean.is_finite());
+        // A layer override keeps the orders and changes only its layers.
+        assert_eq!(row("bt[1=modal]").kept_modes, row("bt").kept_modes);
         // `lqo-h2` keeps the same ratio in every layer, like `h2`.
         assert_eq!(row("lqo-h2").kept_modes, row("h2").kept_modes);
     }

@@ -1,7 +1,14 @@
-//! A reduction recipe: a reducer ([`Method`]), an optional order allocation replacing the
-//! reducer's own ([`Allocation`]) and an optional post-step, named
-//! `<method>[@<allocation>][+<post-step>]` everywhere (configs, CLI, CSV, plots), e.g. `emodal`,
-//! `emodal+refit`, `h2+refit-seq`, `emodal@sens+refit`, `lqo-h2@uniform`.
+//! A reduction recipe: a reducer ([`Method`]), optional per-layer reducer overrides, an optional
+//! order allocation replacing the reducer's own ([`Allocation`]) and an optional post-step, named
+//! `<method>[<layers>=<method>][@<allocation>][+<post-step>]` everywhere (configs, CLI, CSV,
+//! plots), e.g. `emodal`, `emodal+refit`, `h2+refit-seq`, `emodal@sens+refit`, `lqo-h2@uniform`,
+//! `bt[1=modal]`.
+//!
+//! A layer override `[<layers>=<method>]` reduces the listed layers (1-based, input side first;
+//! numbers and ranges such as `1`, `1,2`, `2-6`) by another reducer at the **same orders** the
+//! recipe's allocation gives them ([`crate::reduce::apply_override`]): `bt[1=modal]` is balanced
+//! truncation with layer 1 reduced by its h2 contributions instead (the layer-swap hybrid of
+//! `results/imdb/README.md`).
 //!
 //! The allocations split the model's budget of kept modes over the layers ([`crate::alloc`]):
 //! - `uniform`: the same ratio in every layer;
@@ -42,11 +49,84 @@ impl PostStep {
     }
 }
 
-/// A reducer, an optional allocation and an optional post-step ([module doc](self)).
+/// Layers reduced by another reducer than the recipe's ([module doc](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LayerOverride {
+    /// The reducer of those layers.
+    pub method: Method,
+    /// Bit `ℓ` set: layer `ℓ` (0-based) is reduced by `method`. At most 64 layers.
+    pub layers: u64,
+}
+
+impl LayerOverride {
+    /// The 0-based layers it covers, increasing.
+    pub fn layer_list(&self) -> Vec<usize> {
+        (0..64).filter(|l| self.layers >> l & 1 == 1).collect()
+    }
+}
+
+impl std::fmt::Display for LayerOverride {
+    /// `[1,3-5=modal]` (1-based, runs of consecutive layers as ranges).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ls = self.layer_list();
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while i < ls.len() {
+            let mut j = i;
+            while j + 1 < ls.len() && ls[j + 1] == ls[j] + 1 {
+                j += 1;
+            }
+            parts.push(if i == j {
+                format!("{}", ls[i] + 1)
+            } else {
+                format!("{}-{}", ls[i] + 1, ls[j] + 1)
+            });
+            i = j + 1;
+        }
+        write!(f, "[{}={}]", parts.join(","), self.method.name())
+    }
+}
+
+/// Parses `<layers>=<method>` (the inside of the brackets); `whole` names the recipe in errors.
+fn parse_override(inner: &str, whole: &str) -> Result<LayerOverride> {
+    let bad = |why: &str| {
+        Error::Argument(format!(
+            "layer override `[{inner}]` in `{whole}`: {why}; expected `<method>[<layers>=<method>]` \
+             with 1-based layers such as `1`, `1,2` or `2-6`, e.g. `bt[1=modal]`"
+        ))
+    };
+    let (spec, method) = inner.split_once('=').ok_or_else(|| bad("no `=`"))?;
+    let method: Method = method.trim().parse()?;
+    let mut layers = 0u64;
+    for part in spec.split(',') {
+        let part = part.trim();
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let num = |x: &str| -> Result<u32> {
+            x.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&n| (1..=64).contains(&n))
+                .ok_or_else(|| bad(&format!("`{x}` is not a layer number in 1..=64")))
+        };
+        let (a, b) = (num(a)?, num(b)?);
+        if a > b {
+            return Err(bad(&format!("the range `{part}` is empty")));
+        }
+        for l in a..=b {
+            layers |= 1 << (l - 1);
+        }
+    }
+    Ok(LayerOverride { method, layers })
+}
+
+/// A reducer, optional layer overrides, an optional allocation and an optional post-step
+/// ([module doc](self)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Recipe {
     /// The block reducer (with its own order allocation unless `alloc` is set).
     pub reducer: Method,
+    /// Layers reduced by another reducer at the same orders, if any.
+    pub overrides: Option<LayerOverride>,
     /// The order allocation replacing the reducer's own, if any.
     pub alloc: Option<Allocation>,
     /// Applied after the reduction, if any.
@@ -61,10 +141,15 @@ impl Recipe {
                 self.alloc,
                 Some(Allocation::Sensitivity | Allocation::FirstOrder)
             )
-            || matches!(
-                self.reducer,
-                Method::Ebt | Method::Emodal | Method::LqoH2 | Method::LqoH2Taylor
-            )
+            || [Some(self.reducer), self.overrides.map(|o| o.method)]
+                .into_iter()
+                .flatten()
+                .any(|m| {
+                    matches!(
+                        m,
+                        Method::Ebt | Method::Emodal | Method::LqoH2 | Method::LqoH2Taylor
+                    )
+                })
     }
 }
 
@@ -72,6 +157,7 @@ impl From<Method> for Recipe {
     fn from(reducer: Method) -> Self {
         Recipe {
             reducer,
+            overrides: None,
             alloc: None,
             post: None,
         }
@@ -81,6 +167,9 @@ impl From<Method> for Recipe {
 impl std::fmt::Display for Recipe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.reducer.name())?;
+        if let Some(o) = self.overrides {
+            write!(f, "{o}")?;
+        }
         if let Some(a) = self.alloc {
             write!(f, "@{}", a.name())?;
         }
@@ -128,6 +217,17 @@ impl std::str::FromStr for Recipe {
                 (m, Some(alloc))
             }
         };
+        let (method, overrides) = match method.split_once('[') {
+            None => (method, None),
+            Some((m, rest)) => {
+                let inner = rest.strip_suffix(']').ok_or_else(|| {
+                    Error::Argument(format!(
+                        "`{s}`: a layer override must close with `]` before `@` or `+`"
+                    ))
+                })?;
+                (m, Some(parse_override(inner, s)?))
+            }
+        };
         let reducer: Method = method.parse()?;
         if alloc == Some(Allocation::Bound)
             && !matches!(reducer, Method::LqoH2 | Method::LqoH2Taylor)
@@ -139,6 +239,7 @@ impl std::str::FromStr for Recipe {
         }
         Ok(Recipe {
             reducer,
+            overrides,
             alloc,
             post,
         })
@@ -148,6 +249,47 @@ impl std::str::FromStr for Recipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_overrides_round_trip() {
+        let r: Recipe = "bt[1=modal]".parse().unwrap();
+        assert_eq!(r.reducer, Method::Bt);
+        assert_eq!(
+            r.overrides,
+            Some(LayerOverride {
+                method: Method::Modal,
+                layers: 1
+            })
+        );
+        assert_eq!(r.to_string(), "bt[1=modal]");
+        let r: Recipe = "uniform-hinf[2-6=modal]@uniform+refit".parse().unwrap();
+        assert_eq!(r.overrides.unwrap().layer_list(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            (r.alloc, r.post),
+            (Some(Allocation::Uniform), Some(PostStep::Refit))
+        );
+        assert_eq!(r.to_string(), "uniform-hinf[2-6=modal]@uniform+refit");
+        let r: Recipe = "h2[1,3,4,6=emodal]".parse().unwrap();
+        assert_eq!(r.to_string(), "h2[1,3-4,6=emodal]");
+        assert!(
+            r.needs_calibration(),
+            "emodal in the override needs Gramians"
+        );
+        assert!(!"bt[1=modal]".parse::<Recipe>().unwrap().needs_calibration());
+        for bad in [
+            "bt[1=nope]",
+            "bt[0=modal]",
+            "bt[65=modal]",
+            "bt[3-1=modal]",
+            "bt[1modal]",
+            "bt[1=modal",
+            "bt[=modal]",
+            "bt[1=modal]x",
+        ] {
+            let e = bad.parse::<Recipe>();
+            assert!(e.is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn names_round_trip() {

@@ -405,6 +405,43 @@ pub fn reduce_layer(
     })
 }
 
+/// `red` (a reduction of `model`) with the layers of `ov` reduced by `ov.method` instead, each at
+/// the order `red` gave it ([`reduce_layer`]; layers in parallel): a recipe's layer override
+/// ([`crate::recipe`]).
+///
+/// # Errors
+/// [`Error::Argument`] for an override of a layer the model does not have; those of
+/// [`reduce_layer`].
+pub fn apply_override(
+    model: &DeepSsm,
+    red: ModelReduction,
+    ov: crate::recipe::LayerOverride,
+    opts: &ReduceOptions,
+) -> Result<ModelReduction> {
+    let n = model.layers.len();
+    if let Some(&l) = ov.layer_list().iter().find(|&&l| l >= n) {
+        return Err(Error::Argument(format!(
+            "layer override {ov}: layer {} does not exist (the model has {n})",
+            l + 1
+        )));
+    }
+    let reds: Vec<BlockReduction> = (0..n)
+        .into_par_iter()
+        .map(|l| {
+            if ov.layers >> l & 1 == 1 {
+                reduce_layer(model, l, ov.method, red.kept_modes[l], opts)
+            } else {
+                Ok(BlockReduction {
+                    block: red.model.layers[l].ssm.clone(),
+                    h2_error: red.layer_h2_errors[l],
+                    hinf_bound: red.hinf_bounds.as_ref().map(|b| b[l]),
+                })
+            }
+        })
+        .collect::<Result<_>>()?;
+    Ok(assemble(model, reds))
+}
+
 /// Reduces every layer of `model` to its entry of `orders` with `method` ([`reduce_layer`];
 /// layers in parallel): the reducer of a recipe with an explicit allocation
 /// ([`crate::alloc`]).
