@@ -78,9 +78,24 @@ fn method_rgb(m: mor::Method) -> RGBColor {
 /// A fixed colour per method (colour-blind friendly Tableau-10 hues), so the same method has the
 /// same colour in every figure. A recipe with a post-step (`emodal+refit`) has its reducer's
 /// colour and is drawn dashed ([`has_post_step`]); one with its own allocation
-/// (`emodal@sens+refit`) has a darker shade of it.
+/// (`emodal@sens+refit`) has a darker shade of it, one with a layer override (`bt[1=modal]`) a
+/// lighter tint.
 pub fn method_color(method: &str) -> RGBColor {
     let method = method.split_once('+').map_or(method, |(m, _)| m);
+    if let Some((reducer, rest)) = method.split_once('[') {
+        // A layer override (`bt[1=modal]`): a lighter tint of the reducer's colour (darkened
+        // after it if the recipe also names an allocation).
+        let RGBColor(r, g, b) = method_color(reducer);
+        let light = |c: u8| (f64::from(c) + 0.45 * (255.0 - f64::from(c))).round() as u8;
+        let tint = RGBColor(light(r), light(g), light(b));
+        return match rest.split_once('@') {
+            Some(_) => {
+                let dark = |c: u8| (f64::from(c) * 0.55).round() as u8;
+                RGBColor(dark(tint.0), dark(tint.1), dark(tint.2))
+            }
+            None => tint,
+        };
+    }
     if let Some((reducer, _)) = method.split_once('@') {
         let RGBColor(r, g, b) = method_color(reducer);
         let dark = |c: u8| (f64::from(c) * 0.55).round() as u8;
@@ -1036,6 +1051,17 @@ mod tests {
         cs.sort_unstable();
         cs.dedup();
         assert_eq!(cs.len(), mor::Method::ALL.len());
+    }
+
+    #[test]
+    fn recipes_take_shades_of_their_reducer() {
+        let bt = method_color("bt");
+        assert_eq!(method_color("bt+refit"), bt);
+        let (dark, light) = (method_color("bt@sens"), method_color("bt[1=modal]"));
+        assert!(dark.0 <= bt.0 && dark.1 <= bt.1 && dark.2 <= bt.2 && dark != bt);
+        assert!(light.0 >= bt.0 && light.1 >= bt.1 && light.2 >= bt.2 && light != bt);
+        assert_ne!(method_color("bt[1=modal]@sens+refit"), light);
+        assert_eq!(method_color("bt[1-2=modal]"), light);
     }
     use crate::results::ResultsStore;
 
