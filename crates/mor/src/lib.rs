@@ -32,8 +32,14 @@
 //!    [`alloc`] and every post-step then composes with it (`<new>@sens+refit`).
 //! 2. The module holding the reduction itself (e.g. `src/modal.rs` for a new score), returning a
 //!    [`reduce::BlockReduction`].
-//! 3. Optionally `crates/bench/src/plot.rs`: a colour of its own in `METHOD_COLORS` (a test
-//!    fails until it has one) and a line in the method list of `configs/imdb.toml`.
+//! 3. `crates/bench/src/plot.rs`: its colour in `method_rgb` (the match is exhaustive, so the
+//!    workspace does not build until it has one; a test checks no two methods share one), and
+//!    optionally a line in the method list of `configs/imdb.toml`.
+//!
+//! Shown on the branch `scratch-trivial-reducer` (session 25, not merged): a reducer `first`
+//! that keeps the first `r` stored modes is 13 lines in `src/reduce.rs` (reusing
+//! `modal::truncate_modes`) and 1 in `crates/bench/src/plot.rs`; `cargo check --workspace
+//! --all-targets` passes with nothing else changed.
 //!
 //! Data-driven methods also say what calibration they need in
 //! [`recipe::Recipe::needs_calibration`] and get it computed in `bench`'s `Reducer::prepare`.
