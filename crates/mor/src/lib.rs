@@ -36,10 +36,10 @@
 //!    workspace does not build until it has one; a test checks no two methods share one), and
 //!    optionally a line in the method list of `configs/imdb.toml`.
 //!
-//! Shown on the branch `scratch-trivial-reducer` (session 25, not merged): a reducer `first`
-//! that keeps the first `r` stored modes is 13 lines in `src/reduce.rs` (reusing
-//! `modal::truncate_modes`) and 1 in `crates/bench/src/plot.rs`; `cargo check --workspace
-//! --all-targets` passes with nothing else changed.
+//! Tried in session 25 on a scratch branch (not merged): a reducer `first` that keeps the first
+//! `r` stored modes is 13 lines in `src/reduce.rs` (reusing `modal::truncate_modes`) and 1 in
+//! `crates/bench/src/plot.rs`; `cargo check --workspace --all-targets` passes with nothing else
+//! changed.
 //!
 //! Data-driven methods also say what calibration they need in
 //! [`recipe::Recipe::needs_calibration`] and get it computed in `bench`'s `Reducer::prepare`.
