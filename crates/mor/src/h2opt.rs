@@ -50,9 +50,7 @@
 //!
 //! # Optimiser
 //!
-//! L-BFGS (Nocedal & Wright, Numerical Optimization, 2nd ed., Alg. 7.4 two-loop recursion) with
-//! a backtracking Armijo line search (`c1 = 1e-4`, halving, at most 40 trials; non-finite values
-//! count as failures). The objective is normalised by `‖Σ‖²_h2`. Stopping rule: stop after
+//! L-BFGS ([`crate::lbfgs`]) on the objective normalised by `‖Σ‖²_h2`. Stopping rule: stop after
 //! `max_iter` iterations, when the largest gradient entry is below `gtol`, when the relative
 //! decrease of the objective stays below `ftol` for 3 consecutive iterations, or when the line
 //! search fails. The best point seen is returned, and the whole method returns its
@@ -879,122 +877,6 @@ pub(crate) fn eval_theta(
 }
 
 // ---------------------------------------------------------------------------------------------
-// L-BFGS
-// ---------------------------------------------------------------------------------------------
-
-/// Result of [`lbfgs`].
-pub(crate) struct LbfgsOut {
-    pub x: Vec<f64>,
-}
-
-/// Minimises `f` (returns value, writes gradient) from `x0` (module doc, Optimiser).
-pub(crate) fn lbfgs(
-    mut f: impl FnMut(&[f64], &mut [f64]) -> f64,
-    x0: Vec<f64>,
-    opts: &H2Options,
-) -> LbfgsOut {
-    let n = x0.len();
-    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
-    let mut x = x0;
-    let mut g = vec![0.0; n];
-    let mut fx = f(&x, &mut g);
-    if !fx.is_finite() {
-        return LbfgsOut { x };
-    }
-    let mut s_hist: Vec<Vec<f64>> = Vec::new();
-    let mut y_hist: Vec<Vec<f64>> = Vec::new();
-    let mut small = 0;
-    let mut iters = 0;
-    let mut xn = vec![0.0; n];
-    let mut gn = vec![0.0; n];
-    for it in 0..opts.max_iter {
-        iters = it + 1;
-        let gmax = g.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-        if gmax < opts.gtol {
-            break;
-        }
-        // Two-loop recursion.
-        let mut d: Vec<f64> = g.iter().map(|v| -v).collect();
-        let k = s_hist.len();
-        let mut alpha = vec![0.0; k];
-        for i in (0..k).rev() {
-            let rho = 1.0 / dot(&y_hist[i], &s_hist[i]);
-            alpha[i] = rho * dot(&s_hist[i], &d);
-            for (dj, yj) in d.iter_mut().zip(&y_hist[i]) {
-                *dj -= alpha[i] * yj;
-            }
-        }
-        let gamma = if k > 0 {
-            dot(&s_hist[k - 1], &y_hist[k - 1]) / dot(&y_hist[k - 1], &y_hist[k - 1])
-        } else {
-            1.0 / dot(&g, &g).sqrt().max(1e-300)
-        };
-        for dj in d.iter_mut() {
-            *dj *= gamma;
-        }
-        for i in 0..k {
-            let rho = 1.0 / dot(&y_hist[i], &s_hist[i]);
-            let beta = rho * dot(&y_hist[i], &d);
-            for (dj, sj) in d.iter_mut().zip(&s_hist[i]) {
-                *dj += (alpha[i] - beta) * sj;
-            }
-        }
-        let mut slope = dot(&g, &d);
-        if slope >= 0.0 {
-            // Not a descent direction: restart with steepest descent.
-            s_hist.clear();
-            y_hist.clear();
-            let sc = 1.0 / dot(&g, &g).sqrt().max(1e-300);
-            d = g.iter().map(|v| -v * sc).collect();
-            slope = dot(&g, &d);
-        }
-        // Backtracking Armijo.
-        let mut step = 1.0;
-        let mut ok = false;
-        let mut fnew = f64::INFINITY;
-        for _ in 0..40 {
-            for i in 0..n {
-                xn[i] = x[i] + step * d[i];
-            }
-            fnew = f(&xn, &mut gn);
-            if fnew.is_finite() && fnew <= fx + 1e-4 * step * slope {
-                ok = true;
-                break;
-            }
-            step *= 0.5;
-        }
-        if !ok {
-            break;
-        }
-        let s: Vec<f64> = (0..n).map(|i| xn[i] - x[i]).collect();
-        let y: Vec<f64> = (0..n).map(|i| gn[i] - g[i]).collect();
-        let sy = dot(&s, &y);
-        if sy > 1e-12 * dot(&s, &s).sqrt() * dot(&y, &y).sqrt() {
-            s_hist.push(s);
-            y_hist.push(y);
-            if s_hist.len() > opts.memory {
-                s_hist.remove(0);
-                y_hist.remove(0);
-            }
-        }
-        let dec = fx - fnew;
-        std::mem::swap(&mut x, &mut xn);
-        std::mem::swap(&mut g, &mut gn);
-        fx = fnew;
-        if dec <= opts.ftol * fx.abs().max(1e-300) {
-            small += 1;
-            if small >= 3 {
-                break;
-            }
-        } else {
-            small = 0;
-        }
-    }
-    let _ = iters;
-    LbfgsOut { x }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Methods
 // ---------------------------------------------------------------------------------------------
 
@@ -1071,7 +953,7 @@ pub(crate) fn optimise(
     }
     let (init, j_init) = best.expect("at least one initialisation");
     let theta0 = pack(&init, param);
-    let out = lbfgs(
+    let out = crate::lbfgs::minimise(
         |th, g| {
             let v = eval_theta(obj, &init, param, th, Some(g));
             for gi in g.iter_mut() {
@@ -1080,7 +962,12 @@ pub(crate) fn optimise(
             v / norm
         },
         theta0,
-        opts,
+        &crate::lbfgs::LbfgsOptions {
+            max_iter: opts.max_iter,
+            ftol: opts.ftol,
+            gtol: opts.gtol,
+            memory: opts.memory,
+        },
     );
     let red = unpack(&out.x, &init, param);
     let j = obj.eval(&red, None);

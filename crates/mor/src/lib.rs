@@ -55,6 +55,7 @@ pub mod gram;
 pub mod h2opt;
 pub mod hinf;
 pub mod io;
+pub mod lbfgs;
 pub mod lqo;
 pub mod memory;
 pub mod modal;
