@@ -1193,7 +1193,7 @@ fn recalibrate_bn(
         labels: set.labels,
     };
     let pb = bar(enc.len() as u64, "reviews");
-    let rec = pipeline::recalibrate_batch_norm(&model, enc, batch, seed, Some(&pb))?;
+    let rec = s5::recalibrate::recalibrate_batch_norm(&model, enc, batch, seed, Some(&pb))?;
     pb.finish_and_clear();
     let tok_json = s5::checkpoint::read_tokenizer(weights[0])?;
     s5::checkpoint::write_files(out_dir.path(), &meta, &varmap, tok_json.as_deref(), None)

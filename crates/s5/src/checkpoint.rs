@@ -452,7 +452,7 @@ pub fn load_model(dir: &Path) -> Result<(S5Model, VarMap, CheckpointMeta)> {
 /// is averaged in f64 and stored in its own dtype (f32), in the parameterisation the model trains (Λ as
 /// `Lambda_re`/`Lambda_im`, timescales as `log_step`). BatchNorm running statistics are averaged
 /// too, which matches none of the averaged weights: re-estimate them before evaluating
-/// (SWA's "BN update"; `pipeline::recalibrate_batch_norm` in `bench`).
+/// (SWA's "BN update"; [`crate::recalibrate::recalibrate_batch_norm`]).
 ///
 /// Returns the averaged model, its `VarMap` and the shared meta of `dirs` (each a plain or step
 /// checkpoint directory; each is validated as by [`load_model`]).

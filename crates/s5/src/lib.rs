@@ -14,6 +14,7 @@ pub mod norm;
 pub mod optim;
 pub mod params;
 pub mod perf;
+pub mod recalibrate;
 pub mod scan;
 pub mod sensitivity;
 pub mod ssm;
