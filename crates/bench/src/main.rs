@@ -885,12 +885,16 @@ fn verify(cfg: &RunConfig, csv: &Path, n_rows: usize, seed: u64) -> Result<()> {
     )?;
     let mut backend = S5Backend::new(reducer, &set)?;
     backend.measure_speed = false;
-    backend.estimate = bench::estimate::EstimateSet::new(
-        &set,
-        cfg.eval.estimate_reviews,
-        cfg.eval.seed,
-        cfg.eval.batch_size,
-    )?;
+    // The estimate only where a committed row has one to compare with (rows written before the
+    // estimate existed have `estimate_reviews = 0`).
+    if committed.iter().any(|r| r.estimate_reviews > 0) {
+        backend.estimate = bench::estimate::EstimateSet::new(
+            &set,
+            cfg.eval.estimate_reviews,
+            cfg.eval.seed,
+            cfg.eval.batch_size,
+        )?;
+    }
     let mp = MultiProgress::new();
     let rows_bar = mp.add(bar(picked.len() as u64, "verify "));
     let eval_bar = mp.add(bar(set.len() as u64, "reviews"));
