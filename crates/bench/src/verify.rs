@@ -142,7 +142,12 @@ pub fn compare(
         // older, looser bound: its value is not reproduced any more, so it is shown, not judged.
         let old_bound = field == "bound_max" && c.bound_median.is_nan();
         if old_bound && !ok {
-            push(field, format!("{a} (pre-revision bound, not compared)"), b, true);
+            push(
+                field,
+                format!("{a} (pre-revision bound, not compared)"),
+                b,
+                true,
+            );
         } else {
             push(field, a, b, ok);
         }
