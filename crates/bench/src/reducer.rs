@@ -317,8 +317,14 @@ impl<'a> Reducer<'a> {
         .with_context(|| format!("reducing with {recipe} at ratio {ratio}"))?;
         if let Some(ov) = recipe.overrides {
             self.prepare(Recipe::from(ov.method))?;
-            reduction = mor::reduce::apply_override(&self.deep, reduction, ov, &self.opts)
-                .with_context(|| format!("{recipe} at ratio {ratio}: the layer override"))?;
+            reduction = mor::reduce::apply_override(
+                &self.deep,
+                reduction,
+                ov.method,
+                &ov.layer_list(),
+                &self.opts,
+            )
+            .with_context(|| format!("{recipe} at ratio {ratio}: the layer override"))?;
         }
         let refit = match recipe.post {
             None => None,

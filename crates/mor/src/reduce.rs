@@ -405,31 +405,31 @@ pub fn reduce_layer(
     })
 }
 
-/// `red` (a reduction of `model`) with the layers of `ov` reduced by `ov.method` instead, each at
+/// `red` (a reduction of `model`) with the 0-based `layers` reduced by `method` instead, each at
 /// the order `red` gave it ([`reduce_layer`]; layers in parallel): a recipe's layer override
-/// ([`crate::recipe`]).
+/// (`recipe::LayerOverride`).
 ///
 /// # Errors
-/// [`Error::Argument`] for an override of a layer the model does not have; those of
-/// [`reduce_layer`].
+/// [`Error::Argument`] for a layer the model does not have; those of [`reduce_layer`].
 pub fn apply_override(
     model: &DeepSsm,
     red: ModelReduction,
-    ov: crate::recipe::LayerOverride,
+    method: Method,
+    layers: &[usize],
     opts: &ReduceOptions,
 ) -> Result<ModelReduction> {
     let n = model.layers.len();
-    if let Some(&l) = ov.layer_list().iter().find(|&&l| l >= n) {
+    if let Some(&l) = layers.iter().find(|&&l| l >= n) {
         return Err(Error::Argument(format!(
-            "layer override {ov}: layer {} does not exist (the model has {n})",
+            "layer override by {method}: layer {} does not exist (the model has {n})",
             l + 1
         )));
     }
     let reds: Vec<BlockReduction> = (0..n)
         .into_par_iter()
         .map(|l| {
-            if ov.layers >> l & 1 == 1 {
-                reduce_layer(model, l, ov.method, red.kept_modes[l], opts)
+            if layers.contains(&l) {
+                reduce_layer(model, l, method, red.kept_modes[l], opts)
             } else {
                 Ok(BlockReduction {
                     block: red.model.layers[l].ssm.clone(),
@@ -495,6 +495,24 @@ mod tests {
             decoder_b: vec![0.0; 2],
             max_len: 32,
         }
+    }
+
+    #[test]
+    fn override_replaces_only_its_layers_at_the_same_orders() {
+        let m = model();
+        let opts = ReduceOptions::default();
+        let base = reduce_model(&m, Method::Bt, 0.5, &opts).unwrap();
+        let kept = base.kept_modes.clone();
+        let out = apply_override(&m, base.clone(), Method::Modal, &[0, 2], &opts).unwrap();
+        assert_eq!(out.kept_modes, kept);
+        for l in [0, 2] {
+            let want = reduce_layer(&m, l, Method::Modal, kept[l], &opts).unwrap().block;
+            assert_eq!(out.model.layers[l].ssm, want, "layer {l}");
+        }
+        assert_eq!(out.model.layers[1].ssm, base.model.layers[1].ssm);
+        assert_eq!(out.layer_h2_errors[1], base.layer_h2_errors[1]);
+        let e = apply_override(&m, base, Method::Modal, &[3], &opts).unwrap_err();
+        assert!(e.to_string().contains("layer 4 does not exist"), "{e}");
     }
 
     #[test]
