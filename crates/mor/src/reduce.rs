@@ -506,7 +506,9 @@ mod tests {
         let out = apply_override(&m, base.clone(), Method::Modal, &[0, 2], &opts).unwrap();
         assert_eq!(out.kept_modes, kept);
         for l in [0, 2] {
-            let want = reduce_layer(&m, l, Method::Modal, kept[l], &opts).unwrap().block;
+            let want = reduce_layer(&m, l, Method::Modal, kept[l], &opts)
+                .unwrap()
+                .block;
             assert_eq!(out.model.layers[l].ssm, want, "layer {l}");
         }
         assert_eq!(out.model.layers[1].ssm, base.model.layers[1].ssm);
