@@ -50,6 +50,14 @@ pub struct EstimateSet {
 }
 
 impl EstimateSet {
+    /// The subset `[eval]` asks for (`estimate_reviews`, its seed and batch size).
+    ///
+    /// # Errors
+    /// Batch size 0.
+    pub fn from_config(eval: &EvalSet, cfg: &crate::sections::EvalConfig) -> Result<Option<Self>> {
+        Self::new(eval, cfg.estimate_reviews, cfg.seed, cfg.batch_size)
+    }
+
     /// `n` reviews of `eval` (a class-balanced sample drawn with `seed`, [`crate::subset`]),
     /// batched by `batch_size`; `None` for `n = 0`.
     ///

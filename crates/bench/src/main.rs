@@ -737,12 +737,7 @@ fn sweep_stage(
     )?;
     let mut backend = S5Backend::new(reducer, &set)?;
     backend.pb = Some(eval_bar.clone());
-    backend.estimate = bench::estimate::EstimateSet::new(
-        &set,
-        cfg.eval.estimate_reviews,
-        cfg.eval.seed,
-        cfg.eval.batch_size,
-    )?;
+    backend.estimate = bench::estimate::EstimateSet::from_config(&set, &cfg.eval)?;
     let summary = run_sweep(
         &store,
         &mut backend,
@@ -888,12 +883,7 @@ fn verify(cfg: &RunConfig, csv: &Path, n_rows: usize, seed: u64) -> Result<()> {
     // The estimate only where a committed row has one to compare with (rows written before the
     // estimate existed have `estimate_reviews = 0`).
     if committed.iter().any(|r| r.estimate_reviews > 0) {
-        backend.estimate = bench::estimate::EstimateSet::new(
-            &set,
-            cfg.eval.estimate_reviews,
-            cfg.eval.seed,
-            cfg.eval.batch_size,
-        )?;
+        backend.estimate = bench::estimate::EstimateSet::from_config(&set, &cfg.eval)?;
     }
     let mp = MultiProgress::new();
     let rows_bar = mp.add(bar(picked.len() as u64, "verify "));

@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use lra::{Batch, Batcher, Encoded, Split, Tokenize};
 use mor::bound::{BoundInput, MeasuredLayer};
 use s5::checkpoint::{self, CheckpointMeta};
+use s5::model::argmax;
 use s5::{Mode, S5Model};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -394,16 +395,6 @@ pub fn evaluate(
         measured,
         seconds: t0.elapsed().as_secs_f64(),
     })
-}
-
-fn argmax(v: &[f64]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f64::NEG_INFINITY),
-            |a, (i, &x)| if x > a.1 { (i, x) } else { a },
-        )
-        .0
 }
 
 /// Per review, what the bound needs about its embedded input `z_0 = E[tokens]` (`[L, H]`): the

@@ -492,3 +492,15 @@ pub fn flops_per_token(cfg: &ModelConfig) -> f64 {
     let per_layer = 2.0 * h * p + 8.0 * d * p / 2.0 + 2.0 * d * p * h + 2.0 * h + 2.0 * h * h;
     cfg.n_layers as f64 * per_layer + h
 }
+
+/// Index of the largest entry (the first on ties; 0 for an empty slice): the predicted class of
+/// one row of logits.
+pub fn argmax(v: &[f64]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f64::NEG_INFINITY),
+            |a, (i, &x)| if x > a.1 { (i, x) } else { a },
+        )
+        .0
+}

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use lra::{Batcher, Encoded};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Mode, S5Model};
+use crate::model::{Mode, S5Model, argmax};
 use crate::norm::{BN_EPS, Norm, PooledStats};
 use crate::params::to_f64_vec;
 use crate::{Error, Result};
@@ -132,15 +132,4 @@ pub fn recalibrate_batch_norm(
         var_log_ratio,
         seconds: t0.elapsed().as_secs_f64(),
     })
-}
-
-/// Index of the largest entry (the first on ties; 0 for an empty slice).
-fn argmax(v: &[f64]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f64::NEG_INFINITY),
-            |a, (i, &x)| if x > a.1 { (i, x) } else { a },
-        )
-        .0
 }
