@@ -34,7 +34,7 @@ const HELD_OUT_SEED: u64 = 1;
 /// `s = Σ_scans 2 Re(C x_t)` of a block for input `u` `[len, m]` (forward scan from `x = 0`,
 /// plus the reverse scan of a bidirectional block), `[len, p]`; `D ⊙ u` left out.
 fn block_output(block: &DiagBlock, u: MatRef<'_, f64>) -> Result<Mat<f64>> {
-    let (_, _, c_w, c_rev_w) = mor::gram::real_realization(block);
+    let (_, _, c_w, c_rev_w) = mor::balance::real_realization(block);
     let mut y = mor::empirical::real_states(block, u, false)? * c_w.transpose();
     if let Some(c) = c_rev_w {
         y += mor::empirical::real_states(block, u, true)? * c.transpose();

@@ -71,7 +71,7 @@ pub struct SweepConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lqo_floor_fraction: Option<f64>,
     /// `last`, `global-hinf`, `uniform-hinf` only: horizon in steps (≥ 1) of the per-mode H∞
-    /// scores, the time-limited score `mor::gram::mode_hinf_scores_horizon` (each mode's gain
+    /// scores, the time-limited score `mor::modes::mode_hinf_scores_horizon` (each mode's gain
     /// bound on sequences of at most this many steps; e.g. `data.max_len`). Default: none, LAST's
     /// infinite-horizon score as published.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,7 +3,7 @@
 //!
 //! # Method
 //! 1. Real realisation `w = [Re x; Im x] ∈ R^{2n}` and closed-form Gramians `P_w`, `Q_w`
-//!    ([`gram::real_gramians`]). A bidirectional block is balanced **jointly**: forward and
+//!    ([`balance::real_gramians`]). A bidirectional block is balanced **jointly**: forward and
 //!    reverse scans share `A_w`, `B_w` (same Λ, B̄), so the causal system
 //!    `u → [s_fwd; s_rev]` with stacked outputs `[C_w; C_rev,w]` is balanced and both output
 //!    matrices are projected on the same reduced states.
@@ -40,6 +40,7 @@
 //! two-sided error operator `E_f(e^{iω}) + E_r(e^{−iω})` is bounded by their sum, so the reported
 //! bound is `4 Σ_{k>q} σ_k` with the joint HSV.
 
+use crate::balance;
 use crate::block::DiagBlock;
 use crate::error::{Error, Result};
 use crate::gram;
@@ -85,7 +86,7 @@ impl RealReduced {
 
 /// Balancing data reused for several orders.
 pub struct Balanced {
-    sb: gram::SqrtBalance,
+    sb: balance::SqrtBalance,
     a: Mat<f64>,
     b: Mat<f64>,
     c: Mat<f64>,
@@ -100,20 +101,20 @@ impl Balanced {
     /// # Errors
     /// [`Error::Unstable`] for `|λ| ≥ 1`, [`Error::LinAlg`] if a decomposition fails.
     pub fn new(block: &DiagBlock) -> Result<Self> {
-        Self::from_balance(block, gram::sqrt_balance(block, true)?)
+        Self::from_balance(block, balance::sqrt_balance(block, true)?)
     }
 
     /// [`Balanced::new`] with the controllability Gramian replaced by `ctrb` (`[2n, 2n]`; see
-    /// [`gram::sqrt_balance_with_ctrb`]): the balancing of empirical BT ([`ebt`]).
+    /// [`balance::sqrt_balance_with_ctrb`]): the balancing of empirical BT ([`ebt`]).
     ///
     /// # Errors
-    /// As [`gram::sqrt_balance_with_ctrb`].
+    /// As [`balance::sqrt_balance_with_ctrb`].
     pub fn with_ctrb(block: &DiagBlock, ctrb: &Mat<f64>) -> Result<Self> {
-        Self::from_balance(block, gram::sqrt_balance_with_ctrb(block, ctrb, true)?)
+        Self::from_balance(block, balance::sqrt_balance_with_ctrb(block, ctrb, true)?)
     }
 
-    fn from_balance(block: &DiagBlock, sb: gram::SqrtBalance) -> Result<Self> {
-        let (a, b, c, c_rev) = gram::real_realization(block);
+    fn from_balance(block: &DiagBlock, sb: balance::SqrtBalance) -> Result<Self> {
+        let (a, b, c, c_rev) = balance::real_realization(block);
         let s0 = sb.hsv.first().copied().unwrap_or(0.0);
         let rank = sb.hsv.iter().filter(|&&s| s > 1e-13 * s0).count();
         Ok(Self {
@@ -301,7 +302,7 @@ pub fn bt_with_info(block: &DiagBlock, r: usize) -> Result<(BlockReduction, BtIn
 /// not reported (`hinf_bound = None`); `h2_error` is the block's infinite-horizon h2 error.
 ///
 /// # Errors
-/// As [`bt`], and as [`gram::sqrt_balance_with_ctrb`] for a bad `ctrb`.
+/// As [`bt`], and as [`balance::sqrt_balance_with_ctrb`] for a bad `ctrb`.
 pub fn ebt(block: &DiagBlock, r: usize, ctrb: &Mat<f64>) -> Result<BlockReduction> {
     check_order("ebt", block, r)?;
     let bal = Balanced::with_ctrb(block, ctrb)?;
@@ -486,7 +487,7 @@ mod tests {
         let blk = random_block(25, 4, 1, 1, false, 0, None, 0.9);
         assert!(bt(&blk, 0).is_err());
         assert!(bt(&blk, 5).is_err());
-        let (pw, _) = gram::real_gramians(&blk, true);
+        let (pw, _) = balance::real_gramians(&blk, true);
         assert!(ebt(&blk, 5, &pw).is_err());
         assert!(ebt(&blk, 2, &Mat::zeros(3, 3)).is_err());
     }
@@ -494,7 +495,7 @@ mod tests {
     #[test]
     fn ebt_with_the_white_input_gramian_is_bt() {
         let blk = random_block(26, 6, 3, 2, true, 0, None, 0.9);
-        let (pw, _) = gram::real_gramians(&blk, true);
+        let (pw, _) = balance::real_gramians(&blk, true);
         for r in [1, 3, 5] {
             let a = bt(&blk, r).unwrap();
             let b = ebt(&blk, r, &pw).unwrap();

@@ -13,7 +13,7 @@
 //! over the `N` recorded positions (the empirical Gramians of Lall, Marsden & Glavaški, Int. J.
 //! Robust Nonlinear Control 12(6), 2002, there from impulse responses; with recorded inputs it is
 //! the snapshot covariance of balanced POD, Rowley, Int. J. Bifurcation Chaos 15(3), 2005). For
-//! white unit-variance input it converges to `P_w` ([`crate::gram::real_gramians`]); for unit
+//! white unit-variance input it converges to `P_w` ([`crate::balance::real_gramians`]); for unit
 //! impulses on each input channel, summed over channels, `N · P_emp` is exactly the finite-horizon
 //! `P_w` (tested). A bidirectional block's forward and reverse scans share `Λ̄`, `B̄` and are
 //! balanced jointly ([`crate::bt`]); their state covariances differ (the reverse scan sees the
@@ -25,7 +25,7 @@ use faer::{Mat, MatRef};
 
 /// Accumulates the empirical controllability Gramian of one block over input sequences.
 ///
-/// `P_emp` is `[2n, 2n]` in the real state `w = [Re x; Im x]` of [`crate::gram::real_realization`]
+/// `P_emp` is `[2n, 2n]` in the real state `w = [Re x; Im x]` of [`crate::balance::real_realization`]
 /// (module doc for the formula and sources). Accumulation is in f64.
 #[derive(Clone, Debug)]
 pub struct EmpiricalGramian {
@@ -121,7 +121,7 @@ impl EmpiricalGramian {
 /// The real states `w_t = [Re x_t; Im x_t]` of `block` driven by `u` `[len, m]` from `x = 0`, as
 /// rows `[len, 2n]`: the forward scan `x_t = Λ̄ x_{t−1} + B̄ u_t`, or with `reverse` the reverse
 /// scan `x_t = Λ̄ x_{t+1} + B̄ u_t` from the last row. The block's output is `w_t C_wᵀ` with the
-/// `C_w` (or `C_rev,w`) of [`crate::gram::real_realization`].
+/// `C_w` (or `C_rev,w`) of [`crate::balance::real_realization`].
 ///
 /// # Errors
 /// [`Error::Shape`] if `u` does not have `m` columns.
@@ -177,7 +177,7 @@ fn scan(
 ///
 /// Cross-mode terms are left out, as in modal truncation; the block's LQO read-out (`E`, `N_i`)
 /// does not enter. With the white-input Gramian `P_w` a causal block's energies are its per-mode
-/// h2 contributions [`crate::gram::mode_h2_scores`] (tested); with recorded inputs they measure
+/// h2 contributions [`crate::modes::mode_h2_scores`] (tested); with recorded inputs they measure
 /// the output power each mode carries on those inputs. A bidirectional block's reverse part uses
 /// the same (averaged, see the module doc) covariance as its forward part.
 ///
@@ -221,7 +221,7 @@ mod tests {
 
     /// `Σ_{0≤j<T} A^j B Bᵀ (A^j)ᵀ` of the real realisation, by brute force.
     fn finite_gramian(block: &DiagBlock, t: usize) -> Mat<f64> {
-        let (a, b, _, _) = crate::gram::real_realization(block);
+        let (a, b, _, _) = crate::balance::real_realization(block);
         let mut ajb = b.clone();
         let mut p = Mat::<f64>::zeros(a.nrows(), a.nrows());
         for _ in 0..t {
@@ -249,7 +249,7 @@ mod tests {
         let err = (&p - &want).norm_max() / want.norm_max();
         assert!(err < 1e-13, "relative error {err}");
         // … and the closed-form infinite-horizon Gramian once the impulse response has decayed.
-        let (pw, _) = crate::gram::real_gramians(&block, false);
+        let (pw, _) = crate::balance::real_gramians(&block, false);
         let err = (&p - &pw).norm_max() / pw.norm_max();
         assert!(err < 1e-8, "against the closed form: {err}");
     }
@@ -303,9 +303,9 @@ mod tests {
             );
         }
         // With the white-input Gramian: the per-mode h2 contributions of `modal`.
-        let (pw, _) = crate::gram::real_gramians(&block, false);
+        let (pw, _) = crate::balance::real_gramians(&block, false);
         let e = mode_output_energies(&block, &pw).unwrap();
-        let h2 = crate::gram::mode_h2_scores(&block);
+        let h2 = crate::modes::mode_h2_scores(&block);
         for (a, b) in e.iter().zip(&h2) {
             assert!((a - b).abs() <= 1e-10 * b, "{a} vs {b}");
         }

@@ -59,6 +59,7 @@
 use crate::block::DiagBlock;
 use crate::error::{Error, Result};
 use crate::gram;
+use crate::modes;
 use crate::reduction::BlockReduction;
 use faer::{Mat, MatRef, c64};
 
@@ -896,8 +897,8 @@ pub(crate) fn modal_init(block: &DiagBlock, r: usize) -> DiagBlock {
         Ok(red) => red.block,
         Err(_) => {
             // Unstable full block (tlh2 only): rank by the finite scores anyway.
-            let scores = gram::mode_h2_scores(block);
-            gram::select_modes(block, &crate::modal::top_r(&scores, r))
+            let scores = modes::mode_h2_scores(block);
+            modes::select_modes(block, &crate::modal::top_r(&scores, r))
         }
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! Pure math: no ML framework. See [`block`] for the system definition (`diag-ssm/1`).
 //!
-//! - [`gram`]: closed-form (Cauchy-like) Gramians, h2 norms and errors (also time-limited),
-//!   Hankel singular values, per-mode h2 and H∞ scores — each formula checked against brute-force
-//!   kernel sums in the tests.
+//! - [`gram`]: closed-form (Cauchy-like) Gramians, h2 norms and errors (also time-limited);
+//!   [`balance`]: the real realisation, its Gramians, square-root balancing and Hankel singular
+//!   values; [`modes`]: mode selection and per-mode h2, H∞ and energy scores — each formula
+//!   checked against brute-force kernel sums in the tests.
 //! - [`empirical`]: empirical controllability Gramians (state covariances under recorded inputs).
 //! - [`io`]: `diag-ssm/1` JSON and safetensors reading/writing with validation, atomic writes.
 //! - Methods: [`modal`] (`modal`, `last`, `global-hinf`, `uniform-hinf` and the budget
@@ -45,6 +46,7 @@
 //! [`recipe::Recipe::needs_calibration`] and get it computed in `bench`'s `Reducer::prepare`.
 
 pub mod alloc;
+pub mod balance;
 pub mod block;
 pub mod bound;
 pub mod bt;
@@ -60,6 +62,7 @@ pub mod lqo;
 pub mod memory;
 pub mod modal;
 pub mod model;
+pub mod modes;
 pub mod recipe;
 pub mod reduce;
 pub mod reduction;

@@ -44,6 +44,7 @@ use crate::gatefit::LqoTerms;
 use crate::gram;
 use crate::h2opt::{self, H2Options, Objective, Param, Quad, Red};
 use crate::model::{DeepSsm, Gate, Layer};
+use crate::modes;
 use crate::reduction::{BlockReduction, ModelReduction};
 use faer::Mat;
 use rayon::prelude::*;
@@ -174,7 +175,7 @@ pub fn lqo_h2_error_with(
 
 /// The `k` most dominant modes (per-mode h2 score of the linear SSM), for every `k`.
 fn modal_ranking(block: &DiagBlock) -> Vec<usize> {
-    let scores = gram::mode_h2_scores(&DiagBlock {
+    let scores = modes::mode_h2_scores(&DiagBlock {
         linear: None,
         quadratic: vec![],
         ..block.clone()
@@ -187,7 +188,7 @@ fn modal_ranking(block: &DiagBlock) -> Vec<usize> {
 fn take_top(block: &DiagBlock, rank: &[usize], k: usize) -> DiagBlock {
     let mut keep = rank[..k].to_vec();
     keep.sort_unstable();
-    gram::select_modes(block, &keep)
+    modes::select_modes(block, &keep)
 }
 
 /// Orders at which the modal error curve is evaluated exactly.

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use mor::memory::{self, Work};
 use mor::modal::ModalOrder;
 use mor::reduce::{ReduceOptions, reduce_block};
-use mor::{Method, gram, io};
+use mor::{Method, balance, gram, io};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -247,7 +247,7 @@ fn run(cli: Cli) -> Result<serde_json::Value> {
                 &b,
                 limit,
             )?;
-            let hsv = gram::hsv(&b).with_context(|| format!("HSV of {}", sys.display()))?;
+            let hsv = balance::hsv(&b).with_context(|| format!("HSV of {}", sys.display()))?;
             for &h in &hsv {
                 finite("Hankel singular values", &sys, h)?;
             }

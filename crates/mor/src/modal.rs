@@ -8,13 +8,14 @@
 use crate::block::DiagBlock;
 use crate::error::{Error, Result};
 use crate::gram;
+use crate::modes;
 use crate::reduction::BlockReduction;
 use faer::Mat;
 
 /// How `modal` ranks modes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ModalOrder {
-    /// By per-mode h2 contribution [`gram::mode_h2_scores`] (default).
+    /// By per-mode h2 contribution [`modes::mode_h2_scores`] (default).
     #[default]
     #[serde(rename = "h2")]
     H2,
@@ -58,7 +59,7 @@ fn check_order(block: &DiagBlock, r: usize, what: &str) -> Result<()> {
 /// # Errors
 /// [`Error::Unstable`] if the block is unstable (the h2 error is undefined).
 pub fn truncate_modes(block: &DiagBlock, keep: &[usize]) -> Result<BlockReduction> {
-    let red = gram::select_modes(block, keep);
+    let red = modes::select_modes(block, keep);
     let h2_error = gram::h2_error(block, &red, None)?;
     Ok(BlockReduction {
         block: red,
@@ -75,7 +76,7 @@ pub fn modal(block: &DiagBlock, r: usize, order: ModalOrder) -> Result<BlockRedu
     check_order(block, r, "modal")?;
     gram::check_stable(block, "modal: block")?;
     let scores = match order {
-        ModalOrder::H2 => gram::mode_h2_scores(block),
+        ModalOrder::H2 => modes::mode_h2_scores(block),
         ModalOrder::AbsLambda => block.lambda.iter().map(|l| l.norm()).collect(),
     };
     truncate_modes(block, &top_r(&scores, r))
@@ -96,8 +97,8 @@ pub fn empirical_modal(block: &DiagBlock, r: usize, p_emp: &Mat<f64>) -> Result<
 
 /// Keep the `r` modes with the largest H∞ scores (one layer of `uniform-hinf`; also the
 /// per-layer step of `last` / `global-hinf` once the allocation is known): LAST's
-/// infinite-horizon scores [`gram::mode_hinf_scores`] when `horizon` is `None`, else the
-/// time-limited scores over `horizon` steps [`gram::mode_hinf_scores_horizon`].
+/// infinite-horizon scores [`modes::mode_hinf_scores`] when `horizon` is `None`, else the
+/// time-limited scores over `horizon` steps [`modes::mode_hinf_scores_horizon`].
 ///
 /// # Errors
 /// As [`modal`], and [`Error::Argument`] for `horizon == Some(0)`.
@@ -111,7 +112,7 @@ pub fn hinf_truncate(
     gram::check_stable(block, "hinf: block")?;
     truncate_modes(
         block,
-        &top_r(&gram::mode_hinf_scores_horizon(block, horizon), r),
+        &top_r(&modes::mode_hinf_scores_horizon(block, horizon), r),
     )
 }
 
@@ -314,7 +315,7 @@ mod tests {
             }
         }
         assert!((red.h2_error - best).abs() < 1e-12 * best);
-        let sc = gram::mode_h2_scores(&blk);
+        let sc = modes::mode_h2_scores(&blk);
         let dropped: f64 = (0..4)
             .filter(|i| !red.block.lambda.contains(&blk.lambda[*i]))
             .map(|i| sc[i])

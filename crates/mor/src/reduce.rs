@@ -3,6 +3,7 @@
 
 use crate::block::DiagBlock;
 use crate::model::DeepSsm;
+use crate::modes;
 pub use crate::reduction::{BlockReduction, ModelReduction, assemble};
 
 /// A reduction method; names are the ones used everywhere (CLI, configs, CSV, plots).
@@ -26,11 +27,11 @@ pub enum Method {
     #[serde(rename = "last")]
     Last,
     /// AIRE-Prune (Padhy et al., ICLR 2026): LAST's procedure with each mode's impulse-response
-    /// energy as the score ([`gram::mode_energy_scores`]).
+    /// energy as the score ([`modes::mode_energy_scores`]).
     #[serde(rename = "aire")]
     Aire,
     /// LAST exactly as its public code (`msgwak/LAST`) runs it: the code's bidirectional score
-    /// ([`gram::mode_reference_scores`]) and a truncated budget ([`reference_budget`]).
+    /// ([`modes::mode_reference_scores`]) and a truncated budget ([`reference_budget`]).
     #[serde(rename = "last-ref")]
     LastRef,
     /// AIRE-Prune exactly as its public code (`falcon-arrow/AIRE-Prune`) runs it (as `last-ref`).
@@ -141,8 +142,8 @@ pub struct ReduceOptions {
     /// [`reduce_model`] (required for [`reduce_block`] with `tlh2`).
     pub horizon: Option<usize>,
     /// Horizon (steps) of the H∞ mode scores of `last`, `global-hinf` and `uniform-hinf`:
-    /// `None` = LAST's infinite-horizon score [`gram::mode_hinf_scores`] (the default, as
-    /// published); `Some(T)` = the time-limited score [`gram::mode_hinf_scores_horizon`], the
+    /// `None` = LAST's infinite-horizon score [`modes::mode_hinf_scores`] (the default, as
+    /// published); `Some(T)` = the time-limited score [`modes::mode_hinf_scores_horizon`], the
     /// mode's gain bound on sequences of at most `T` steps.
     pub hinf_horizon: Option<usize>,
     /// Optimiser options of `h2` and `tlh2` (and of block-level `lqo-h2`).
@@ -158,7 +159,7 @@ pub struct ReduceOptions {
 /// Reduces one block to `r` stored modes with `method`.
 ///
 /// Block-level meaning of the multi-layer methods: `last`, `global-hinf` and `uniform-hinf` all
-/// keep the `r` modes with the largest H∞ scores ([`gram::mode_hinf_scores`], or the
+/// keep the `r` modes with the largest H∞ scores ([`modes::mode_hinf_scores`], or the
 /// time-limited ones with `opts.hinf_horizon`; LAST's layer
 /// normalisation is monotone within a layer, so the three coincide for a single block);
 /// `lqo-h2` is the h2-optimal reduction of the block with its own LQO output (`E`, `N_i`), i.e.
@@ -244,11 +245,11 @@ pub fn mode_budget(layer_modes: &[usize], ratio: f64) -> Result<usize> {
 fn score_of(block: &DiagBlock, method: Method, opts: &ReduceOptions) -> Option<Vec<f64>> {
     match method {
         Method::Last | Method::GlobalHinf | Method::UniformHinf => {
-            Some(gram::mode_hinf_scores_horizon(block, opts.hinf_horizon))
+            Some(modes::mode_hinf_scores_horizon(block, opts.hinf_horizon))
         }
-        Method::Aire => Some(gram::mode_energy_scores(block)),
-        Method::LastRef => Some(gram::mode_reference_scores(block, false)),
-        Method::AireRef => Some(gram::mode_reference_scores(block, true)),
+        Method::Aire => Some(modes::mode_energy_scores(block)),
+        Method::LastRef => Some(modes::mode_reference_scores(block, false)),
+        Method::AireRef => Some(modes::mode_reference_scores(block, true)),
         _ => None,
     }
 }
@@ -620,7 +621,7 @@ mod tests {
         let all: Vec<f64> = m
             .layers
             .iter()
-            .flat_map(|l| gram::mode_hinf_scores(&l.ssm))
+            .flat_map(|l| modes::mode_hinf_scores(&l.ssm))
             .collect();
         let mut sorted = all.clone();
         sorted.sort_by(|a, b| b.total_cmp(a));
@@ -628,7 +629,7 @@ mod tests {
             .model
             .layers
             .iter()
-            .flat_map(|l| gram::mode_hinf_scores(&l.ssm))
+            .flat_map(|l| modes::mode_hinf_scores(&l.ssm))
             .fold(f64::INFINITY, f64::min);
         // Every kept score is among the top 12 unless forced by the one-per-layer rule.
         assert!(kept_min >= sorted[11] || red.kept_modes.contains(&1));

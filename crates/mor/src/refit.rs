@@ -13,7 +13,7 @@
 //! ```
 //!
 //! with `ẑ_t = [ŵ_t; ŵ'_t]` the reduced block's **joint** forward and reverse real states
-//! (`w = [Re x; Im x]`, [`crate::gram::real_realization`]; only `ŵ_t` for a causal block) and
+//! (`w = [Re x; Im x]`, [`crate::balance::real_realization`]; only `ŵ_t` for a causal block) and
 //! `s_t` the full block's state output on the same input (`y_t − D u_t`; `D` is shared and
 //! unchanged). With white unit-variance input, `G → P̂` and `X → X_cross Cᵀ`, so the fit is the
 //! h2-optimal output matrix of the first-order (Wilson) condition `Ĉ P̂ = C X_cross` (Wilson,
@@ -113,7 +113,7 @@ fn joint_states(block: &DiagBlock, u: MatRef<'_, f64>) -> Result<Mat<f64>> {
 
 /// The joint real output matrix `C_J = [C_w, C_rev,w]`, `[p, k]`, of `block`.
 fn joint_output(block: &DiagBlock) -> Mat<f64> {
-    let (_, _, cw, crw) = crate::gram::real_realization(block);
+    let (_, _, cw, crw) = crate::balance::real_realization(block);
     match crw {
         None => cw,
         Some(cr) => {
@@ -376,8 +376,10 @@ fn layer_err(k: usize, e: Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::{real_gramians, real_realization};
+    use crate::gram::h2_error;
     use crate::gram::tests::random_block;
-    use crate::gram::{h2_error, real_gramians, real_realization, select_modes};
+    use crate::modes::select_modes;
     use faer::linalg::solvers::Solve;
 
     fn causal(seed: u64, n: usize, m: usize, p: usize, rmax: f64) -> DiagBlock {

@@ -8,7 +8,7 @@ use mor::bound::{
     output_error_bound, prepare_bound,
 };
 use mor::h2opt::{H2Options, h2_reduce};
-use mor::{DeepSsm, DiagBlock, Gate, Layer, Norm, gram};
+use mor::{DeepSsm, DiagBlock, Gate, Layer, Norm, gram, modes};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -244,7 +244,7 @@ fn reduce_model(full: &DeepSsm, r: usize, optimise: bool) -> DeepSsm {
             .block
         } else {
             let keep: Vec<usize> = (0..r).collect();
-            gram::select_modes(&layer.ssm, &keep)
+            modes::select_modes(&layer.ssm, &keep)
         };
         layer.ssm = b;
     }
@@ -488,7 +488,7 @@ fn merged_difference_block_has_the_same_kernel() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let full = random_model(&mut rng, 1, 3, 5, 2, 2);
     let a = &full.layers[0].ssm;
-    let mut red = gram::select_modes(a, &[0, 2, 3]);
+    let mut red = modes::select_modes(a, &[0, 2, 3]);
     // A refitted read-out on one kept mode: merged, not cancelled.
     red.c[(1, 1)] += c64::new(0.3, -0.1);
     let plain = gram::difference_block(a, &red);

@@ -4,7 +4,7 @@
 //! The fixtures are read from the shared directory `../shared/fixtures/diag-ssm` next to the
 //! project root when present, and otherwise from the copy in `tests/fixtures/diag-ssm`.
 
-use mor::{DiagBlock, gram, io};
+use mor::{DiagBlock, balance, gram, io, modes};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -97,7 +97,7 @@ fn fixture_values_match_oracle() {
                 .iter()
                 .map(|v| v.as_f64().unwrap())
                 .collect();
-            let got = gram::hsv(&full).unwrap();
+            let got = balance::hsv(&full).unwrap();
             assert_eq!(got.len(), want.len(), "{name}: number of HSV");
             for (k, (g, w)) in got.iter().zip(&want).enumerate() {
                 check(&format!("{name} hsv[{k}]"), *g, *w, &mut worst);
@@ -109,7 +109,7 @@ fn fixture_values_match_oracle() {
 
 /// Applies the permutation `perm` to the stored modes.
 fn permute(b: &DiagBlock, perm: &[usize]) -> DiagBlock {
-    gram::select_modes(b, perm)
+    modes::select_modes(b, perm)
 }
 
 #[test]
@@ -128,7 +128,7 @@ fn h2_and_hsv_invariant_under_mode_permutation() {
         assert!((h - hp).abs() < 1e-13 * h, "{name}: {h} vs {hp}");
         let (t, tp) = (gram::h2_norm(&b, Some(16)), gram::h2_norm(&pb, Some(16)));
         assert!((t - tp).abs() < 1e-13 * t);
-        let (s, sp) = (gram::hsv(&b).unwrap(), gram::hsv(&pb).unwrap());
+        let (s, sp) = (balance::hsv(&b).unwrap(), balance::hsv(&pb).unwrap());
         for (x, y) in s.iter().zip(&sp) {
             assert!((x - y).abs() < 1e-12 * s[0], "{name}: hsv {x} vs {y}");
         }
@@ -189,7 +189,7 @@ fn bt_on_fixtures_bound_holds_and_beats_given_reduction() {
             e <= bound * (1.0 + 1e-9),
             "{name}: H∞ error {e} > bound {bound}"
         );
-        let hs = gram::hsv(&full).unwrap();
+        let hs = balance::hsv(&full).unwrap();
         let q = info.real_order;
         assert!(q + info.n_real_poles + 2 * info.n_padded <= 2 * r && q + 2 >= 2 * r);
         let tail: f64 = hs[q..].iter().sum();
@@ -209,7 +209,7 @@ fn bt_on_fixtures_bound_holds_and_beats_given_reduction() {
     // Bidirectional: joint BT, reported bound 4 Σ discarded joint HSV.
     let full = load("bidir");
     let red = mor::bt::bt(&full, 5).unwrap();
-    let hs = gram::hsv_joint(&full).unwrap();
+    let hs = balance::hsv_joint(&full).unwrap();
     let tail: f64 = hs[10..].iter().sum();
     assert!((red.hinf_bound.unwrap() - 4.0 * tail).abs() < 1e-9 * tail);
     assert!(red.h2_error < gram::h2_error(&full, &load("bidir_reduced"), None).unwrap());

@@ -4,7 +4,7 @@
 
 use faer::{Mat, c64};
 use mor::lqo::{LqoOptions, lqo_h2_error, lqo_terms, reduce_model_lqo};
-use mor::{DeepSsm, DiagBlock, Gate, Layer, Norm, gram};
+use mor::{DeepSsm, DiagBlock, Gate, Layer, Norm, gram, modes};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -143,9 +143,9 @@ fn structured_lqo_error_matches_dense_gram() {
                 quadratic: ns.clone(),
                 ..l.ssm.clone()
             };
-            let red = gram::select_modes(&full, &[0, 2]);
+            let red = modes::select_modes(&full, &[0, 2]);
             let want = gram::h2_error(&full, &red, None).unwrap();
-            let got = lqo_h2_error(&l, &gram::select_modes(&l.ssm, &[0, 2])).unwrap();
+            let got = lqo_h2_error(&l, &modes::select_modes(&l.ssm, &[0, 2])).unwrap();
             let scale = gram::h2_norm(&full, None);
             assert!(
                 (got - want).abs() <= 1e-6 * scale,
