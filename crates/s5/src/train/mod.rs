@@ -11,161 +11,25 @@
 //! sequences of ops) need a large thread stack. Run training inside [`with_large_stack`].
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointMeta, TrainPart, TrainState};
-use crate::optim::{AdamParams, AdamW, LogStepGroup, ParamGroup, Schedule, StepRates, param_group};
+use crate::optim::{AdamParams, AdamW, ParamGroup, Schedule, StepRates, param_group};
 use crate::{Error, Result};
 
-/// Hyperparameters of a training run (the `[train]` section of a run config).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Number of passes over the training set.
-    pub epochs: usize,
-    /// Sequences per batch (used by the batcher that feeds the trainer).
-    pub batch_size: usize,
-    /// Peak learning rate of the regular group (everything but Λ, B̃ and — unless
-    /// `log_step_group = "regular"` — `log_step`).
-    pub lr: f64,
-    /// Peak learning rate of the SSM group (Λ re/im, B̃, and `log_step` unless
-    /// `log_step_group = "regular"`); no weight decay.
-    pub ssm_lr: f64,
-    /// Decoupled weight decay of the regular group (AdamW, scaled by the learning rate).
-    pub weight_decay: f64,
-    /// Learning rate both groups anneal to (cosine) and start from (warmup). Default 0.
-    #[serde(default)]
-    pub min_lr: f64,
-    /// Steps of linear warmup before the cosine decay. Default 0.
-    #[serde(default)]
-    pub warmup_steps: usize,
-    /// Clip the global L2 norm of the gradient to this value. Default: no clipping.
-    #[serde(default)]
-    pub grad_clip: Option<f64>,
-    /// Seed of the data order and the dropout masks.
-    pub seed: u64,
-    /// Length bucketing of the training batches: each epoch's shuffled reviews are cut into chunks
-    /// of this many batches, each chunk sorted by length before it is cut into batches (see
-    /// [`lra::Batcher`]), so a batch is padded only to lengths close to its own. `1` gives plain
-    /// random batches, as the public S5 code trains (there padded to the maximum length): on LRA
-    /// IMDb at `max_len` 4,096 that is 3.1× the tokens per epoch of the default at batch 50 (99.4M
-    /// against 32.5M true tokens, measured on the training reviews). Default
-    /// [`lra::Batcher::BUCKET_BATCHES`] (100).
-    #[serde(default = "default_bucket_batches")]
-    pub bucket_batches: usize,
-    /// Save a checkpoint every this many steps (0: only at epoch ends). Default 0.
-    #[serde(default)]
-    pub checkpoint_every: usize,
-    /// Step checkpoints kept on disk (older ones are deleted). Default 2.
-    #[serde(default = "default_keep")]
-    pub keep_checkpoints: usize,
-    /// From this epoch on (1-based), keep the weights at each epoch end as a plain checkpoint
-    /// (`model.safetensors`, `config.json`, `tokenizer.json`; no optimiser state) in
-    /// `<run dir>/epochs/step-NNNNNNNN/`, never deleted: the members of a stochastic weight
-    /// average (`bench swa`; Izmailov et al., 2018). A resumed run rewrites the same files.
-    /// Default: none kept.
-    #[serde(default)]
-    pub keep_epoch_weights_from: Option<usize>,
-    /// Evaluate on the test set after each epoch. Default true.
-    #[serde(default = "default_true")]
-    pub eval_each_epoch: bool,
-    /// Write a row of the training log every this many steps. Default 10.
-    #[serde(default = "default_log_every")]
-    pub log_every: usize,
-    /// Stop after this many optimiser steps in total (the schedule still spans all epochs;
-    /// resume continues). Default: run all epochs.
-    #[serde(default)]
-    pub max_steps: Option<usize>,
-    /// Draw a progress bar with ETA on stderr. Default true.
-    #[serde(default = "default_true")]
-    pub progress: bool,
-    /// Warm start: a fresh run (no checkpoint in the run directory yet) begins from the weights
-    /// and BatchNorm running statistics of this checkpoint directory (`model.safetensors` +
-    /// `config.json` of the same model), with new optimiser moments and a new warmup + cosine
-    /// schedule — one more cycle of a cosine schedule with warm restarts (Loshchilov & Hutter,
-    /// "SGDR", ICLR 2017). Ignored when the run directory already holds a checkpoint (resume
-    /// wins). Default: random initialisation.
-    #[serde(default)]
-    pub init_from: Option<PathBuf>,
-    /// The optimiser group of the timescales `log_step`: `"ssm"` (default: `ssm_lr`, no weight
-    /// decay) or `"regular"` (`lr` and `weight_decay`, S5's `--dt_global=True`, used by the S5
-    /// paper's IMDb run); see [`LogStepGroup`].
-    #[serde(default)]
-    pub log_step_group: LogStepGroup,
-}
+mod config;
+mod log;
+mod source;
 
-fn default_bucket_batches() -> usize {
-    lra::Batcher::BUCKET_BATCHES
-}
-fn default_keep() -> usize {
-    2
-}
-fn default_true() -> bool {
-    true
-}
-fn default_log_every() -> usize {
-    10
-}
-
-impl TrainConfig {
-    /// Check ranges.
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming the field.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Config(m));
-        if self.epochs == 0 {
-            return bad("train.epochs must be ≥ 1".into());
-        }
-        if self.batch_size == 0 {
-            return bad("train.batch_size must be ≥ 1".into());
-        }
-        if self.bucket_batches == 0 {
-            return bad(
-                "train.bucket_batches must be ≥ 1 (1 = random batches, no bucketing)".into(),
-            );
-        }
-        for (name, v) in [
-            ("lr", self.lr),
-            ("ssm_lr", self.ssm_lr),
-            ("weight_decay", self.weight_decay),
-            ("min_lr", self.min_lr),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return bad(format!("train.{name} = {v} must be finite and ≥ 0"));
-            }
-        }
-        if let Some(c) = self.grad_clip
-            && !(c.is_finite() && c > 0.0)
-        {
-            return bad(format!("train.grad_clip = {c} must be finite and > 0"));
-        }
-        if self.log_every == 0 {
-            return bad("train.log_every must be ≥ 1".into());
-        }
-        Ok(())
-    }
-}
-
-pub use lra::Batch;
-
-/// A batch as tensors: tokens `[batch, len]` u32, lengths `[batch]` u32, labels `[batch]` u32.
-///
-/// # Errors
-/// Candle errors if the vectors do not match `batch` × `len`.
-pub fn batch_tensors(batch: &Batch, device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
-    let tokens = Tensor::from_slice(&batch.tokens, (batch.batch, batch.len), device)?;
-    let lengths = Tensor::from_slice(&batch.lengths, batch.batch, device)?;
-    let labels = Tensor::from_slice(&batch.labels, batch.batch, device)?;
-    Ok((tokens, lengths, labels))
-}
+pub use config::TrainConfig;
+use log::{CsvLog, EVAL_LOG_HEADER, TRAIN_LOG_HEADER, Window, last_seconds_total, truncate_logs};
+pub use log::{EPOCHS_DIR, EVAL_LOG, TRAIN_LOG};
+pub use source::{Batch, BatchSource, EvalBatches, TrainBatches, batch_tensors};
 
 /// A model the trainer can train: token batches in, class logits out.
 pub trait Classifier {
@@ -195,44 +59,6 @@ impl Classifier for crate::S5Model {
             None => crate::Mode::Eval,
         };
         self.forward(tokens, lengths, mode)
-    }
-}
-
-/// Where batches come from: one deterministic sequence of batches per epoch.
-pub trait BatchSource {
-    /// Number of batches in every epoch.
-    fn num_batches(&self) -> usize;
-    /// The batches of epoch `epoch` (0-based), in training order; the same `epoch` must give the
-    /// same sequence every time (resume replays it and skips what was consumed).
-    ///
-    /// # Errors
-    /// Data errors.
-    fn epoch(&mut self, epoch: usize) -> Result<Box<dyn Iterator<Item = Result<Batch>> + '_>>;
-}
-
-/// The training batches of an [`lra::Batcher`]: epoch `e` is `Batcher::train_epoch(e)` (seeded
-/// shuffle with length bucketing).
-pub struct TrainBatches<'a>(pub &'a lra::Batcher);
-
-impl BatchSource for TrainBatches<'_> {
-    fn num_batches(&self) -> usize {
-        self.0.num_batches()
-    }
-    fn epoch(&mut self, epoch: usize) -> Result<Box<dyn Iterator<Item = Result<Batch>> + '_>> {
-        Ok(Box::new(self.0.train_epoch(epoch as u64).map(Ok)))
-    }
-}
-
-/// The evaluation batches of an [`lra::Batcher`] (deterministic, sorted by length), the same for
-/// every epoch.
-pub struct EvalBatches<'a>(pub &'a lra::Batcher);
-
-impl BatchSource for EvalBatches<'_> {
-    fn num_batches(&self) -> usize {
-        self.0.num_batches()
-    }
-    fn epoch(&mut self, _epoch: usize) -> Result<Box<dyn Iterator<Item = Result<Batch>> + '_>> {
-        Ok(Box::new(self.0.eval_batches().map(Ok)))
     }
 }
 
@@ -354,17 +180,6 @@ pub struct TrainSummary {
     /// Directory of the newest checkpoint.
     pub checkpoint: Option<PathBuf>,
 }
-
-/// File name of the training log inside the run directory.
-pub const TRAIN_LOG: &str = "train_log.csv";
-/// File name of the per-epoch evaluation log inside the run directory.
-pub const EVAL_LOG: &str = "eval_log.csv";
-/// Directory (under the run directory) of the epoch-end weights kept by
-/// [`TrainConfig::keep_epoch_weights_from`].
-pub const EPOCHS_DIR: &str = "epochs";
-const TRAIN_LOG_HEADER: &str =
-    "step,epoch,loss,accuracy,tokens_per_s,lr,ssm_lr,grad_norm,seconds_total";
-const EVAL_LOG_HEADER: &str = "epoch,step,test_loss,test_accuracy,n,seconds";
 
 /// Trains a [`Classifier`] whose variables live in a [`VarMap`], writing checkpoints and logs to a
 /// run directory: `checkpoints/step-XXXXXXXX/` (see [`crate::checkpoint`]), `train_log.csv`
@@ -808,134 +623,4 @@ impl<'m, M: Classifier + ?Sized> Trainer<'m, M> {
             checkpoint: self.last_checkpoint.clone(),
         })
     }
-}
-
-#[derive(Default)]
-struct Window {
-    loss: f64,
-    correct: usize,
-    n: usize,
-    steps: usize,
-    tokens: usize,
-    seconds: f64,
-    grad_norm: f64,
-}
-
-impl Window {
-    fn add(&mut self, s: &StepStats) {
-        self.loss += s.loss;
-        self.correct += s.correct;
-        self.n += s.n;
-        self.steps += 1;
-        self.tokens += s.tokens;
-        self.seconds += s.seconds;
-        self.grad_norm += s.grad_norm;
-    }
-
-    fn flush(
-        &mut self,
-        log: &mut CsvLog,
-        step: usize,
-        epoch: usize,
-        last: &StepStats,
-        seconds_total: f64,
-        pb: &ProgressBar,
-    ) -> Result<f64> {
-        self.flush_last(log, step, epoch, last.rates, seconds_total, pb)
-    }
-
-    fn flush_last(
-        &mut self,
-        log: &mut CsvLog,
-        step: usize,
-        epoch: usize,
-        rates: StepRates,
-        seconds_total: f64,
-        pb: &ProgressBar,
-    ) -> Result<f64> {
-        let k = self.steps.max(1) as f64;
-        let loss = self.loss / k;
-        let acc = self.correct as f64 / self.n.max(1) as f64;
-        let tps = self.tokens as f64 / self.seconds.max(1e-9);
-        log.row(&format!(
-            "{step},{},{loss:.6},{acc:.6},{tps:.1},{:.6e},{:.6e},{:.6},{seconds_total:.2}",
-            epoch + 1,
-            rates.lr,
-            rates.ssm_lr,
-            self.grad_norm / k
-        ))?;
-        pb.set_message(format!("loss {loss:.4} acc {acc:.3} {tps:.0} tok/s"));
-        *self = Window::default();
-        Ok(loss)
-    }
-}
-
-struct CsvLog {
-    path: PathBuf,
-    file: fs::File,
-}
-
-impl CsvLog {
-    fn open(path: &Path, header: &str) -> Result<Self> {
-        let io = |e| Error::Io {
-            path: path.display().to_string(),
-            source: e,
-        };
-        let fresh = !path.exists() || fs::metadata(path).map(|m| m.len() == 0).unwrap_or(true);
-        let mut file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        if fresh {
-            writeln!(file, "{header}").map_err(io)?;
-        }
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-        })
-    }
-
-    fn row(&mut self, line: &str) -> Result<()> {
-        writeln!(self.file, "{line}")
-            .and_then(|_| self.file.flush())
-            .map_err(|e| Error::Io {
-                path: self.path.display().to_string(),
-                source: e,
-            })
-    }
-}
-
-/// Drop log rows written after the checkpoint being resumed (step > `step`, epoch > `epoch`).
-fn truncate_logs(run_dir: &Path, step: usize, epoch: usize) -> Result<()> {
-    for (file, limit) in [(TRAIN_LOG, step), (EVAL_LOG, epoch)] {
-        let path = run_dir.join(file);
-        let Ok(text) = fs::read_to_string(&path) else {
-            continue;
-        };
-        let mut out = String::new();
-        for (i, line) in text.lines().enumerate() {
-            // train rows are keyed by step (column 0); eval rows by completed epoch (column 0).
-            let key = line.split(',').next().and_then(|s| s.parse::<usize>().ok());
-            let keep = i == 0 || key.is_some_and(|k| k <= limit);
-            if keep {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        checkpoint::write_atomic(&path, out.as_bytes())?;
-    }
-    Ok(())
-}
-
-fn last_seconds_total(path: &Path) -> f64 {
-    fs::read_to_string(path)
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .skip(1)
-                .last()
-                .and_then(|l| l.rsplit(',').next().and_then(|s| s.parse::<f64>().ok()))
-        })
-        .unwrap_or(0.0)
 }
