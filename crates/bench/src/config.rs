@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::sections::{EvalConfig, SweepConfig};
 use anyhow::{Context, Result, bail};
-use bench::sections::{EvalConfig, SweepConfig};
 use serde::{Deserialize, Serialize};
 
 /// A run configuration file. Every section is optional and has defaults, except that training

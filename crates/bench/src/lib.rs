@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod compressed;
+pub mod config;
 pub mod data;
 pub mod estimate;
 pub mod manifest;
@@ -14,6 +15,7 @@ pub mod progress;
 pub mod reducer;
 pub mod results;
 pub mod sections;
+pub mod stages;
 pub mod subset;
 pub mod sweep;
 pub mod verify;

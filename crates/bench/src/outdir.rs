@@ -463,6 +463,53 @@ impl Drop for RunLock {
     }
 }
 
+/// Checks that `dir` can be written (creates it).
+pub fn ensure_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the output directory {} (choose a writable `out_dir`)",
+            dir.display()
+        )
+    })?;
+    crate::results::write_atomic(&dir.join(".write-test"), b"ok")?;
+    let _ = std::fs::remove_file(dir.join(".write-test"));
+    Ok(())
+}
+
+/// A run directory this run created, removed when the run ends with it still empty (a run that
+/// fails before writing anything leaves no trace; `remove_dir` never removes a non-empty one).
+pub struct RemoveIfEmpty(Option<PathBuf>);
+
+impl Drop for RemoveIfEmpty {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// A run directory locked for writing ([`crate::outdir::RunLock`]), created if missing and
+/// removed again at the end if the run left it empty. Fields drop in order: the lock file first.
+pub struct RunGuard {
+    _lock: crate::outdir::RunLock,
+    _cleanup: RemoveIfEmpty,
+}
+
+impl RunGuard {
+    /// Creates (if missing), checks writable and locks `dir` for `what`.
+    pub fn acquire(dir: &Path, what: &str) -> Result<RunGuard> {
+        let cleanup = RemoveIfEmpty((!dir.exists()).then(|| dir.to_path_buf()));
+        ensure_writable(dir)?;
+        let lock = crate::outdir::RunLock::acquire(dir, what)?;
+        // Temporaries of atomic writes by a killed run (results.csv, manifest.json, ...).
+        crate::outdir::clean_stale_temp_files(dir);
+        Ok(RunGuard {
+            _lock: lock,
+            _cleanup: cleanup,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

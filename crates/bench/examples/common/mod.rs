@@ -1,4 +1,4 @@
-//! Argument parsing shared by the examples.
+//! What the examples share: argument parsing, the run configuration, the loaded checkpoint.
 
 use anyhow::{Context, Result};
 
@@ -41,10 +41,19 @@ pub struct Setup {
     pub tok: Box<dyn lra::Tokenize>,
 }
 
-/// Loads [`Setup`] for the checkpoint directory `ckpt`.
+/// The run configuration the examples read their `[data]` section from: `$BENCH_CONFIG`, or
+/// `imdb.toml` (resolved as `bench --config` resolves it: the working directory, else `configs/`).
+pub fn run_config() -> Result<bench::config::RunConfig> {
+    let name = std::env::var_os("BENCH_CONFIG").unwrap_or_else(|| "imdb.toml".into());
+    let path = bench::config::resolve(std::path::Path::new(&name))?;
+    bench::config::RunConfig::load(&path)
+}
+
+/// Loads [`Setup`] for the checkpoint directory `ckpt`, with the reviews of [`run_config`]'s
+/// `[data]` section.
 pub fn setup(ckpt: &std::path::Path) -> Result<Setup> {
     let git_commit = bench::manifest::git_commit();
-    let imdb = bench::data::load(&lra::DataConfig::default())?;
+    let imdb = bench::data::load(&run_config()?.data)?;
     let loaded = bench::pipeline::load(ckpt)?;
     let tok_path = loaded.dir.join(s5::checkpoint::TOKENIZER_FILE);
     let tok = lra::load_tokenizer(&tok_path)
