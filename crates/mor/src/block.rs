@@ -10,6 +10,7 @@
 //!
 //! `D u_k` is shared by a model and its reductions and is not part of any norm.
 
+use crate::error::{Error, Result};
 use faer::{Mat, c64};
 
 /// One diagonal (conjugate-symmetric) SSM block, possibly bidirectional, possibly with a
@@ -36,6 +37,20 @@ pub struct DiagBlock {
 }
 
 impl DiagBlock {
+    /// Checks a reduced order: `r` must be in `1..=n` (the stored modes).
+    ///
+    /// # Errors
+    /// [`Error::Argument`] naming `what` (the reduction asked for) otherwise.
+    pub fn check_order(&self, r: usize, what: &str) -> Result<()> {
+        let n = self.n_modes();
+        if r == 0 || r > n {
+            return Err(Error::Argument(format!(
+                "{what}: reduced order r = {r} must be in 1..={n} (the block's stored modes)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Number of stored complex modes `n` (real state dimension `2n`).
     pub fn n_modes(&self) -> usize {
         self.lambda.len()
@@ -55,5 +70,26 @@ impl DiagBlock {
     /// Largest `|λ_i|` (0 for an empty block); the block is stable iff this is `< 1`.
     pub fn max_abs_lambda(&self) -> f64 {
         self.lambda.iter().map(|l| l.norm()).fold(0.0, f64::max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::gram::tests::random_block;
+
+    #[test]
+    fn check_order_accepts_one_to_n_and_names_the_reduction() {
+        let b = random_block(1, 4, 2, 2, false, 0, None, 0.9);
+        assert!(b.check_order(1, "x").is_ok() && b.check_order(4, "x").is_ok());
+        for r in [0, 5] {
+            let e = b
+                .check_order(r, "balanced truncation")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("balanced truncation") && e.contains("1..=4"),
+                "{e}"
+            );
+        }
     }
 }

@@ -280,7 +280,7 @@ pub fn bt(block: &DiagBlock, r: usize) -> Result<BlockReduction> {
 
 /// [`bt`] plus the details ([`BtInfo`]).
 pub fn bt_with_info(block: &DiagBlock, r: usize) -> Result<(BlockReduction, BtInfo)> {
-    check_order("bt", block, r)?;
+    block.check_order(r, "balanced truncation")?;
     let bal = Balanced::new(block)?;
     let (red, info) = truncate_balanced(block, r, &bal)?;
     let tail: f64 = bal.hsv()[info.real_order..].iter().sum();
@@ -304,19 +304,9 @@ pub fn bt_with_info(block: &DiagBlock, r: usize) -> Result<(BlockReduction, BtIn
 /// # Errors
 /// As [`bt`], and as [`balance::sqrt_balance_with_ctrb`] for a bad `ctrb`.
 pub fn ebt(block: &DiagBlock, r: usize, ctrb: &Mat<f64>) -> Result<BlockReduction> {
-    check_order("ebt", block, r)?;
+    block.check_order(r, "empirical balanced truncation")?;
     let bal = Balanced::with_ctrb(block, ctrb)?;
     Ok(truncate_balanced(block, r, &bal)?.0)
-}
-
-fn check_order(method: &str, block: &DiagBlock, r: usize) -> Result<()> {
-    let n = block.n_modes();
-    if r == 0 || r > n {
-        return Err(Error::Argument(format!(
-            "{method}: reduced order r = {r} must be in 1..={n} (the block's stored modes)"
-        )));
-    }
-    Ok(())
 }
 
 /// Truncates a balanced block to `r` stored modes and re-diagonalises it (module doc); the

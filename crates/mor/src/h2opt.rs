@@ -881,16 +881,6 @@ pub(crate) fn eval_theta(
 // Methods
 // ---------------------------------------------------------------------------------------------
 
-fn check_order(block: &DiagBlock, r: usize) -> Result<()> {
-    if r == 0 || r > block.n_modes() {
-        return Err(Error::Argument(format!(
-            "reduced order r = {r} must be in 1..={} (the block's stored modes)",
-            block.n_modes()
-        )));
-    }
-    Ok(())
-}
-
 /// Modal initialisation: `modal::modal` (the `r` modes with the largest h2 contributions).
 pub(crate) fn modal_init(block: &DiagBlock, r: usize) -> DiagBlock {
     match crate::modal::modal(block, r, crate::modal::ModalOrder::H2) {
@@ -989,7 +979,7 @@ pub(crate) fn optimise(
 /// # Errors
 /// [`Error::Argument`] for `r` outside `1..=n`, [`Error::Unstable`] for an unstable block.
 pub fn h2_reduce(block: &DiagBlock, r: usize, opts: &H2Options) -> Result<BlockReduction> {
-    check_order(block, r)?;
+    block.check_order(r, "h2-optimal reduction")?;
     gram::check_stable(block, "h2: full block")?;
     let quad = (!block.quadratic.is_empty()).then(|| Quad::Dense(block.quadratic.clone()));
     let obj = Objective::new(block, None, block.linear.as_ref(), quad);
@@ -1020,7 +1010,7 @@ pub fn tlh2_reduce(
     horizon: usize,
     opts: &H2Options,
 ) -> Result<BlockReduction> {
-    check_order(block, r)?;
+    block.check_order(r, "h2-optimal reduction")?;
     if horizon == 0 {
         return Err(Error::Argument("tlh2: horizon must be ≥ 1".into()));
     }

@@ -379,11 +379,7 @@ pub fn reduce_layer(
     opts: &LqoOptions,
 ) -> Result<BlockReduction> {
     let n = layer.ssm.n_modes();
-    if !(1..=n).contains(&k) {
-        return Err(Error::Argument(format!(
-            "lqo-h2: order {k} must be in 1..={n}"
-        )));
-    }
+    layer.ssm.check_order(k, "LQO h2 reduction")?;
     gram::check_stable(&layer.ssm, "lqo-h2: block")?;
     let obj = Objective::new(&layer.ssm, opts.horizon, terms.e.as_ref(), terms.quad);
     let rank = modal_ranking(&layer.ssm);

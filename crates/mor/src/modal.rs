@@ -44,16 +44,6 @@ pub fn top_r(scores: &[f64], r: usize) -> Vec<usize> {
     idx
 }
 
-fn check_order(block: &DiagBlock, r: usize, what: &str) -> Result<()> {
-    let n = block.n_modes();
-    if r == 0 || r > n {
-        return Err(Error::Argument(format!(
-            "{what}: reduced order r = {r} must be in 1..={n} (the block's stored modes)"
-        )));
-    }
-    Ok(())
-}
-
 /// Keeps the listed modes and reports the infinite-horizon h2 error (with the block's `E`, `N_i`).
 ///
 /// # Errors
@@ -73,8 +63,8 @@ pub fn truncate_modes(block: &DiagBlock, keep: &[usize]) -> Result<BlockReductio
 /// # Errors
 /// [`Error::Argument`] unless `1 ≤ r ≤ n`; [`Error::Unstable`] for an unstable block.
 pub fn modal(block: &DiagBlock, r: usize, order: ModalOrder) -> Result<BlockReduction> {
-    check_order(block, r, "modal")?;
-    gram::check_stable(block, "modal: block")?;
+    block.check_order(r, "modal truncation")?;
+    gram::check_stable(block, "modal truncation: block")?;
     let scores = match order {
         ModalOrder::H2 => modes::mode_h2_scores(block),
         ModalOrder::AbsLambda => block.lambda.iter().map(|l| l.norm()).collect(),
@@ -89,8 +79,8 @@ pub fn modal(block: &DiagBlock, r: usize, order: ModalOrder) -> Result<BlockRedu
 /// # Errors
 /// As [`modal`], and [`Error::Shape`] for a `p_emp` of the wrong size.
 pub fn empirical_modal(block: &DiagBlock, r: usize, p_emp: &Mat<f64>) -> Result<BlockReduction> {
-    check_order(block, r, "emodal")?;
-    gram::check_stable(block, "emodal: block")?;
+    block.check_order(r, "empirical modal truncation")?;
+    gram::check_stable(block, "empirical modal truncation: block")?;
     let scores = crate::empirical::mode_output_energies(block, p_emp)?;
     truncate_modes(block, &top_r(&scores, r))
 }
@@ -107,7 +97,7 @@ pub fn hinf_truncate(
     r: usize,
     horizon: Option<usize>,
 ) -> Result<BlockReduction> {
-    check_order(block, r, "hinf")?;
+    block.check_order(r, "H∞ modal truncation")?;
     check_horizon(horizon)?;
     gram::check_stable(block, "hinf: block")?;
     truncate_modes(

@@ -192,12 +192,7 @@ pub fn reduce_block(
         Method::Aire | Method::LastRef | Method::AireRef => {
             gram::check_stable(block, &format!("{method}: block"))?;
             let scores = score_of(block, method, opts).expect("a score method");
-            if !(1..=block.n_modes()).contains(&r) {
-                return Err(Error::Argument(format!(
-                    "{method}: order {r} must be in 1..={}",
-                    block.n_modes()
-                )));
-            }
+            block.check_order(r, &method.to_string())?;
             modal::truncate_modes(block, &modal::top_r(&scores, r))
         }
         Method::H2 | Method::LqoH2 | Method::LqoH2Taylor => h2opt::h2_reduce(block, r, &opts.h2),
