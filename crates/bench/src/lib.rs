@@ -1,6 +1,7 @@
-//! The reproduction runner's library: run configuration, evaluation set, results CSV (atomic,
-//! resumable), figures and the run manifest. The `bench` binary (`src/main.rs`) wires these to
-//! the `lra`, `s5` and `mor` crates.
+//! The reproduction runner's library: run configuration ([`config`]), evaluation set, results
+//! CSV (atomic, resumable), figures, the run manifest, and the stages of a run ([`stages`]: data,
+//! training, sweep, verify, and the commands on one checkpoint), which the `bench` binary
+//! (`src/main.rs`, only its command line) and the examples call.
 
 pub mod backend;
 pub mod compressed;
