@@ -343,10 +343,11 @@ fn sort_full_first<T>(v: &mut [T], is_full: impl Fn(&T) -> bool) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn row(method: &str, ratio: f64) -> Row {
+    /// A row with every column set (for tests of the modules that read rows).
+    pub(crate) fn row(method: &str, ratio: f64) -> Row {
         Row {
             method: method.into(),
             ratio,

@@ -460,7 +460,8 @@ pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
 /// rows that have them (issue 31's criteria): whether the bound held everywhere, the median over
 /// rows of `bound_over_error_median`, the share of rows whose `estimate_over_error_median` lies
 /// in [1/3, 3], and Spearman's correlation across rows of `bound_median` and of
-/// `estimate_mean` with `logit_err_mean`. Empty when no row has the columns.
+/// `estimate_mean` with `logit_err_mean`, the latter also on the rows within
+/// [`ESTIMATE_STRATA_POINTS`] of the full model's accuracy. Empty when no row has the columns.
 pub fn calibration_summary(rows: &[Row]) -> String {
     let with_bound: Vec<&Row> = rows
         .iter()
@@ -511,9 +512,40 @@ pub fn calibration_summary(rows: &[Row]) -> String {
                 .fold(0.0f64, f64::max),
             spearman(&em, &err)
         ));
+        // The estimate is first order: it cannot follow the logit error where a reduction has
+        // collapsed the model (the error saturates near the size of the logits), so the
+        // correlation is also given on the rows that kept the model's accuracy.
+        let full_acc = rows.iter().find(|r| r.method == FULL).map(|r| r.accuracy);
+        let mut previous = 0;
+        for points in ESTIMATE_STRATA_POINTS {
+            let Some(full_acc) = full_acc else { break };
+            let kept: Vec<&&Row> = with_est
+                .iter()
+                .filter(|r| r.accuracy >= full_acc - points / 100.0)
+                .collect();
+            // Nested strata: a wider one with no more rows says nothing new.
+            if kept.len() < 3 || kept.len() == previous || kept.len() == with_est.len() {
+                continue;
+            }
+            previous = kept.len();
+            let err: Vec<f64> = kept.iter().map(|r| r.logit_err_mean).collect();
+            let em: Vec<f64> = kept.iter().map(|r| r.estimate_mean).collect();
+            let ec: Vec<f64> = kept.iter().map(|r| r.estimate_conservative_mean).collect();
+            s.push_str(&format!(
+                "  - on the {} rows within {points} points of the full model's accuracy: \
+                 Spearman(`estimate_mean`, `logit_err_mean`) {:.3} (conservative form {:.3})\n",
+                kept.len(),
+                spearman(&em, &err),
+                spearman(&ec, &err)
+            ));
+        }
     }
     s
 }
+
+/// Accuracy margins (points below the full model) of the rows on which [`calibration_summary`]
+/// also reports the estimate's rank correlation.
+pub const ESTIMATE_STRATA_POINTS: [f64; 2] = [5.0, 10.0];
 
 #[cfg(test)]
 mod tests {
@@ -678,6 +710,41 @@ mod tests {
         assert!((r.estimate_over_error_median - 1.25).abs() < 1e-9);
         // The bound ratio also skips the error-free review: 9 ratios of 2.0.
         assert!((r.bound_over_error_median - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn calibration_summary_reports_the_estimate_on_rows_that_kept_the_accuracy() {
+        let at = |method: &str, acc: f64, err: f64, est: f64| {
+            let mut r = crate::results::tests::row(method, 0.5);
+            (r.accuracy, r.logit_err_mean, r.estimate_mean) = (acc, err, est);
+            r.estimate_conservative_mean = 2.0 * est;
+            r
+        };
+        let mut rows = vec![at(FULL, 0.85, 0.0, f64::NAN)];
+        // Four rows within 5 points, ranked alike by error and estimate; two collapsed rows
+        // whose saturated errors the estimate ranks the other way round.
+        for (i, acc) in [0.84, 0.83, 0.82, 0.81].into_iter().enumerate() {
+            rows.push(at("modal", acc, 1.0 + i as f64, 1.1 + i as f64));
+        }
+        rows.push(at("bt", 0.52, 10.0, 30.0));
+        rows.push(at("last", 0.50, 10.1, 20.0));
+        let s = calibration_summary(&rows);
+        assert!(
+            s.contains(
+                "on the 4 rows within 5 points of the full model's accuracy: \
+                        Spearman(`estimate_mean`, `logit_err_mean`) 1.000 (conservative form 1.000)"
+            ),
+            "{s}"
+        );
+        assert!(!s.contains("within 10 points"), "{s}");
+        let all = spearman(
+            &[1.1, 2.1, 3.1, 4.1, 30.0, 20.0],
+            &[1.0, 2.0, 3.0, 4.0, 10.0, 10.1],
+        );
+        assert!(
+            all < 0.95 && s.contains(&format!("`logit_err_mean`) {all:.3}\n")),
+            "{s}"
+        );
     }
 
     #[test]
