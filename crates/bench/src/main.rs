@@ -98,7 +98,8 @@ enum Command {
     },
     /// Write a reduced checkpoint for one method and ratio.
     Compress {
-        /// Reduction method (modal, bt, last, global-hinf, uniform-hinf, h2, tlh2, lqo-h2).
+        /// Reduction recipe `<method>[<layers>=<method>][@<allocation>][+<post-step>]`, e.g.
+        /// `emodal@sens+refit` (an unknown method name is answered with the list of all).
         #[arg(long)]
         method: String,
         /// Fraction of SSM modes removed, in [0, 1).

@@ -1,5 +1,6 @@
 //! Output directories that `bench` writes whole (`compress --out`, `recalibrate-bn --out`,
-//! `swa --out`) and the run-directory lock.
+//! `swa --out`), the run-directory lock, and [`RunGuard`]: a run directory created if missing,
+//! checked writable, locked, and removed again if the run leaves it empty.
 //!
 //! An output directory is written completely into a temporary sibling `.<name>.tmp-<pid>` in the
 //! destination's parent and then swapped into place by rename, so a reader (or a kill) never

@@ -3,7 +3,7 @@
 //!
 //! This module holds what needs no model: which rows are sampled ([`sample`]), how a committed
 //! row is compared with its recomputation ([`compare`], with the tolerances below), the table
-//! ([`table`]) and the summary of the mismatching rows ([`mismatches`]). The `bench` binary
+//! ([`table`]) and the summary of the mismatching rows ([`mismatches`]). [`crate::stages::verify`]
 //! recomputes the rows with the sweep's own code path ([`crate::backend::S5Backend`] and
 //! [`crate::sweep::reduced_row`]).
 //!

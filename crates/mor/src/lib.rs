@@ -8,29 +8,32 @@
 //!   checked against brute-force kernel sums in the tests.
 //! - [`empirical`]: empirical controllability Gramians (state covariances under recorded inputs).
 //! - [`io`]: `diag-ssm/1` JSON and safetensors reading/writing with validation, atomic writes.
-//! - Methods: [`modal`] (`modal`, `last`, `global-hinf`, `uniform-hinf` and the budget
-//!   allocations), [`bt`] (balanced truncation, re-diagonalised; `ebt` with an empirical
-//!   Gramian), `h2opt` (`h2`, `tlh2`), `lqo` (`lqo-h2`, `lqo-h2-taylor`), [`gatefit`] (the gate's
-//!   LQO model at its operating point); [`reduce`] dispatches by [`Method`] for one block
-//!   ([`reduce::reduce_block`]), one layer of a model ([`reduce::reduce_layer`]) or a whole model
-//!   ([`reduce::reduce_model`], [`reduce::reduce_model_orders`]).
-//! - Recipes ([`recipe`]): `<method>[@<allocation>][+<post-step>]`, a method × an order
-//!   allocation ([`alloc`]: `uniform`, `bound`, `sens`) × a post-step ([`refit`]: `refit`,
-//!   `refit-seq`).
+//! - Methods: [`modal`] (`modal`, `emodal`, `last`, `aire`, `last-ref`, `aire-ref`,
+//!   `global-hinf`, `uniform-hinf` and the budget allocations), [`bt`] (balanced truncation,
+//!   re-diagonalised; `ebt` with an empirical Gramian), `h2opt` (`h2`, `tlh2`), `lqo` (`lqo-h2`,
+//!   `lqo-h2-taylor`), [`gatefit`] (the gate's LQO model at its operating point); [`reduce`]
+//!   dispatches by [`Method`] for one block ([`reduce::reduce_block`]), one layer of a model
+//!   ([`reduce::reduce_layer`]) or a whole model ([`reduce::reduce_model`],
+//!   [`reduce::reduce_model_orders`]); their results are [`reduction`] types.
+//! - Recipes ([`recipe`]): `<method>[<layers>=<method>][@<allocation>][+<post-step>]`, a method ×
+//!   optional per-layer reducer overrides × an order allocation ([`alloc`]: `uniform`, `bound`,
+//!   `sens`, `first-order`) × a post-step ([`refit`]: `refit`, `refit-seq`).
+//! - [`hinf`]: certified upper bounds of H∞ norms (used by the bound).
 //! - `bound`: the output-error bound of a reduced model (see `BOUND.md`).
 //! - [`memory`]: the memory a command needs, estimated from the block's sizes before allocating.
 //!
 //! # Adding a reduction method
 //!
-//! A new block reducer touches two library files, and every name list (CLI help, config
-//! validation, plot order, the sweep's default methods, recipe parsing) follows from
-//! [`Method::ALL`]:
+//! A new block reducer touches two library files, and every name list (the CLIs' answer to an
+//! unknown name, config validation, plot order, the sweep's default methods, recipe parsing)
+//! follows from [`Method::ALL`]:
 //! 1. `src/reduce.rs`: a variant of [`Method`] (with its `serde` name), its entry in
 //!    [`Method::ALL`] and [`Method::name`], and its arm in [`reduce::reduce_block`] (the block
 //!    reduction at order `r`). If the method needs data of its layer (a Gramian, an LQO model),
 //!    add the arm in [`reduce::reduce_layer`] instead; if its own allocation is not "the same
-//!    ratio in every layer", add it to [`reduce::reduce_model`]. Every allocation of
-//!    [`alloc`] and every post-step then composes with it (`<new>@sens+refit`).
+//!    ratio in every layer", add it to [`reduce::reduce_model`]. The allocations of
+//!    [`alloc`] that need no LQO model (`uniform`, `sens`, `first-order`; `bound` is for the LQO
+//!    methods) and every post-step then compose with it (`<new>@sens+refit`).
 //! 2. The module holding the reduction itself (e.g. `src/modal.rs` for a new score), returning a
 //!    [`reduce::BlockReduction`].
 //! 3. `crates/bench/src/plot.rs`: its colour in `method_rgb` (the match is exhaustive, so the

@@ -483,8 +483,8 @@ type DropMasks = (Option<ChannelMask>, Option<ChannelMask>);
 /// direction in the scan), `2·d·P·H` (read-out `2 Re(C̃ x)` as a real `[d·P, H]` matmul),
 /// `2·H` (`D ⊙ u` and the residual add), `2·H²` (gate dense map); plus `H` for masked mean
 /// pooling. Not counted: elementwise nonlinearities and norms, the embedding lookup (free) and
-/// the per-sequence decoder. (S5's peer count in FACTS.md also counts the encoder as a dense
-/// one-hot matmul, `2·257·H`.)
+/// the per-sequence decoder. (A count that treats the encoder as a dense one-hot matmul adds
+/// `2·257·H`.)
 pub fn flops_per_token(cfg: &ModelConfig) -> f64 {
     let h = cfg.d_model as f64;
     let p = cfg.ssm_size as f64;

@@ -1,5 +1,5 @@
 //! Prenorms: BatchNorm whose statistics exclude padded positions, and LayerNorm, both built from
-//! differentiable candle ops (`candle_nn::LayerNorm` has no backward; see FACTS.md).
+//! differentiable candle ops (`candle_nn::LayerNorm` has no backward).
 //!
 //! BatchNorm (Ioffe & Szegedy, 2015; flax defaults as in S5: momentum 0.9, eps 1e-5, biased
 //! variance): in training `u = γ ⊙ (z − μ_B)/sqrt(σ²_B + ε) + β` with `μ_B`, `σ²_B` over the

@@ -19,7 +19,7 @@
 //!
 //! Why one node: built from candle ops the same map is a reshape, a matmul, a reshape, the scan,
 //! a reshape, a matmul, a reshape and the feed-through — eight edges whose backward each
-//! zero-fills and adds a full activation (FACTS.md). Here the only large edge is `u`; the
+//! zero-fills and adds a full activation. Here the only large edge is `u`; the
 //! scan states `x` are kept from the forward pass for the backward (the same memory the
 //! unfused graph kept), the matmuls call `gemm` (the kernel candle uses) directly.
 //!

@@ -7,7 +7,7 @@
 //! runs those three slice-level kernels in a loop and their backward passes in reverse, keeping
 //! the activations between them in plain buffers: candle then sees one large edge (`x₀`) instead
 //! of four per layer, each of which costs a zero-filled allocation and an add in its backward
-//! (FACTS.md). The small parameters of all layers travel as one flat vector
+//!. The small parameters of all layers travel as one flat vector
 //! `θ = [γ, β, θ_ssm, W, b]` per layer, concatenated over layers (autograd differentiates the
 //! discretisation that produces `θ_ssm` as before).
 

@@ -359,7 +359,7 @@ impl CustomOp3 for GluResidual {
 /// `∂L/∂x = G`; with `gm = G ⊙ m₂`, `∂L/∂a = gm ⊙ y ⊙ s (1 − s)`, `∂L/∂b = Σ_rows ∂L/∂a`,
 /// `∂L/∂W = ∂L/∂aᵀ g`, `∂L/∂y = gm ⊙ s + (∂L/∂a W) ⊙ m₁ ⊙ GELU_tanh'(y)`. `s` and `g` are kept
 /// from the forward pass. Built from candle ops the same map has seven edges on `[batch, len, H]`
-/// activations, each a zero-fill and an add in the backward (FACTS.md); this has two.
+/// activations, each a zero-fill and an add in the backward; this has two.
 ///
 /// # Errors
 /// Shapes or dtypes that do not match, a mask of another batch or width, a dtype other than

@@ -1,6 +1,6 @@
 //! Fused per-channel ops of an S5 layer (CPU, hand-written backward), each replacing two or three
 //! candle ops and their autograd edges (every edge costs a zero-fill and an add of a full
-//! activation in the backward; FACTS.md):
+//! activation in candle's backward pass):
 //!
 //! - [`glu_residual`]: `x + y ⊙ σ(W (GELU_tanh(y) ⊙ m₁) + b) ⊙ m₂` — the `half_glu2` gate with
 //!   both of S5's dropout sites and the residual add (S5: `x + drop(y ⊙ σ(W drop(GELU(y)) + b))`);

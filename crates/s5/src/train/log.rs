@@ -17,7 +17,7 @@ pub const TRAIN_LOG: &str = "train_log.csv";
 /// File name of the per-epoch evaluation log inside the run directory.
 pub const EVAL_LOG: &str = "eval_log.csv";
 /// Directory (under the run directory) of the epoch-end weights kept by
-/// [`TrainConfig::keep_epoch_weights_from`].
+/// [`super::TrainConfig::keep_epoch_weights_from`].
 pub const EPOCHS_DIR: &str = "epochs";
 pub(super) const TRAIN_LOG_HEADER: &str =
     "step,epoch,loss,accuracy,tokens_per_s,lr,ssm_lr,grad_norm,seconds_total";
