@@ -196,7 +196,7 @@ pub fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
 /// Columns added to `results.csv` after its first layout; files without some of them are still
 /// read (the missing values are derived, as [`Row::ssm_param_reduction`], or NaN), and the next
 /// write adds them.
-const ADDED_COLUMNS: [&str; 8] = [
+pub const ADDED_COLUMNS: [&str; 8] = [
     "ssm_param_reduction",
     "infer_tokens_per_s",
     "bound_median",
