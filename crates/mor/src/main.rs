@@ -75,10 +75,11 @@ enum Cmd {
     Reduce {
         /// The system.
         sys: PathBuf,
-        /// One of modal, bt, last, global-hinf, uniform-hinf, h2, tlh2, lqo-h2 (ebt needs
-        /// recorded layer inputs, which `bench` provides; not this CLI). On a single block
-        /// last, global-hinf and uniform-hinf coincide (they differ only in how a model's modes
-        /// are shared among its layers), and lqo-h2 is h2 (its layer weights need a model).
+        /// One of modal, bt, last, aire, last-ref, aire-ref, global-hinf, uniform-hinf, h2,
+        /// tlh2, lqo-h2, lqo-h2-taylor (ebt and emodal need recorded layer inputs, which `bench`
+        /// provides; not this CLI). On a single block last, global-hinf and uniform-hinf coincide
+        /// (they differ only in how a model's modes are shared among its layers), and lqo-h2 and
+        /// lqo-h2-taylor are h2 (their gate models and layer weights need a model).
         #[arg(long)]
         method: String,
         /// Reduced order r (stored complex modes kept).
