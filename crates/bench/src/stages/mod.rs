@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::config::RunConfig;
 use crate::pipeline::Loaded;
-use crate::reducer::Calibration;
+use crate::reducer::{Calibration, Reducer};
 use clap::Args;
 
 #[derive(Debug, Args, Clone, Default)]
@@ -92,5 +92,24 @@ pub fn calibration_sets(
         cfg.eval.batch_size,
         cfg.eval.seed,
         n_refit,
+    )
+}
+
+/// The reducer of a sweep: the checkpoint's model with the `[sweep]` reduce and refit options and
+/// the calibration reviews ([`calibration_sets`]); the sweep and `verify` build it alike.
+///
+/// # Errors
+/// Invalid refit options; the model's export to `mor` failing.
+pub fn sweep_reducer<'a>(
+    loaded: &'a Loaded,
+    sweep: &crate::sections::SweepConfig,
+    calibration: &'a Calibration,
+) -> Result<Reducer<'a>> {
+    Reducer::new(
+        &loaded.model,
+        loaded.meta.max_len,
+        sweep.reduce_options(),
+        sweep.refit_options(),
+        Some(calibration),
     )
 }

@@ -124,13 +124,7 @@ pub fn sweep_stage(
     ));
     let eval_bar = mp.add(bar(set.len() as u64, "reviews"));
     let calibration = calibration_sets(cfg, &imdb, tok.as_ref())?;
-    let reducer = Reducer::new(
-        &loaded.model,
-        loaded.meta.max_len,
-        sweep.reduce_options(),
-        sweep.refit_options(),
-        Some(&calibration),
-    )?;
+    let reducer = sweep_reducer(&loaded, &sweep, &calibration)?;
     let mut backend = S5Backend::new(reducer, &set)?;
     backend.pb = Some(eval_bar.clone());
     backend.estimate = crate::estimate::EstimateSet::from_config(&set, &cfg.eval)?;

@@ -9,7 +9,6 @@ use crate::backend::S5Backend;
 use crate::manifest::{Manifest, sha256_file};
 use crate::pipeline::{self, EvalSet};
 use crate::progress::bar;
-use crate::reducer::Reducer;
 use crate::sweep::SweepBackend;
 use indicatif::MultiProgress;
 
@@ -100,13 +99,7 @@ pub fn verify(cfg: &RunConfig, csv: &Path, n_rows: usize, seed: u64) -> Result<(
     let tok = tokenizer(cfg, &loaded, &imdb.train)?;
     let set = EvalSet::new(&imdb.test, tok.as_ref(), &cfg.eval)?;
     let calibration = calibration_sets(cfg, &imdb, tok.as_ref())?;
-    let reducer = Reducer::new(
-        &loaded.model,
-        loaded.meta.max_len,
-        sweep.reduce_options(),
-        sweep.refit_options(),
-        Some(&calibration),
-    )?;
+    let reducer = sweep_reducer(&loaded, sweep, &calibration)?;
     let mut backend = S5Backend::new(reducer, &set)?;
     backend.measure_speed = false;
     // The estimate only where a committed row has one to compare with (rows written before the
