@@ -21,26 +21,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use bench::pipeline::EvalSet;
-use bench::sections::EvalConfig;
-use faer::{Mat, MatRef};
+use faer::Mat;
+use mor::Method;
 use mor::reduce::{ReduceOptions, reduce_block};
-use mor::{DiagBlock, Method};
-
-/// The calibration reviews the sweep records on are the first 64 of the seed-0 sample; these
-/// come from another seed's sample, minus any review among those 64.
-const HELD_OUT_SEED: u64 = 1;
-
-/// `s = Σ_scans 2 Re(C x_t)` of a block for input `u` `[len, m]` (forward scan from `x = 0`,
-/// plus the reverse scan of a bidirectional block), `[len, p]`; `D ⊙ u` left out.
-fn block_output(block: &DiagBlock, u: MatRef<'_, f64>) -> Result<Mat<f64>> {
-    let (_, _, c_w, c_rev_w) = mor::balance::real_realization(block);
-    let mut y = mor::empirical::real_states(block, u, false)? * c_w.transpose();
-    if let Some(c) = c_rev_w {
-        y += mor::empirical::real_states(block, u, true)? * c.transpose();
-    }
-    Ok(y)
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -48,41 +31,21 @@ fn main() -> Result<()> {
     let ratios = common::ratios(args.get(2), &[0.5, 0.6, 0.8])?;
     let n_reviews = common::count(args.get(3), "REVIEWS", 32)?;
     let t0 = Instant::now();
+    let setup = common::setup(&ckpt)?;
+    let (calibration, held) = common::calibration_and_held_out(&setup, n_reviews)?;
     let common::Setup {
-        git_commit,
-        imdb,
-        loaded,
-        tok,
-    } = common::setup(&ckpt)?;
-    let cal_cfg = |n, seed| EvalConfig {
-        max_samples: n,
-        batch_size: 16,
-        seed,
-        estimate_reviews: 0,
-    };
-    let calibration = EvalSet::new(&imdb.train, tok.as_ref(), &cal_cfg(64, 0))?;
-    // A larger sample of another seed, minus the calibration reviews: their true tokens.
-    let candidates = EvalSet::new(
-        &imdb.train,
-        tok.as_ref(),
-        &cal_cfg(n_reviews + 64, HELD_OUT_SEED),
-    )?;
-    let held: Vec<&Vec<u32>> = candidates
-        .indices
-        .iter()
-        .zip(&candidates.tokens)
-        .filter(|(i, _)| !calibration.indices.contains(i))
-        .map(|(_, t)| t)
-        .take(n_reviews)
-        .collect();
+        git_commit, loaded, ..
+    } = setup;
     let deep = s5::to_mor(&loaded.model, loaded.meta.max_len)?;
     let gramians = bench::reducer::empirical_gramians(&loaded.model, &deep, &calibration)?;
     // Per layer, the full model's SSM inputs on the held-out reviews, [len, H] each.
     let mut inputs: Vec<Vec<Mat<f64>>> = vec![Vec::new(); deep.layers.len()];
     for tokens in &held {
-        for (l, u) in loaded.model.ssm_inputs(tokens)?.into_iter().enumerate() {
-            let h = u.len() / tokens.len();
-            inputs[l].push(MatRef::from_row_major_slice(&u, tokens.len(), h).to_owned());
+        for (l, u) in bench::reducer::layer_inputs(&loaded.model, tokens)?
+            .into_iter()
+            .enumerate()
+        {
+            inputs[l].push(u);
         }
     }
     let methods = [
@@ -115,8 +78,8 @@ fn main() -> Result<()> {
                 let red = reduce_block(&layer.ssm, m, r, &opts)?;
                 let (mut num, mut den) = (0.0, 0.0);
                 for u in &inputs[l] {
-                    let y = block_output(&layer.ssm, u.as_ref())?;
-                    let yr = block_output(&red.block, u.as_ref())?;
+                    let y = mor::refit::state_output(&layer.ssm, u.as_ref())?;
+                    let yr = mor::refit::state_output(&red.block, u.as_ref())?;
                     num += (&y - &yr).squared_norm_l2();
                     den += y.squared_norm_l2();
                 }

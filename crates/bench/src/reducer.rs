@@ -443,14 +443,7 @@ pub fn fit_gates(model: &S5Model, deep: &mor::DeepSsm, calibration: &EvalSet) ->
             .zip(deep.layers.par_iter())
             .try_for_each(|((fit, u), layer)| -> Result<()> {
                 let Some(fit) = fit else { return Ok(()) };
-                let mut y = mor::refit::state_output(&layer.ssm, u.as_ref())?;
-                if let Some(d) = &layer.ssm.d {
-                    for t in 0..y.nrows() {
-                        for (o, &dk) in d.iter().enumerate() {
-                            y[(t, o)] += dk * u[(t, o)];
-                        }
-                    }
-                }
+                let y = mor::refit::ssm_output(&layer.ssm, u.as_ref())?;
                 Ok(fit.add(y.as_ref())?)
             })?;
     }

@@ -24,7 +24,8 @@
 
 use crate::error::{Error, Result};
 use crate::h2opt::Quad;
-use crate::model::{Gate, Layer};
+use crate::model::{Gate, Layer, sigmoid};
+pub use crate::model::{gelu_tanh, gelu_tanh_deriv};
 use faer::{Mat, MatRef};
 
 /// An LQO read-out of a layer: `E` (`None` = identity) and the quadratic forms.
@@ -47,23 +48,6 @@ pub struct GateFitReport {
     pub mean_opening: f64,
     /// Recorded positions.
     pub positions: usize,
-}
-
-/// `GELU_tanh(x) = x/2 (1 + tanh(√(2/π)(x + 0.044715 x³)))` (S5's GELU).
-pub fn gelu_tanh(x: f64) -> f64 {
-    let k = (2.0 / std::f64::consts::PI).sqrt();
-    0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())
-}
-
-/// The derivative of [`gelu_tanh`].
-pub fn gelu_tanh_deriv(x: f64) -> f64 {
-    let k = (2.0 / std::f64::consts::PI).sqrt();
-    let t = (k * (x + 0.044715 * x * x * x)).tanh();
-    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x)
-}
-
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 /// One-pass accumulator of the fit of a `half_glu2` gate ([module doc](self)).
@@ -262,24 +246,8 @@ mod tests {
     }
 
     fn gate_out(l: &Layer, y: &[f64]) -> Vec<f64> {
-        let Gate::HalfGlu2 { w, b } = &l.gate else {
-            unreachable!()
-        };
-        let h = y.len();
-        (0..h)
-            .map(|i| {
-                let a: f64 = (0..h).map(|j| w[(i, j)] * gelu_tanh(y[j])).sum::<f64>() + b[i];
-                y[i] * sigmoid(a)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn gelu_derivative_matches_finite_differences() {
-        for x in [-4.0, -1.3, -0.2, 0.0, 0.7, 2.5] {
-            let fd = (gelu_tanh(x + 1e-6) - gelu_tanh(x - 1e-6)) / 2e-6;
-            assert!((fd - gelu_tanh_deriv(x)).abs() < 1e-8, "{x}");
-        }
+        let out = l.gate.output(MatRef::from_row_major_slice(y, 1, y.len()));
+        (0..y.len()).map(|i| out[(0, i)]).collect()
     }
 
     #[test]

@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::gatefit::LqoTerms;
 use crate::gram;
 use crate::h2opt::{self, H2Options, Objective, Param, Quad, Red};
-use crate::model::{DeepSsm, Gate, Layer};
+use crate::model::{DeepSsm, Gate, Layer, sigmoid};
 use crate::modes;
 use crate::reduction::{BlockReduction, ModelReduction};
 use faer::Mat;
@@ -96,10 +96,6 @@ impl Default for LqoOptions {
             horizon: None,
         }
     }
-}
-
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 /// The LQO read-out of a layer in structured form: `E` (`None` = identity) and the rank-2

@@ -282,6 +282,31 @@ pub fn state_output(block: &DiagBlock, u: MatRef<'_, f64>) -> Result<Mat<f64>> {
     Ok(joint_states(block, u)? * joint_output(block).transpose())
 }
 
+/// The full SSM output `y_t = s_t + D ⊙ u_t` of `block` driven by `u` `[len, m]` (the
+/// [`state_output`] plus the feed-through, if any), as rows `[len, p]`: the gate's input.
+///
+/// # Errors
+/// [`Error::Shape`] for a wrong channel count, or a feed-through with `m ≠ p`.
+pub fn ssm_output(block: &DiagBlock, u: MatRef<'_, f64>) -> Result<Mat<f64>> {
+    let mut y = state_output(block, u)?;
+    if let Some(d) = &block.d {
+        if d.len() != y.ncols() || u.ncols() != y.ncols() {
+            return Err(Error::Shape(format!(
+                "ssm output: feed-through of {} channels for {} inputs and {} outputs",
+                d.len(),
+                u.ncols(),
+                y.ncols()
+            )));
+        }
+        for t in 0..y.nrows() {
+            for (o, &dk) in d.iter().enumerate() {
+                y[(t, o)] += dk * u[(t, o)];
+            }
+        }
+    }
+    Ok(y)
+}
+
 fn check_finite(m: MatRef<'_, f64>, what: &str) -> Result<()> {
     if (0..m.ncols()).any(|j| (0..m.nrows()).any(|i| !m[(i, j)].is_finite())) {
         return Err(Error::Argument(format!("{what} holds a non-finite value")));
@@ -424,6 +449,27 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         Mat::from_fn(len, m, |_, _| rng.random::<f64>() - 0.5)
+    }
+
+    #[test]
+    fn ssm_output_adds_the_feed_through_and_checks_its_shape() {
+        let mut block = random_block(3, 4, 3, 3, true, 0, None, 0.8);
+        let u = noise(4, 9, 3);
+        block.d = Some(vec![0.5, -1.0, 2.0]);
+        let y = ssm_output(&block, u.as_ref()).unwrap();
+        let s = state_output(&block, u.as_ref()).unwrap();
+        for t in 0..9 {
+            for (o, d) in [0.5, -1.0, 2.0].into_iter().enumerate() {
+                assert!((y[(t, o)] - s[(t, o)] - d * u[(t, o)]).abs() < 1e-14);
+            }
+        }
+        block.d = None;
+        assert_eq!(ssm_output(&block, u.as_ref()).unwrap(), s);
+        block.d = Some(vec![1.0; 2]);
+        assert!(matches!(
+            ssm_output(&block, u.as_ref()),
+            Err(Error::Shape(_))
+        ));
     }
 
     #[test]

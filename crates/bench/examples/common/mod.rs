@@ -65,3 +65,32 @@ pub fn setup(ckpt: &std::path::Path) -> Result<Setup> {
         tok,
     })
 }
+
+/// The calibration reviews the sweep records on (the first 64 of the seed-0 training sample) and
+/// `n` held-out training reviews (tokens) that are not among them, from the seed-1 sample: what
+/// an example measures a layer's error on without touching test reviews or the data a method
+/// was calibrated on.
+#[allow(dead_code)] // used by the examples that measure layer errors, not by every example
+pub fn calibration_and_held_out(
+    setup: &Setup,
+    n: usize,
+) -> Result<(bench::pipeline::EvalSet, Vec<Vec<u32>>)> {
+    use bench::pipeline::EvalSet;
+    let cfg = |max_samples, seed| bench::sections::EvalConfig {
+        max_samples,
+        batch_size: 16,
+        seed,
+        estimate_reviews: 0,
+    };
+    let calibration = EvalSet::new(&setup.imdb.train, setup.tok.as_ref(), &cfg(64, 0))?;
+    let candidates = EvalSet::new(&setup.imdb.train, setup.tok.as_ref(), &cfg(n + 64, 1))?;
+    let held = candidates
+        .indices
+        .iter()
+        .zip(candidates.tokens)
+        .filter(|(i, _)| !calibration.indices.contains(i))
+        .map(|(_, t)| t)
+        .take(n)
+        .collect();
+    Ok((calibration, held))
+}

@@ -1,0 +1,222 @@
+//! On layers that are exactly linear-quadratic-output (LQO) systems, does the LQO-h2 objective of
+//! Sakamoto & Sato (arXiv 2510.14542) beat the linear h2 objective layer by layer? (Issue 32,
+//! item 7.) For every layer of a checkpoint and every ratio, the layer's SSM is reduced to the
+//! same order by `h2`, `tlh2` and `lqo-h2` (as the sweep reduces it: the same ratio in every
+//! layer, `mor::reduce::reduce_model`), and each reduction is scored three ways, all relative to
+//! the full layer:
+//!
+//! - `linear`: the time-limited (`max_len`) h2 error of the SSM, the objective of `tlh2`;
+//! - `lqo`: the time-limited LQO h2 error with the gate's LQO model (exact for the `quadratic`
+//!   gate; for `half_glu2`, the model fitted at the operating point, as `lqo-h2` uses), the
+//!   objective of `lqo-h2`;
+//! - `gate`: the measured error of what the layer adds to its residual stream,
+//!   `‖gate(y) − gate(ŷ)‖ / ‖gate(y)‖` over all true positions of held-out training reviews, with
+//!   `y = s + D ⊙ u` the SSM output under the inputs the full model feeds the layer (so the
+//!   feed-through's share of the quadratic gate, which neither objective sees, is included).
+//!
+//! ```text
+//! cargo run --release -p bench --example lqo_vs_h2 -- [CHECKPOINT] [RATIOS] [REVIEWS]
+//! ```
+//!
+//! Defaults: `results/imdb-quadratic/model`, ratios `0.5,0.6,0.7,0.8,0.9`, 16 held-out training
+//! reviews (never test reviews, never the 64 calibration reviews). Prints a table and writes it
+//! atomically to `<CHECKPOINT>/../lqo-vs-h2.json` (with explicit ratios or reviews:
+//! `lqo-vs-h2-<reviews>-<ratios>.json`), with the git commit and the checkpoint digest.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use faer::Mat;
+use mor::Method;
+use mor::gatefit::LqoTerms;
+use mor::reduce::{ReduceOptions, reduce_model};
+
+const METHODS: [Method; 3] = [Method::H2, Method::Tlh2, Method::LqoH2];
+
+/// `‖a − b‖² ` and `‖a‖²` accumulated over sequences.
+#[derive(Clone, Copy, Default)]
+struct Rel {
+    num: f64,
+    den: f64,
+}
+
+impl Rel {
+    fn add(&mut self, full: &Mat<f64>, reduced: &Mat<f64>) {
+        self.num += (full - reduced).squared_norm_l2();
+        self.den += full.squared_norm_l2();
+    }
+    fn value(self) -> f64 {
+        (self.num / self.den).sqrt()
+    }
+}
+
+/// The layer's SSM with every output matrix set to zero: its error against the full layer is the
+/// full layer's norm (the same closed form scores both).
+fn silenced(block: &mor::DiagBlock) -> mor::DiagBlock {
+    let mut z = block.clone();
+    z.c.fill(faer::c64::new(0.0, 0.0));
+    if let Some(c) = z.c_rev.as_mut() {
+        c.fill(faer::c64::new(0.0, 0.0));
+    }
+    z
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let ckpt = PathBuf::from(
+        args.get(1)
+            .map_or("results/imdb-quadratic/model", String::as_str),
+    );
+    let ratios = common::ratios(args.get(2), &[0.5, 0.6, 0.7, 0.8, 0.9])?;
+    let n_reviews = common::count(args.get(3), "REVIEWS", 16)?;
+    let t0 = Instant::now();
+    let setup = common::setup(&ckpt)?;
+    let (calibration, held) = common::calibration_and_held_out(&setup, n_reviews)?;
+    let loaded = &setup.loaded;
+    let deep = s5::to_mor(&loaded.model, loaded.meta.max_len)?;
+    let horizon = Some(deep.max_len);
+    // The gates' LQO models as `lqo-h2` uses them (None = exact, the gate's own terms).
+    let (fitted, _) = bench::reducer::fit_gates(&loaded.model, &deep, &calibration)?;
+    let mut opts = ReduceOptions::default();
+    opts.lqo.terms = Some(fitted);
+    let terms: Vec<LqoTerms> = deep
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(l, layer)| mor::lqo::layer_terms(layer, l, &opts.lqo))
+        .collect();
+    let exact: Vec<bool> = opts
+        .lqo
+        .terms
+        .as_ref()
+        .expect("set above")
+        .iter()
+        .map(Option::is_none)
+        .collect();
+    // Per layer, the full model's SSM inputs on the held-out reviews.
+    let mut inputs: Vec<Vec<Mat<f64>>> = vec![Vec::new(); deep.layers.len()];
+    for tokens in &held {
+        for (l, u) in bench::reducer::layer_inputs(&loaded.model, tokens)?
+            .into_iter()
+            .enumerate()
+        {
+            inputs[l].push(u);
+        }
+    }
+    // The full layers' norms and outputs, once.
+    let mut norms = Vec::new();
+    let mut full_out: Vec<Vec<Mat<f64>>> = Vec::new();
+    for (l, layer) in deep.layers.iter().enumerate() {
+        let lin = mor::gram::h2_norm(&layer.ssm, horizon);
+        let lqo =
+            mor::lqo::lqo_h2_error_with(layer, &silenced(&layer.ssm), terms[l].clone(), horizon)?;
+        norms.push((lin, lqo));
+        full_out.push(
+            inputs[l]
+                .iter()
+                .map(|u| {
+                    let y = mor::refit::ssm_output(&layer.ssm, u.as_ref())?;
+                    Ok(layer.gate.output(y.as_ref()))
+                })
+                .collect::<Result<_>>()?,
+        );
+    }
+    println!(
+        "relative layer errors (time-limited linear h2 | time-limited LQO h2 | measured gate output \
+         on {} held-out training reviews); LQO model per layer: {}",
+        held.len(),
+        exact
+            .iter()
+            .map(|&e| if e { "exact" } else { "fitted" })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut rows = Vec::new();
+    for &ratio in &ratios {
+        let reductions = METHODS
+            .iter()
+            .map(|&m| {
+                reduce_model(&deep, m, ratio, &opts)
+                    .with_context(|| format!("{} at ratio {ratio}", m.name()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        println!(
+            "ratio {ratio}: layer order  {}",
+            ["linear", "lqo", "gate"]
+                .map(|k| METHODS
+                    .map(|m| format!("{:>8}", format!("{k}:{}", m.name())))
+                    .join(""))
+                .join(" |")
+        );
+        for (l, layer) in deep.layers.iter().enumerate() {
+            let mut scores = Vec::new();
+            for red in &reductions {
+                let block = &red.model.layers[l].ssm;
+                let linear = mor::gram::h2_error(&layer.ssm, block, horizon)? / norms[l].0;
+                let lqo = mor::lqo::lqo_h2_error_with(layer, block, terms[l].clone(), horizon)?
+                    / norms[l].1;
+                let mut gate = Rel::default();
+                for (u, full) in inputs[l].iter().zip(&full_out[l]) {
+                    let y = mor::refit::ssm_output(block, u.as_ref())?;
+                    gate.add(full, &layer.gate.output(y.as_ref()));
+                }
+                scores.push([linear, lqo, gate.value()]);
+            }
+            let order = reductions[0].kept_modes[l];
+            println!(
+                "             {}  {order:>5}  {}",
+                l + 1,
+                (0..3)
+                    .map(|k| scores
+                        .iter()
+                        .map(|s| format!("{:>8.4}", s[k]))
+                        .collect::<String>())
+                    .collect::<Vec<_>>()
+                    .join(" |")
+            );
+            let by_method: serde_json::Map<String, serde_json::Value> = METHODS
+                .iter()
+                .zip(&scores)
+                .map(|(m, s)| {
+                    (
+                        m.name().to_string(),
+                        serde_json::json!({"linear": s[0], "lqo": s[1], "gate": s[2]}),
+                    )
+                })
+                .collect();
+            rows.push(serde_json::json!({
+                "ratio": ratio, "layer": l + 1,
+                "orders": reductions.iter().map(|r| r.kept_modes[l]).collect::<Vec<_>>(),
+                "relative_error": by_method,
+            }));
+        }
+    }
+    let out = serde_json::json!({
+        "what": "per layer, relative errors of the h2, tlh2 and lqo-h2 reductions at the same orders: time-limited (max_len) linear h2, time-limited LQO h2 with the gate's LQO model, and the measured gate output on held-out training reviews",
+        "lqo_model_exact_per_layer": exact,
+        "checkpoint": ckpt.display().to_string(),
+        "checkpoint_sha256": loaded.sha256,
+        "git_commit": setup.git_commit,
+        "held_out_reviews": held.len(),
+        "horizon": deep.max_len,
+        "seconds": t0.elapsed().as_secs_f64(),
+        "rows": rows,
+    });
+    let dir = ckpt.parent().unwrap_or(std::path::Path::new("."));
+    let path = if args.len() <= 2 {
+        dir.join("lqo-vs-h2.json")
+    } else {
+        let r: Vec<String> = ratios.iter().map(f64::to_string).collect();
+        dir.join(format!("lqo-vs-h2-{}-{}.json", held.len(), r.join("_")))
+    };
+    bench::results::write_atomic(&path, serde_json::to_string_pretty(&out)?.as_bytes())?;
+    println!(
+        "wrote {} in {:.0} s",
+        path.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
