@@ -143,14 +143,12 @@ fn main() -> Result<()> {
                     .with_context(|| format!("{} at ratio {ratio}", m.name()))
             })
             .collect::<Result<Vec<_>>>()?;
+        let names = METHODS.map(|m| format!("{:>8}", m.name())).join("");
         println!(
-            "ratio {ratio}: layer order  {}",
-            ["linear", "lqo", "gate"]
-                .map(|k| METHODS
-                    .map(|m| format!("{:>8}", format!("{k}:{}", m.name())))
-                    .join(""))
-                .join(" |")
+            "ratio {ratio}     {:<24} | {:<24} | {:<24}",
+            "linear h2 (max_len)", "LQO h2 (max_len)", "gate output"
         );
+        println!("layer order  {names} |{names} |{names}");
         for (l, layer) in deep.layers.iter().enumerate() {
             let mut scores = Vec::new();
             for red in &reductions {
@@ -167,7 +165,7 @@ fn main() -> Result<()> {
             }
             let order = reductions[0].kept_modes[l];
             println!(
-                "             {}  {order:>5}  {}",
+                "{:>5} {order:>5}  {}",
                 l + 1,
                 (0..3)
                     .map(|k| scores
