@@ -471,7 +471,12 @@ pub fn calibration_summary(rows: &[Row]) -> String {
         .iter()
         .filter(|r| r.method != FULL && r.estimate_mean.is_finite())
         .collect();
-    if with_bound.is_empty() && with_est.is_empty() {
+    // A bound that overflows to infinity holds vacuously: such rows are counted, not hidden.
+    let infinite_median = rows
+        .iter()
+        .filter(|r| r.method != FULL && r.bound_median == f64::INFINITY)
+        .count();
+    if with_bound.is_empty() && with_est.is_empty() && infinite_median == 0 {
         return String::new();
     }
     let mut s =
@@ -479,13 +484,32 @@ pub fn calibration_summary(rows: &[Row]) -> String {
     if !with_bound.is_empty() {
         let err: Vec<f64> = with_bound.iter().map(|r| r.logit_err_mean).collect();
         let bm: Vec<f64> = with_bound.iter().map(|r| r.bound_median).collect();
+        let infinite_somewhere = with_bound
+            .iter()
+            .filter(|r| r.bound_max == f64::INFINITY)
+            .count();
+        let vacuous = if infinite_somewhere > 0 {
+            format!(
+                " (on {infinite_somewhere} of them it overflowed to infinity on some review, \
+                 where it holds vacuously)"
+            )
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
-            "- certified bound ({} rows): held on every review of {} rows; median over rows of \
-             `bound_over_error_median` {:.2e}; Spearman(`bound_median`, `logit_err_mean`) {:.3}\n",
+            "- certified bound ({} rows): held on every review of {} rows{vacuous}; median over \
+             rows of `bound_over_error_median` {:.2e}; Spearman(`bound_median`, \
+             `logit_err_mean`) {:.3}\n",
             with_bound.len(),
             with_bound.iter().filter(|r| r.bound_holds).count(),
             crate::estimate::median(with_bound.iter().map(|r| r.bound_over_error_median)),
             spearman(&bm, &err)
+        ));
+    }
+    if infinite_median > 0 {
+        s.push_str(&format!(
+            "- certified bound infinite (overflowed) on at least half the reviews, left out \
+             above: {infinite_median} rows\n"
         ));
     }
     if !with_est.is_empty() {
@@ -743,6 +767,37 @@ mod tests {
         );
         assert!(
             all < 0.95 && s.contains(&format!("`logit_err_mean`) {all:.3}\n")),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn calibration_summary_counts_rows_where_the_bound_overflowed() {
+        let at = |method: &str, median: f64, max: f64| {
+            let mut r = crate::results::tests::row(method, 0.5);
+            (r.bound_median, r.bound_max, r.bound_over_error_median) = (median, max, median);
+            (r.logit_err_mean, r.bound_holds) = (1.0, true);
+            r
+        };
+        let rows = vec![
+            at(FULL, f64::NAN, 0.0),
+            at("modal", 1e10, 1e12),
+            at("bt", 1e11, f64::INFINITY),
+            at("last", f64::INFINITY, f64::INFINITY),
+        ];
+        let s = calibration_summary(&rows);
+        assert!(
+            s.contains(
+                "certified bound (2 rows): held on every review of 2 rows (on 1 of them it \
+                 overflowed to infinity on some review, where it holds vacuously)"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("left out above: 1 rows"), "{s}");
+        // Without overflow the line says nothing about it.
+        let s = calibration_summary(&rows[..2]);
+        assert!(
+            s.contains("held on every review of 1 rows;") && !s.contains("infin"),
             "{s}"
         );
     }
