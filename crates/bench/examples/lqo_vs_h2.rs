@@ -9,10 +9,12 @@
 //! - `lqo`: the time-limited LQO h2 error with the gate's LQO model (exact for the `quadratic`
 //!   gate; for `half_glu2`, the model fitted at the operating point, as `lqo-h2` uses), the
 //!   objective of `lqo-h2`;
-//! - `lqo_out`: the measured error of the LQO system's own output, `‖g(s) − g(ŝ)‖ / ‖g(s)‖` with
-//!   `g` the gate and `s = 2 Re(C̃ x)` the state output under the inputs the full model feeds the
-//!   layer on held-out training reviews (all true positions): the LQO h2 objective's quantity,
-//!   with real inputs in place of white noise;
+//! - `lqo_out`: the measured error `‖g(s) − g(ŝ)‖ / ‖g(s)‖` with `g` the gate and
+//!   `s = 2 Re(C̃ x) + 2 Re(C̃_rev x')` the state output (both scans) under the inputs the full
+//!   model feeds the layer on held-out training reviews (all true positions). For the quadratic
+//!   gate `g(s)` is the LQO system's own output, so this is the LQO h2 objective's quantity with
+//!   real inputs in place of white noise; for `half_glu2` it is the true gate, not the fitted LQO
+//!   model;
 //! - `layer_out`: the measured error of what the layer adds to its residual stream,
 //!   `‖g(y) − g(ŷ)‖ / ‖g(y)‖` with `y = s + D ⊙ u`. For the quadratic gate,
 //!   `g(y) − g(ŷ) = g(s) − g(ŝ) + e ⊙ W(D ⊙ u) + (D ⊙ u) ⊙ W e` with `e = s − ŝ`: the
@@ -25,16 +27,20 @@
 //! ```
 //!
 //! Defaults: `results/imdb-quadratic/model`, ratios `0.5,0.6,0.7,0.8,0.9`, 16 held-out training
-//! reviews (never test reviews, never the 64 calibration reviews). Prints a table and writes it
-//! atomically to `<CHECKPOINT>/../lqo-vs-h2.json` (with explicit ratios or reviews:
-//! `lqo-vs-h2-<reviews>-<ratios>.json`), with the git commit and the checkpoint digest.
+//! reviews (never test reviews, never the 64 calibration reviews). The reviews come from the
+//! `[data]` section of `$BENCH_CONFIG` (default `imdb.toml`). A training run's directory whose
+//! model is not published yet is refused (its newest step checkpoint can be named explicitly,
+//! `…/model/checkpoints/step-00003126`). Prints a table and writes it atomically to
+//! `<CHECKPOINT>/../lqo-vs-h2.json` (with explicit ratios or reviews:
+//! `lqo-vs-h2-<reviews>-<ratios>.json`), with the git commit, the directory the weights were read
+//! from and their digest.
 
 mod common;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use faer::Mat;
 use mor::Method;
 use mor::gatefit::LqoTerms;
@@ -95,8 +101,16 @@ fn main() -> Result<()> {
     let n_reviews = common::count(args.get(3), "REVIEWS", 16)?;
     let t0 = Instant::now();
     let setup = common::setup(&ckpt)?;
-    let (calibration, held) = common::calibration_and_held_out(&setup, n_reviews)?;
     let loaded = &setup.loaded;
+    if loaded.dir != ckpt {
+        bail!(
+            "{} holds no published model (training unfinished?); its newest step checkpoint is \
+             {}: name it explicitly to analyse it",
+            ckpt.display(),
+            loaded.dir.display()
+        );
+    }
+    let (calibration, held) = common::calibration_and_held_out(&setup, n_reviews)?;
     let deep = s5::to_mor(&loaded.model, loaded.meta.max_len)?;
     let horizon = Some(deep.max_len);
     // The gates' LQO models as `lqo-h2` uses them (None = exact, the gate's own terms).
@@ -164,8 +178,9 @@ fn main() -> Result<()> {
             .collect::<Result<Vec<_>>>()?;
         let names = METHODS.map(|m| format!("{:>8}", m.name())).join("");
         println!(
-            "ratio {ratio}     {}",
-            SCORES.map(|s| format!("{:<24}", s.1)).join(" | ")
+            "{:<13}{}",
+            format!("ratio {ratio}"),
+            SCORES.map(|s| format!("{:>24}", s.1)).join(" |")
         );
         println!("layer order  {}", [names.as_str(); 4].join(" |"));
         for (l, layer) in deep.layers.iter().enumerate() {
@@ -221,7 +236,7 @@ fn main() -> Result<()> {
     let out = serde_json::json!({
         "what": "per layer, relative errors of the h2, tlh2 and lqo-h2 reductions at the same orders: time-limited (max_len) linear h2, time-limited LQO h2 with the gate's LQO model, and on held-out training reviews the measured error of the gate applied to the state output alone (lqo_out) and to the SSM output with the feed-through (layer_out)",
         "lqo_model_exact_per_layer": exact,
-        "checkpoint": ckpt.display().to_string(),
+        "checkpoint": loaded.dir.display().to_string(),
         "checkpoint_sha256": loaded.sha256,
         "git_commit": setup.git_commit,
         "held_out_reviews": held.len(),

@@ -36,8 +36,9 @@ pub enum Gate {
 }
 
 impl Gate {
-    /// The gate's output for SSM outputs `y` `[len, h]` (one row per position, including the
-    /// feed-through `D ⊙ u`), `[len, h]`: what the layer adds to its residual stream.
+    /// The gate's output for gate inputs `y` `[len, h]` (one row per position), `[len, h]`. With
+    /// the SSM output including the feed-through, `y = s + D ⊙ u`, this is what the layer adds to
+    /// its residual stream; with the state output `s` alone, the LQO system's output.
     ///
     /// # Panics
     /// If `y` does not have the gate's `h` columns.

@@ -286,7 +286,8 @@ pub fn state_output(block: &DiagBlock, u: MatRef<'_, f64>) -> Result<Mat<f64>> {
 /// [`state_output`] plus the feed-through, if any), as rows `[len, p]`: the gate's input.
 ///
 /// # Errors
-/// [`Error::Shape`] for a wrong channel count, or a feed-through with `m ≠ p`.
+/// [`Error::Shape`] for a wrong channel count, or a feed-through whose length, `m` and `p`
+/// differ.
 pub fn ssm_output(block: &DiagBlock, u: MatRef<'_, f64>) -> Result<Mat<f64>> {
     let mut y = state_output(block, u)?;
     if let Some(d) = &block.d {
