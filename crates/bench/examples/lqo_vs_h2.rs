@@ -19,7 +19,8 @@
 //!   `‖g(y) − g(ŷ)‖ / ‖g(y)‖` with `y = s + D ⊙ u`. For the quadratic gate,
 //!   `g(y) − g(ŷ) = g(s) − g(ŝ) + e ⊙ W(D ⊙ u) + (D ⊙ u) ⊙ W e` with `e = s − ŝ`: the
 //!   feed-through adds error terms, linear in `e` with input-dependent weights, that neither
-//!   objective sees (the LQO systems of the paper have no feed-through), so a layer with `D ≠ 0`
+//!   objective sees (LQO systems as the h2 literature defines them, e.g. arXiv 2505.03057, have
+//!   outputs linear and quadratic in the state only), so a layer with `D ≠ 0`
 //!   is exactly LQO in its state output only.
 //!
 //! ```text
