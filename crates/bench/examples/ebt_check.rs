@@ -21,7 +21,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use faer::Mat;
 use mor::Method;
 use mor::reduce::{ReduceOptions, reduce_block};
 
@@ -39,15 +38,7 @@ fn main() -> Result<()> {
     let deep = s5::to_mor(&loaded.model, loaded.meta.max_len)?;
     let gramians = bench::reducer::empirical_gramians(&loaded.model, &deep, &calibration)?;
     // Per layer, the full model's SSM inputs on the held-out reviews, [len, H] each.
-    let mut inputs: Vec<Vec<Mat<f64>>> = vec![Vec::new(); deep.layers.len()];
-    for tokens in &held {
-        for (l, u) in bench::reducer::layer_inputs(&loaded.model, tokens)?
-            .into_iter()
-            .enumerate()
-        {
-            inputs[l].push(u);
-        }
-    }
+    let inputs = common::inputs_per_layer(&loaded.model, &held)?;
     let methods = [
         Method::Modal,
         Method::Emodal,
@@ -121,11 +112,5 @@ fn main() -> Result<()> {
             r.join("_")
         ))
     };
-    bench::results::write_atomic(&path, serde_json::to_string_pretty(&out)?.as_bytes())?;
-    println!(
-        "wrote {} in {:.0} s",
-        path.display(),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
+    common::write_report(&path, &out, t0)
 }

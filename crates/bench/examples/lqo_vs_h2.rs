@@ -116,6 +116,7 @@ fn main() -> Result<()> {
     let horizon = Some(deep.max_len);
     // The gates' LQO models as `lqo-h2` uses them (None = exact, the gate's own terms).
     let (fitted, _) = bench::reducer::fit_gates(&loaded.model, &deep, &calibration)?;
+    let exact: Vec<bool> = fitted.iter().map(Option::is_none).collect();
     let mut opts = ReduceOptions::default();
     opts.lqo.terms = Some(fitted);
     let terms: Vec<LqoTerms> = deep
@@ -124,24 +125,8 @@ fn main() -> Result<()> {
         .enumerate()
         .map(|(l, layer)| mor::lqo::layer_terms(layer, l, &opts.lqo))
         .collect();
-    let exact: Vec<bool> = opts
-        .lqo
-        .terms
-        .as_ref()
-        .expect("set above")
-        .iter()
-        .map(Option::is_none)
-        .collect();
     // Per layer, the full model's SSM inputs on the held-out reviews.
-    let mut inputs: Vec<Vec<Mat<f64>>> = vec![Vec::new(); deep.layers.len()];
-    for tokens in &held {
-        for (l, u) in bench::reducer::layer_inputs(&loaded.model, tokens)?
-            .into_iter()
-            .enumerate()
-        {
-            inputs[l].push(u);
-        }
-    }
+    let inputs = common::inputs_per_layer(&loaded.model, &held)?;
     // The full layers' norms and outputs, once.
     let mut norms = Vec::new();
     let mut full_out: Vec<Vec<[Mat<f64>; 2]>> = Vec::new();
@@ -252,11 +237,5 @@ fn main() -> Result<()> {
         let r: Vec<String> = ratios.iter().map(f64::to_string).collect();
         dir.join(format!("lqo-vs-h2-{}-{}.json", held.len(), r.join("_")))
     };
-    bench::results::write_atomic(&path, serde_json::to_string_pretty(&out)?.as_bytes())?;
-    println!(
-        "wrote {} in {:.0} s",
-        path.display(),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
+    common::write_report(&path, &out, t0)
 }

@@ -94,3 +94,39 @@ pub fn calibration_and_held_out(
         .collect();
     Ok((calibration, held))
 }
+
+/// The full model's SSM input of every layer on each of `reviews` (token sequences), grouped by
+/// layer: `inputs[ℓ][i]` is layer ℓ's `[len_i, m]` input on review `i`
+/// ([`bench::reducer::layer_inputs`]).
+#[allow(dead_code)] // used by the examples that measure layer errors, not by every example
+pub fn inputs_per_layer(
+    model: &s5::S5Model,
+    reviews: &[Vec<u32>],
+) -> Result<Vec<Vec<faer::Mat<f64>>>> {
+    let mut inputs: Vec<Vec<faer::Mat<f64>>> = Vec::new();
+    for tokens in reviews {
+        let per_layer = bench::reducer::layer_inputs(model, tokens)?;
+        inputs.resize_with(per_layer.len(), Vec::new);
+        for (l, u) in per_layer.into_iter().enumerate() {
+            inputs[l].push(u);
+        }
+    }
+    Ok(inputs)
+}
+
+/// Writes `value` as pretty JSON to `path` atomically and says so on stdout with the time since
+/// `start`.
+#[allow(dead_code)] // used by the examples that write a report, not by every example
+pub fn write_report(
+    path: &std::path::Path,
+    value: &serde_json::Value,
+    start: std::time::Instant,
+) -> Result<()> {
+    bench::results::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())?;
+    println!(
+        "wrote {} in {:.0} s",
+        path.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
