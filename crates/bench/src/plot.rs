@@ -77,9 +77,9 @@ fn method_rgb(m: mor::Method) -> RGBColor {
 
 /// A fixed colour per method (colour-blind friendly Tableau-10 hues), so the same method has the
 /// same colour in every figure. A recipe with a post-step (`emodal+refit`) has its reducer's
-/// colour and is drawn dashed ([`has_post_step`]); one with its own allocation
-/// (`emodal@sens+refit`) has a darker shade of it, one with a layer override (`bt[1=modal]`) a
-/// lighter tint.
+/// colour and is drawn dashed ([`has_post_step`]); one with its own allocation has a shade of it
+/// that depends on the allocation ([`allocation_shade`]: `@sens` darker, `@first-order` and
+/// `@bound` two lighter tints), one with a layer override (`bt[1=modal]`) a third lighter tint.
 pub fn method_color(method: &str) -> RGBColor {
     let method = method.split_once('+').map_or(method, |(m, _)| m);
     if let Some((reducer, rest)) = method.split_once('[') {
@@ -96,10 +96,8 @@ pub fn method_color(method: &str) -> RGBColor {
             None => tint,
         };
     }
-    if let Some((reducer, _)) = method.split_once('@') {
-        let RGBColor(r, g, b) = method_color(reducer);
-        let dark = |c: u8| (f64::from(c) * 0.55).round() as u8;
-        return RGBColor(dark(r), dark(g), dark(b));
+    if let Some((reducer, allocation)) = method.split_once('@') {
+        return allocation_shade(method_color(reducer), allocation);
     }
     match method.parse::<mor::Method>() {
         Ok(m) => method_rgb(m),
@@ -110,6 +108,21 @@ pub fn method_color(method: &str) -> RGBColor {
                 .fold(0usize, |a, b| a.wrapping_mul(31) + b as usize);
             [RGBColor(188, 189, 34), RGBColor(127, 127, 127)][h % 2]
         }
+    }
+}
+
+/// The shade of a reducer's colour for a recipe with its own allocation, one per allocation so
+/// that two allocations of one reducer (`lqo-h2@bound`, `lqo-h2@first-order`) are told apart:
+/// `sens` (and any other name) darker, `first-order` and `bound` tinted towards white by 30 and
+/// 60 % (a layer override's tint is 45 %).
+fn allocation_shade(base: RGBColor, allocation: &str) -> RGBColor {
+    let RGBColor(r, g, b) = base;
+    let light = |t: f64| move |c: u8| (f64::from(c) + t * (255.0 - f64::from(c))).round() as u8;
+    let shade = |f: &dyn Fn(u8) -> u8| RGBColor(f(r), f(g), f(b));
+    match allocation {
+        "first-order" => shade(&light(0.3)),
+        "bound" => shade(&light(0.6)),
+        _ => shade(&|c: u8| (f64::from(c) * 0.55).round() as u8),
     }
 }
 
@@ -1062,6 +1075,27 @@ mod tests {
         assert!(light.0 >= bt.0 && light.1 >= bt.1 && light.2 >= bt.2 && light != bt);
         assert_ne!(method_color("bt[1=modal]@sens+refit"), light);
         assert_eq!(method_color("bt[1-2=modal]"), light);
+    }
+
+    #[test]
+    fn allocations_of_one_reducer_have_their_own_shades() {
+        for &m in &mor::Method::ALL {
+            let base = m.name();
+            let mut cs: Vec<_> = mor::alloc::Allocation::ALL
+                .iter()
+                .filter(|&&a| a != mor::alloc::Allocation::Uniform)
+                .map(|a| format!("{base}@{}", a.name()))
+                .chain([base.to_string(), format!("{base}[1=modal]")])
+                .map(|r| {
+                    let c = method_color(&r);
+                    (c.0, c.1, c.2)
+                })
+                .collect();
+            let n = cs.len();
+            cs.sort_unstable();
+            cs.dedup();
+            assert_eq!(cs.len(), n, "{base}: two recipes share a colour");
+        }
     }
     use crate::results::ResultsStore;
 
