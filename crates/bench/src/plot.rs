@@ -78,7 +78,7 @@ fn method_rgb(m: mor::Method) -> RGBColor {
 /// A fixed colour per method (colour-blind friendly Tableau-10 hues), so the same method has the
 /// same colour in every figure. A recipe with a post-step (`emodal+refit`) has its reducer's
 /// colour and is drawn dashed ([`has_post_step`]); one with its own allocation has a shade of it
-/// that depends on the allocation ([`allocation_shade`]: `@sens` darker, `@first-order` and
+/// that depends on the allocation (`@sens` darker, `@first-order` and
 /// `@bound` two lighter tints), one with a layer override (`bt[1=modal]`) a third lighter tint.
 pub fn method_color(method: &str) -> RGBColor {
     let method = method.split_once('+').map_or(method, |(m, _)| m);
