@@ -85,15 +85,10 @@ pub fn method_color(method: &str) -> RGBColor {
     if let Some((reducer, rest)) = method.split_once('[') {
         // A layer override (`bt[1=modal]`): a lighter tint of the reducer's colour (darkened
         // after it if the recipe also names an allocation).
-        let RGBColor(r, g, b) = method_color(reducer);
-        let light = |c: u8| (f64::from(c) + 0.45 * (255.0 - f64::from(c))).round() as u8;
-        let tint = RGBColor(light(r), light(g), light(b));
+        let light = tint(method_color(reducer), 0.45);
         return match rest.split_once('@') {
-            Some(_) => {
-                let dark = |c: u8| (f64::from(c) * 0.55).round() as u8;
-                RGBColor(dark(tint.0), dark(tint.1), dark(tint.2))
-            }
-            None => tint,
+            Some(_) => darken(light),
+            None => light,
         };
     }
     if let Some((reducer, allocation)) = method.split_once('@') {
@@ -116,14 +111,24 @@ pub fn method_color(method: &str) -> RGBColor {
 /// `sens` (and any other name) darker, `first-order` and `bound` tinted towards white by 30 and
 /// 60 % (a layer override's tint is 45 %).
 fn allocation_shade(base: RGBColor, allocation: &str) -> RGBColor {
-    let RGBColor(r, g, b) = base;
-    let light = |t: f64| move |c: u8| (f64::from(c) + t * (255.0 - f64::from(c))).round() as u8;
-    let shade = |f: &dyn Fn(u8) -> u8| RGBColor(f(r), f(g), f(b));
-    match allocation {
-        "first-order" => shade(&light(0.3)),
-        "bound" => shade(&light(0.6)),
-        _ => shade(&|c: u8| (f64::from(c) * 0.55).round() as u8),
+    use mor::alloc::Allocation as A;
+    match A::ALL.into_iter().find(|a| a.name() == allocation) {
+        Some(A::FirstOrder) => tint(base, 0.3),
+        Some(A::Bound) => tint(base, 0.6),
+        _ => darken(base),
     }
+}
+
+/// `c` moved towards white by the fraction `t` (0 = unchanged, 1 = white).
+fn tint(c: RGBColor, t: f64) -> RGBColor {
+    let f = |x: u8| (f64::from(x) + t * (255.0 - f64::from(x))).round() as u8;
+    RGBColor(f(c.0), f(c.1), f(c.2))
+}
+
+/// `c` darkened to 55 % of its intensity.
+fn darken(c: RGBColor) -> RGBColor {
+    let f = |x: u8| (f64::from(x) * 0.55).round() as u8;
+    RGBColor(f(c.0), f(c.1), f(c.2))
 }
 
 /// Whether `method` names a recipe with a post-step (`<method>+<post-step>`), drawn dashed.
