@@ -231,7 +231,7 @@ impl NormFactors {
     }
 }
 
-fn spectral_norm(w: &Mat<f64>) -> Result<f64> {
+pub(crate) fn spectral_norm(w: &Mat<f64>) -> Result<f64> {
     if w.nrows() == 0 || w.ncols() == 0 {
         return Ok(0.0);
     }

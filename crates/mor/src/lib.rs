@@ -55,6 +55,7 @@ pub mod bound;
 pub mod bt;
 pub mod empirical;
 pub mod error;
+pub mod gate_box;
 pub mod gatefit;
 pub mod gram;
 pub mod h2opt;
