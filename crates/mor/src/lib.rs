@@ -18,7 +18,8 @@
 //! - Recipes ([`recipe`]): `<method>[<layers>=<method>][@<allocation>][+<post-step>]`, a method ×
 //!   optional per-layer reducer overrides × an order allocation ([`alloc`]: `uniform`, `bound`,
 //!   `sens`, `first-order`) × a post-step ([`refit`]: `refit`, `refit-seq`).
-//! - [`hinf`]: certified upper bounds of H∞ norms (used by the bound).
+//! - [`hinf`]: certified upper bounds of H∞ norms (used by the bound); [`gate_box`]: certified
+//!   bounds on a gate's Jacobian over per-position boxes (measured against the bound's constants).
 //! - `bound`: the output-error bound of a reduced model (see `BOUND.md`).
 //! - [`memory`]: the memory a command needs, estimated from the block's sizes before allocating.
 //!
