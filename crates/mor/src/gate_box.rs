@@ -29,8 +29,10 @@
 //! (|W|ᵀ p)_j))`. Identity: 1.
 //!
 //! The bound shrinks to the point Jacobian's bound as `R → 0` and is only useful while the
-//! interval of `a` stays narrow (`ρ_c ≈ ‖w_c‖₁ · 1.13 R`): for wide boxes it is no better than
-//! the global constant, which the bound then keeps (it takes the minimum of the two).
+//! interval of `a` stays narrow (`ρ_c ≈ ‖w_c‖₁ · 1.13 R`); for wide boxes it is no better than
+//! the global constant. On the reference model it loses to the global constant at every radius
+//! that separates a reduced model from the full one at 60 % of the modes removed, so
+//! [`crate::bound`] does not use it (measurements in `BOUND.md`, "Gates on per-position boxes").
 
 use faer::{Mat, MatRef};
 
