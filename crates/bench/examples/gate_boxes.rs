@@ -134,7 +134,7 @@ fn main() -> Result<()> {
         "| layer | ‖y‖∞ | ‖ŷ‖∞ | R = ‖ŷ − y‖∞ | global | {} | box(R) | secant |",
         radii_head.join(" | ")
     );
-    println!("|---:|{}", "---:|".repeat(7 + RADII.len()));
+    println!("|---:|{}", "---:|".repeat(6 + RADII.len()));
     for (l, per_review) in rows.iter().enumerate() {
         let cols = per_review[0].len();
         let cells: Vec<String> = (0..cols)

@@ -107,7 +107,8 @@ impl Weights {
         })
     }
 
-    /// `GELU_tanh([lo, hi]) ⊂ [g⁻, g⁺]`.
+    /// `GELU_tanh([lo, hi]) ⊂ [g⁻, g⁺]`. The pad covers the rounding of `gelu_tanh`: relative
+    /// for large values, absolute (`1 + tanh` cancels for negative arguments) for small ones.
     fn gelu_range(&self, lo: f64, hi: f64) -> (f64, f64) {
         let (a, b) = (gelu_tanh(lo), gelu_tanh(hi));
         let low = if lo < self.gelu_argmin && self.gelu_argmin < hi {
@@ -115,11 +116,13 @@ impl Weights {
         } else {
             a.min(b)
         };
-        let pad = ROUNDING * (a.abs().max(b.abs()) + 1e-300);
+        let pad = ROUNDING * a.abs().max(b.abs()) + 1e-15 * (1.0 + lo.abs().max(hi.abs()));
         (low - pad, a.max(b) + pad)
     }
 
-    /// `‖diag(p) |W| diag(d)‖₂ ≤ min(max p ‖W‖₂ max d, Schur test)` (`d = None`: all ones).
+    /// Bounds, for `M = diag(q) W diag(e)` with `|q_c| ≤ p_c` and `|e_j| ≤ d_j` (`d = None`: all
+    /// ones), `‖M‖₂ ≤ min(max p · ‖W‖₂ · max d, ‖diag(p) |W| diag(d)‖₂)`, the latter by the Schur
+    /// test `sqrt(max row sum · max column sum)` (`‖M‖₂ ≤ ‖|M|‖₂`, monotone in the entries).
     fn scaled_norm(&self, p: &[f64], d: Option<&[f64]>) -> f64 {
         let h = self.w.ncols();
         let pmax = p.iter().fold(0.0f64, |a, &x| a.max(x));
@@ -147,6 +150,22 @@ impl Weights {
     }
 }
 
+/// Upper bound on `|GELU_tanh'|` over `[lo, hi]`: every point is within `(hi − lo)/2` of an
+/// end, and `|GELU_tanh''| ≤ 0.798`; never above the global `1.13`. The absolute `1e-15` covers
+/// the rounding of `gelu_tanh_deriv`.
+fn gelu_deriv_bound(lo: f64, hi: f64) -> f64 {
+    let ends = gelu_tanh_deriv(lo).abs().max(gelu_tanh_deriv(hi).abs());
+    GELU_TANH_DERIV_MAX.min(ends + GELU_TANH_DERIV2_MAX * 0.5 * (hi - lo) + 1e-15)
+}
+
+/// Upper bound on `σ'(a) = σ(a)(1 − σ(a))` over `[m − ρ, m + ρ]`: `σ'` is even and decreases in
+/// `|a|`, so its largest value is at the point closest to 0, `x = max(0, |m| − ρ)`; evaluated as
+/// `e^{−x}/(1 + e^{−x})²`, which keeps its relative accuracy where `1 − σ(x)` would round to 0.
+fn sigmoid_deriv_max(m: f64, rho: f64) -> f64 {
+    let e = (-(m.abs() - rho).max(0.0)).exp();
+    e / ((1.0 + e) * (1.0 + e)) * (1.0 + ROUNDING)
+}
+
 impl GateBox {
     /// Prepares `gate` (one SVD of `W`).
     ///
@@ -162,11 +181,15 @@ impl GateBox {
     }
 
     /// Upper bound on `sup ‖J(v)‖₂` over the box `|v_c − y_c| ≤ radius` (module docs), `y` one
-    /// position's gate input `[h]`, `radius ≥ 0`.
+    /// position's gate input `[h]`, `radius ≥ 0` (a negative radius counts as 0; NaN gives `∞`).
     ///
     /// # Panics
     /// If `y` does not have the gate's `h` entries.
     pub fn jacobian_bound(&self, y: &[f64], radius: f64) -> f64 {
+        if radius.is_nan() {
+            // An unknown box certifies nothing.
+            return f64::INFINITY;
+        }
         let r = radius.max(0.0);
         match &self.kind {
             Kind::Identity => 1.0,
@@ -184,8 +207,7 @@ impl GateBox {
                     let (g0, g1) = wt.gelu_range(lo, hi);
                     mid[j] = 0.5 * (g0 + g1);
                     half[j] = 0.5 * (g1 - g0);
-                    let ends = gelu_tanh_deriv(lo).abs().max(gelu_tanh_deriv(hi).abs());
-                    d[j] = GELU_TANH_DERIV_MAX.min(ends + GELU_TANH_DERIV2_MAX * r);
+                    d[j] = gelu_deriv_bound(lo, hi);
                 }
                 let gmax = mid.iter().fold(0.0f64, |a, x| a.max(x.abs())) + r;
                 let (mut sig, mut p) = (0.0f64, vec![0.0; h]);
@@ -194,10 +216,7 @@ impl GateBox {
                     let rho: f64 = (0..h).map(|j| wt.w_abs[(c, j)] * half[j]).sum::<f64>()
                         + ROUNDING * (wt.row_l1[c] * gmax + wt.b[c].abs());
                     sig = sig.max(sigmoid(m + rho));
-                    // σ'(x) = σ(x)(1 − σ(x)) decreases in |x|: its largest value on
-                    // [m − ρ, m + ρ] is at the point closest to 0.
-                    let s = sigmoid((m.abs() - rho).max(0.0));
-                    p[c] = (y[c].abs() + r) * s * (1.0 - s);
+                    p[c] = (y[c].abs() + r) * sigmoid_deriv_max(m, rho);
                 }
                 (sig + wt.scaled_norm(&p, Some(&d))) * (1.0 + ROUNDING)
             }
@@ -240,5 +259,107 @@ impl GateBox {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each interval enclosure on its own against dense samples of its interval (the Jacobian
+    //! bound as a whole is tested in `tests/gate_box.rs`).
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn samples(lo: f64, hi: f64, extra: &[f64]) -> Vec<f64> {
+        let mut xs: Vec<f64> = (0..=2000)
+            .map(|i| lo + (hi - lo) * i as f64 / 2000.0)
+            .collect();
+        xs.extend(extra.iter().copied().filter(|x| (lo..=hi).contains(x)));
+        xs
+    }
+
+    fn intervals() -> Vec<(f64, f64)> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut out = vec![
+            (-0.8, -0.7),
+            (0.5, 2.5),
+            (-2.5, -0.5),
+            (-40.0, -30.0),
+            (-3.0, 5.0),
+        ];
+        for _ in 0..200 {
+            let c: f64 = rng.random_range(-8.0..8.0);
+            let r = [0.0, 1e-3, 0.3, 2.0, 6.0][rng.random_range(0..5)];
+            out.push((c - r, c + r));
+        }
+        out
+    }
+
+    #[test]
+    fn gelu_range_encloses_gelu_and_is_tight() {
+        let gate = Weights::new(&Mat::identity(1, 1), &[0.0]).unwrap();
+        let xstar = gate.gelu_argmin;
+        for (lo, hi) in intervals() {
+            let (g0, g1) = gate.gelu_range(lo, hi);
+            let vals: Vec<f64> = samples(lo, hi, &[xstar])
+                .iter()
+                .map(|&x| gelu_tanh(x))
+                .collect();
+            let (min, max) = vals
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                    (a.min(v), b.max(v))
+                });
+            assert!(
+                g0 <= min && max <= g1,
+                "[{lo}, {hi}]: [{g0}, {g1}] vs [{min}, {max}]"
+            );
+            // Tight up to the pads (the exact minimum is at x* when it is inside).
+            assert!(
+                min - g0 < 1e-6 && g1 - max < 1e-6,
+                "[{lo}, {hi}]: loose [{g0}, {g1}]"
+            );
+        }
+    }
+
+    #[test]
+    fn gelu_deriv_bound_encloses_the_derivative() {
+        let mut interior_needed = false;
+        for (lo, hi) in intervals() {
+            let d = gelu_deriv_bound(lo, hi);
+            let max = samples(lo, hi, &[])
+                .iter()
+                .fold(0.0f64, |a, &x| a.max(gelu_tanh_deriv(x).abs()));
+            assert!(max <= d, "[{lo}, {hi}]: |GELU'| reaches {max} > {d}");
+            let ends = gelu_tanh_deriv(lo).abs().max(gelu_tanh_deriv(hi).abs());
+            interior_needed |= max > ends + 1e-6;
+        }
+        // The intervals include ones whose maximum is inside (where the GELU'' term matters).
+        assert!(interior_needed);
+    }
+
+    #[test]
+    fn sigmoid_deriv_max_encloses_the_derivative() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        for _ in 0..300 {
+            let m: f64 = rng.random_range(-60.0..60.0);
+            let rho: f64 = [0.0, 0.1, 3.0, 30.0][rng.random_range(0..4)];
+            let bound = sigmoid_deriv_max(m, rho);
+            for a in samples(m - rho, m + rho, &[0.0]) {
+                // σ(a) σ(−a) keeps its relative accuracy for large |a|.
+                let exact = sigmoid(a) * sigmoid(-a);
+                assert!(exact <= bound, "m {m} ρ {rho} a {a}: σ' {exact} > {bound}");
+            }
+        }
+        assert!(sigmoid_deriv_max(40.0, 0.0) > 0.0);
+    }
+
+    #[test]
+    fn nan_radius_certifies_nothing() {
+        let gb = GateBox::new(&Gate::HalfGlu2 {
+            w: Mat::identity(2, 2),
+            b: vec![0.0; 2],
+        })
+        .unwrap();
+        assert_eq!(gb.jacobian_bound(&[0.5, 1.0], f64::NAN), f64::INFINITY);
     }
 }
