@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use bench::estimate::{EstimateSet, median};
 use bench::pipeline::{EvalSet, bound_inputs, evaluate};
-use bench::reducer::{Calibration, Reducer};
+use bench::reducer::Reducer;
 use bench::sections::EvalConfig;
 use mor::bound::{InjectedError, prepare_bound};
 use mor::recipe::Recipe;
@@ -64,13 +64,7 @@ fn main() -> Result<()> {
     };
     let inputs = bound_inputs(model, &set)?;
     let full_ev = evaluate(model, &set, None, true)?;
-    let cal = Calibration::sample(
-        &s.imdb.train,
-        s.tok.as_ref(),
-        16,
-        0,
-        bench::sections::DEFAULT_REFIT_REVIEWS,
-    )?;
+    let cal = common::calibration(&s.imdb, s.tok.as_ref())?;
     let mut reducer = Reducer::new(
         model,
         s.loaded.meta.max_len,

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use bench::estimate::median;
 use bench::pipeline::EvalSet;
-use bench::reducer::{Calibration, Reducer};
+use bench::reducer::Reducer;
 use bench::sections::EvalConfig;
 use faer::{Mat, MatRef};
 use mor::gate_box::GateBox;
@@ -53,13 +53,7 @@ fn main() -> Result<()> {
         estimate_reviews: 0,
     };
     let set = EvalSet::new(&s.imdb.test, s.tok.as_ref(), &cfg)?;
-    let cal = Calibration::sample(
-        &s.imdb.train,
-        s.tok.as_ref(),
-        16,
-        0,
-        bench::sections::DEFAULT_REFIT_REVIEWS,
-    )?;
+    let cal = common::calibration(&s.imdb, s.tok.as_ref())?;
     let mut reducer = Reducer::new(
         model,
         s.loaded.meta.max_len,

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use bench::pipeline::{self, EvalSet};
-use bench::reducer::{Calibration, Reducer};
+use bench::reducer::Reducer;
 use mor::recipe::Recipe;
 
 /// Seed of the held-out sample (the calibration sets use seed 0).
@@ -67,13 +67,7 @@ fn main() -> Result<()> {
         loaded,
         tok,
     } = common::setup(&ckpt)?;
-    let cal = Calibration::sample(
-        &imdb.train,
-        tok.as_ref(),
-        16,
-        0,
-        bench::sections::DEFAULT_REFIT_REVIEWS,
-    )?;
+    let cal = common::calibration(&imdb, tok.as_ref())?;
     let used: std::collections::HashSet<usize> = [&cal.reducers, &cal.refit, &cal.allocation]
         .iter()
         .flat_map(|s| s.indices.iter().copied())

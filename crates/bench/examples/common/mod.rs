@@ -130,3 +130,20 @@ pub fn write_report(
     );
     Ok(())
 }
+
+/// The sweep's calibration sets drawn from the training reviews as `bench` draws them by
+/// default (seed 0, batches of 16, the default refit size), so that an example's reductions are
+/// the sweep's.
+#[allow(dead_code)] // used by the examples that reduce, not by every example
+pub fn calibration(
+    imdb: &lra::Imdb,
+    tok: &dyn lra::Tokenize,
+) -> Result<bench::reducer::Calibration> {
+    bench::reducer::Calibration::sample(
+        &imdb.train,
+        tok,
+        16,
+        0,
+        bench::sections::DEFAULT_REFIT_REVIEWS,
+    )
+}
