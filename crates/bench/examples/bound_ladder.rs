@@ -21,8 +21,10 @@
 //! Recipes reduce exactly as the sweep does ([`bench::reducer::Reducer`] with its calibration
 //! sets of training reviews). Defaults: `modal,h2`, ratios `0.6,0.9`, 16 test reviews (the
 //! class-balanced sample of seed 0),
-//! `results/imdb/model`. Prints a Markdown table of medians (and the range) over reviews, and the
-//! per-layer factors of the first review for the first method and ratio.
+//! `results/imdb/model`. Prints a Markdown table of medians (and the range) over reviews, with the
+//! layers whose box is the a-priori one in the full-trajectory and recorded forms (there the
+//! bound no longer depends on the reduction's error), and the per-layer factors of the first
+//! review for the first method and ratio.
 
 mod common;
 
@@ -84,9 +86,9 @@ fn main() -> Result<()> {
         s.loaded.sha256
     );
     println!(
-        "| reduction | error (median) | a-priori | full trajectory | + recorded layer errors | + reduced peaks | conservative estimate | estimate |"
+        "| reduction | error (median) | a-priori | full trajectory | + recorded layer errors | + reduced peaks | conservative estimate | estimate | layers at the a-priori box: full trajectory | … recorded |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|---|");
     let mut first = true;
     for &method in &methods {
         for &ratio in &ratios {
@@ -98,6 +100,8 @@ fn main() -> Result<()> {
             // One entry per rung, per review: value / error.
             let mut rungs: Vec<Vec<f64>> = vec![Vec::new(); 6];
             let mut errs = Vec::new();
+            // Per review, the layers whose box is the a-priori one (full trajectory; recorded).
+            let mut capped: [Vec<String>; 2] = Default::default();
             for e in &est {
                 let i = e.position;
                 let err = bench::sweep::logit_error(&full_ev.logits[i], &red_ev.logits[i]);
@@ -109,9 +113,19 @@ fn main() -> Result<()> {
                 let peaks: Vec<f64> = red_ev.measured[i].iter().map(|x| x.y_peak).collect();
                 let lin_inj: Vec<Option<InjectedError>> = rebuilt_injected(e);
                 let (both, factors) = prep.evaluate_recorded(&inputs[i], m, &lin_inj, &peaks)?;
+                let apriori = prep.evaluate(&inputs[i])?;
+                let (measured, measured_factors) =
+                    prep.evaluate_recorded(&inputs[i], m, &[], &[])?;
+                let (_, recorded_factors) = prep.evaluate_recorded(&inputs[i], m, &lin_inj, &[])?;
+                for (c, f) in capped
+                    .iter_mut()
+                    .zip([&measured_factors, &recorded_factors])
+                {
+                    c.push(at_apriori_box(f, &apriori.peak_bounds));
+                }
                 let values = [
-                    prep.evaluate(&inputs[i])?.bound,
-                    prep.evaluate_measured(&inputs[i], m)?.bound,
+                    apriori.bound,
+                    measured.bound,
                     e.recorded_bound,
                     both.bound,
                     e.conservative,
@@ -149,7 +163,7 @@ fn main() -> Result<()> {
                 format!("{:.2e} ({:.1e}–{:.1e})", median(v.iter().copied()), lo, hi)
             };
             println!(
-                "| `{method}` @ {:.0} % | {:.3} | {} | {} | {} | {} | {} | {} |",
+                "| `{method}` @ {:.0} % | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 100.0 * ratio,
                 median(errs.iter().copied()),
                 cell(&rungs[0]),
@@ -157,7 +171,9 @@ fn main() -> Result<()> {
                 cell(&rungs[2]),
                 cell(&rungs[3]),
                 cell(&rungs[4]),
-                cell(&rungs[5])
+                cell(&rungs[5]),
+                most_common(&capped[0]),
+                most_common(&capped[1])
             );
         }
     }
@@ -171,4 +187,33 @@ fn rebuilt_injected(e: &bench::estimate::ReviewEstimate) -> Vec<Option<InjectedE
         .zip(&e.error_peak)
         .map(|(&l2, &peak)| Some(InjectedError { l2, peak }))
         .collect()
+}
+
+/// The layers (1-based) whose box `Y_ℓ` is the a-priori one, e.g. `2,3,4,5,6` (`-` for none):
+/// there the a-posteriori box exceeded the cap, so the box no longer depends on the layer errors.
+fn at_apriori_box(factors: &[mor::bound::LayerFactors], apriori_peaks: &[f64]) -> String {
+    let layers: Vec<String> = factors
+        .iter()
+        .zip(apriori_peaks)
+        .enumerate()
+        .filter(|(_, (f, cap))| f.peak_bound >= **cap)
+        .map(|(l, _)| (l + 1).to_string())
+        .collect();
+    if layers.is_empty() {
+        "-".into()
+    } else {
+        layers.join(",")
+    }
+}
+
+/// The most frequent entry and how many of `v` have it, e.g. `2,3,4,5,6 (16/16)`.
+fn most_common(v: &[String]) -> String {
+    let mut best: Option<(&String, usize)> = None;
+    for x in v {
+        let c = v.iter().filter(|y| *y == x).count();
+        if best.is_none_or(|(_, b)| c > b) {
+            best = Some((x, c));
+        }
+    }
+    best.map_or("-".into(), |(x, c)| format!("{x} ({c}/{})", v.len()))
 }
