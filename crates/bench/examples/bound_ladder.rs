@@ -22,9 +22,9 @@
 //! sets of training reviews). Defaults: `modal,h2`, ratios `0.6,0.9`, 16 test reviews (the
 //! class-balanced sample of seed 0),
 //! `results/imdb/model`. Prints a Markdown table of medians (and the range) over reviews, with the
-//! layers whose box is the a-priori one in the full-trajectory and recorded forms (there the
-//! bound no longer depends on the reduction's error), and the per-layer factors of the first
-//! review for the first method and ratio.
+//! layers whose box is the a-priori one in the full-trajectory and recorded forms (there the box
+//! and the gate constant no longer depend on the reduction's error), and the per-layer factors
+//! of the first review for the first method and ratio.
 
 mod common;
 
@@ -190,7 +190,8 @@ fn rebuilt_injected(e: &bench::estimate::ReviewEstimate) -> Vec<Option<InjectedE
 }
 
 /// The layers (1-based) whose box `Y_ℓ` is the a-priori one, e.g. `2,3,4,5,6` (`-` for none):
-/// there the a-posteriori box exceeded the cap, so the box no longer depends on the layer errors.
+/// there the a-posteriori box exceeded the cap, so the box no longer depends on the layer errors
+/// (they still enter the recursion linearly).
 fn at_apriori_box(factors: &[mor::bound::LayerFactors], apriori_peaks: &[f64]) -> String {
     let layers: Vec<String> = factors
         .iter()

@@ -793,7 +793,8 @@ impl BoundPrep {
     /// forward pass on the same input: the box is then also at most
     /// `max(‖y_ℓ‖_∞, ‖ŷ_ℓ‖_∞)` (enlarged by [`MEASURE_MARGIN`]), the convex hull of both
     /// trajectories' outputs. This form needs both models run on the input, so it certifies the
-    /// composition argument rather than saving any work (`BOUND.md`, "Ladder").
+    /// composition argument rather than saving any work (`BOUND.md`, "Measured activations",
+    /// "Reduced peaks").
     /// `layer_weights` keep the first-order factors of the session-23 form
     /// (`Π(1 + Lg γ Ln)`, unfolded), which `lqo-h2-taylor@bound` allocates by; the new
     /// first-order factors are `LayerFactors::sensitivity`.
