@@ -796,7 +796,7 @@ impl BoundPrep {
     /// composition argument rather than saving any work (`BOUND.md`, "Measured activations",
     /// "Reduced peaks").
     /// `layer_weights` keep the first-order factors of the session-23 form
-    /// (`Π(1 + Lg γ Ln)`, unfolded), which `lqo-h2-taylor@bound` allocates by; the new
+    /// (`Π(1 + Lg γ Ln)`, unfolded), which `lqo-h2-taylor` allocates by; the new
     /// first-order factors are `LayerFactors::sensitivity`.
     ///
     /// # Errors
