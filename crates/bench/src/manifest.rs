@@ -63,8 +63,14 @@ pub struct Manifest {
     pub name: String,
     /// The command line that produced this manifest.
     pub command: Vec<String>,
-    /// `git rev-parse HEAD` of the source tree (with `-dirty` if it had changes), or `unknown`.
+    /// `git rev-parse HEAD` of the source tree at run time (with `-dirty` if it had changes), or
+    /// `unknown`.
     pub git_commit: String,
+    /// The commit the running binary was built from ([`build_commit`]); differs from
+    /// `git_commit` when a prebuilt binary runs in a checkout that has moved on. Empty in
+    /// manifests written before this field existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub build_commit: String,
     /// Path of the config file as given.
     pub config_path: String,
     /// The config file's text.
@@ -105,8 +111,11 @@ pub struct Manifest {
 pub struct EarlierRun {
     /// Its command line.
     pub command: Vec<String>,
-    /// Its source commit.
+    /// Its checkout's commit at run time.
     pub git_commit: String,
+    /// The commit its binary was built from (empty if its manifest predates the field).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub build_commit: String,
     /// SHA-256 of its config file.
     pub config_sha256: String,
     /// Its start and end times (UTC, RFC 3339).
@@ -126,6 +135,7 @@ impl Manifest {
             name: name.to_string(),
             command: std::env::args().collect(),
             git_commit: git_commit(),
+            build_commit: build_commit().to_string(),
             config_path: config_path.display().to_string(),
             config: String::from_utf8_lossy(&config_bytes).into_owned(),
             config_sha256: sha256_hex(&config_bytes),
@@ -150,6 +160,7 @@ impl Manifest {
         self.earlier_runs.push(EarlierRun {
             command: previous.command.clone(),
             git_commit: previous.git_commit.clone(),
+            build_commit: previous.build_commit.clone(),
             config_sha256: previous.config_sha256.clone(),
             start_time: previous.start_time.clone(),
             end_time: previous.end_time.clone(),
@@ -493,6 +504,13 @@ pub fn refuse(dir: &Path, diff: &[(&str, String, String)]) -> Result<()> {
     )
 }
 
+/// The commit of the sources this binary was built from, embedded by `crates/bench/build.rs`:
+/// `git rev-parse HEAD` at build time, `-dirty` if `crates/` or the workspace's Cargo files had
+/// uncommitted changes, `unknown` without git.
+pub fn build_commit() -> &'static str {
+    env!("BENCH_BUILD_COMMIT")
+}
+
 /// The source tree's commit (`git rev-parse HEAD`, `-dirty` if `git status` shows changes to
 /// tracked files), or `unknown` when git or the repository is missing.
 pub fn git_commit() -> String {
@@ -603,6 +621,35 @@ mod tests {
             },
             sweep: SweepRowOptions::of(s),
         }
+    }
+
+    /// The embedded build commit names this checkout's sources: a commit id (with `-dirty` when
+    /// they had changes), the same commit as the checkout at run time, or `unknown` without git.
+    /// Manifests written before the field existed still read, with it empty.
+    #[test]
+    fn build_commit_names_the_compiled_sources() {
+        let built = build_commit();
+        let now = git_commit();
+        if built == "unknown" || now == "unknown" {
+            println!("skipped the commit comparison: no git repository ({built}, {now})");
+        } else {
+            let hash = built.trim_end_matches("-dirty");
+            assert!(
+                hash.len() == 40 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{built}"
+            );
+            assert_eq!(hash, now.trim_end_matches("-dirty"));
+        }
+        let mut m = Manifest::start("x", Path::new("Cargo.toml"), 1).unwrap();
+        assert_eq!(m.build_commit, built);
+        let mut old = serde_json::to_value(&m).unwrap();
+        old.as_object_mut().unwrap().remove("build_commit");
+        let old: Manifest = serde_json::from_value(old).unwrap();
+        assert_eq!(old.build_commit, "");
+        m.keep_history(&old);
+        assert_eq!(m.earlier_runs[0].build_commit, "");
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(text.matches("build_commit").count(), 1, "{text}");
     }
 
     #[test]

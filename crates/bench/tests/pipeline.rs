@@ -266,6 +266,7 @@ fn pipeline_end_to_end_with_interruption_and_compressed_checkpoint() {
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     for key in [
         "git_commit",
+        "build_commit",
         "config_sha256",
         "data_sha256",
         "checkpoint_sha256",

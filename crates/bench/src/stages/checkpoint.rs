@@ -138,6 +138,7 @@ pub fn recalibrate_bn(
         "seed": seed,
         "batch_size": batch,
         "git_commit": crate::manifest::git_commit(),
+        "build_commit": crate::manifest::build_commit(),
         "recalibration": rec,
     });
     if members.len() > 1 {
