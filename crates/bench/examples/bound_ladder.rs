@@ -32,48 +32,25 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use bench::estimate::{EstimateSet, median};
-use bench::pipeline::{EvalSet, bound_inputs, evaluate};
-use bench::reducer::Reducer;
-use bench::sections::EvalConfig;
+use bench::pipeline::{bound_inputs, evaluate};
 use mor::bound::{InjectedError, prepare_bound};
-use mor::recipe::Recipe;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let methods: Vec<Recipe> = args
-        .get(1)
-        .map_or("modal,h2", String::as_str)
-        .split(',')
-        .map(|m| {
-            m.parse()
-                .map_err(|e: mor::Error| anyhow::anyhow!("METHODS: {e}"))
-        })
-        .collect::<Result<_>>()?;
+    let methods = common::recipes(args.get(1), "METHODS", "modal,h2")?;
     let ratios = common::ratios(args.get(2), &[0.6, 0.9])?;
     let n = common::count(args.get(3), "REVIEWS", 16)?;
     let ckpt = PathBuf::from(args.get(4).map_or("results/imdb/model", String::as_str));
     let s = common::setup(&ckpt)?;
     let model = &s.loaded.model;
-    let cfg = EvalConfig {
-        max_samples: n,
-        batch_size: 8,
-        seed: 0,
-        estimate_reviews: 0,
-    };
-    let set = EvalSet::new(&s.imdb.test, s.tok.as_ref(), &cfg)?;
+    let set = common::test_sample(&s, n)?;
     let Some(est_set) = EstimateSet::new(&set, set.len(), 0, 8)? else {
         bail!("no reviews");
     };
     let inputs = bound_inputs(model, &set)?;
     let full_ev = evaluate(model, &set, None, true)?;
     let cal = common::calibration(&s.imdb, s.tok.as_ref())?;
-    let mut reducer = Reducer::new(
-        model,
-        s.loaded.meta.max_len,
-        Default::default(),
-        Default::default(),
-        Some(&cal),
-    )?;
+    let mut reducer = common::sweep_reducer(&s, &cal)?;
     let deep = reducer.deep.clone();
     let horizon = set.max_len();
     let full_prep = prepare_bound(&deep, None, horizon)?;

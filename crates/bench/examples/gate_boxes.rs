@@ -25,9 +25,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use bench::estimate::median;
-use bench::pipeline::EvalSet;
-use bench::reducer::Reducer;
-use bench::sections::EvalConfig;
 use faer::{Mat, MatRef};
 use mor::gate_box::GateBox;
 use mor::recipe::Recipe;
@@ -46,21 +43,9 @@ fn main() -> Result<()> {
     let ckpt = PathBuf::from(args.get(4).map_or("results/imdb/model", String::as_str));
     let s = common::setup(&ckpt)?;
     let model = &s.loaded.model;
-    let cfg = EvalConfig {
-        max_samples: n,
-        batch_size: 8,
-        seed: 0,
-        estimate_reviews: 0,
-    };
-    let set = EvalSet::new(&s.imdb.test, s.tok.as_ref(), &cfg)?;
+    let set = common::test_sample(&s, n)?;
     let cal = common::calibration(&s.imdb, s.tok.as_ref())?;
-    let mut reducer = Reducer::new(
-        model,
-        s.loaded.meta.max_len,
-        Default::default(),
-        Default::default(),
-        Some(&cal),
-    )?;
+    let mut reducer = common::sweep_reducer(&s, &cal)?;
     let deep = reducer.deep.clone();
     let red = reducer.reduce(recipe, ratio)?.reduction;
     let rebuilt = s5::with_reduced(model, &red.model)?;

@@ -23,11 +23,8 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use bench::estimate::{EstimateSet, mean, median};
-use bench::pipeline::{EvalSet, evaluate};
-use bench::reducer::Reducer;
-use bench::sections::EvalConfig;
+use bench::pipeline::evaluate;
 use faer::{Mat, c64};
-use mor::recipe::Recipe;
 use mor::{DeepSsm, DiagBlock};
 
 /// The scales of the reduction, smallest first.
@@ -35,39 +32,19 @@ const SCALES: [f64; 5] = [0.0625, 0.125, 0.25, 0.5, 1.0];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let recipes: Vec<Recipe> = args
-        .get(1)
-        .map_or("ebt,h2", String::as_str)
-        .split(',')
-        .map(|m| {
-            m.parse()
-                .map_err(|e: mor::Error| anyhow::anyhow!("RECIPES: {e}"))
-        })
-        .collect::<Result<_>>()?;
+    let recipes = common::recipes(args.get(1), "RECIPES", "ebt,h2")?;
     let ratios = common::ratios(args.get(2), &[0.9])?;
     let n = common::count(args.get(3), "REVIEWS", 16)?;
     let ckpt = PathBuf::from(args.get(4).map_or("results/imdb/model", String::as_str));
     let s = common::setup(&ckpt)?;
     let model = &s.loaded.model;
-    let cfg = EvalConfig {
-        max_samples: n,
-        batch_size: 8,
-        seed: 0,
-        estimate_reviews: 0,
-    };
-    let set = EvalSet::new(&s.imdb.test, s.tok.as_ref(), &cfg)?;
+    let set = common::test_sample(&s, n)?;
     let Some(est_set) = EstimateSet::new(&set, set.len(), 0, 8)? else {
         bail!("no reviews");
     };
     let full_ev = evaluate(model, &set, None, false)?;
     let cal = common::calibration(&s.imdb, s.tok.as_ref())?;
-    let mut reducer = Reducer::new(
-        model,
-        s.loaded.meta.max_len,
-        Default::default(),
-        Default::default(),
-        Some(&cal),
-    )?;
+    let mut reducer = common::sweep_reducer(&s, &cal)?;
     let deep = reducer.deep.clone();
     println!(
         "git {} · {} test reviews (seed 0) · checkpoint {}\n",

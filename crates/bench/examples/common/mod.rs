@@ -147,3 +147,48 @@ pub fn calibration(
         bench::sections::DEFAULT_REFIT_REVIEWS,
     )
 }
+
+/// `n` test reviews, the class-balanced sample of seed 0, in batches of 8: the review set of the
+/// reporting examples (`bound_ladder`, `gate_boxes`, `linearity`).
+#[allow(dead_code)] // used by the reporting examples, not by every example
+pub fn test_sample(setup: &Setup, n: usize) -> Result<bench::pipeline::EvalSet> {
+    let cfg = bench::sections::EvalConfig {
+        max_samples: n,
+        batch_size: 8,
+        seed: 0,
+        estimate_reviews: 0,
+    };
+    bench::pipeline::EvalSet::new(&setup.imdb.test, setup.tok.as_ref(), &cfg)
+}
+
+/// A reducer over `setup`'s checkpoint with the sweep's default options and its calibration sets
+/// `cal` ([`calibration`]), so that its reductions are the sweep's.
+#[allow(dead_code)] // used by the examples that reduce, not by every example
+pub fn sweep_reducer<'a>(
+    setup: &'a Setup,
+    cal: &'a bench::reducer::Calibration,
+) -> Result<bench::reducer::Reducer<'a>> {
+    bench::reducer::Reducer::new(
+        &setup.loaded.model,
+        setup.loaded.meta.max_len,
+        Default::default(),
+        Default::default(),
+        Some(cal),
+    )
+}
+
+/// A comma-separated list of recipes (`modal,h2`) from argument `name`, or `default` when absent.
+#[allow(dead_code)] // used by the examples that take recipes, not by every example
+pub fn recipes(
+    arg: Option<&String>,
+    name: &str,
+    default: &str,
+) -> Result<Vec<mor::recipe::Recipe>> {
+    arg.map_or(default, String::as_str)
+        .split(',')
+        .map(|m| {
+            m.parse()
+                .map_err(|e: mor::Error| anyhow::anyhow!("{name}: {e}"))
+        })
+        .collect()
+}
