@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use bench::estimate::{EstimateSet, mean, median};
 use bench::pipeline::evaluate;
-use faer::{Mat, c64};
+use faer::c64;
 use mor::{DeepSsm, DiagBlock};
 
 /// The scales of the reduction, smallest first.
@@ -126,7 +126,9 @@ fn blend(full: &DeepSsm, reduced: &DeepSsm, t: f64) -> Result<DeepSsm> {
     Ok(out)
 }
 
-/// `[Λ̄_a; Λ̄_b]`, `[B̄_a; B̄_b]`, `[(1 − t) C̃_a, t C̃_b]` (and the same for `C̃_rev`), `D` of `b`.
+/// `(1 − t) a + t b` as one block: [`mor::gram::difference_block`] of `a` with `C̃` scaled by
+/// `1 − t` and `b` with `C̃` scaled by `−t` (modes of both, `C̃ = [(1 − t) C̃_a, t C̃_b]`, the same
+/// for `C̃_rev`).
 fn side_by_side(a: &DiagBlock, b: &DiagBlock, t: f64) -> Result<DiagBlock> {
     if a.linear.is_some()
         || b.linear.is_some()
@@ -135,35 +137,16 @@ fn side_by_side(a: &DiagBlock, b: &DiagBlock, t: f64) -> Result<DiagBlock> {
     {
         bail!("a block with a linear-quadratic output cannot be blended here");
     }
-    let (na, nb) = (a.n_modes(), b.n_modes());
-    let stack_b = Mat::from_fn(na + nb, a.n_inputs(), |i, j| {
-        if i < na {
-            a.b[(i, j)]
-        } else {
-            b.b[(i - na, j)]
-        }
-    });
-    let join = |ca: &Mat<c64>, cb: &Mat<c64>| {
-        Mat::from_fn(ca.nrows(), na + nb, |i, j| {
-            if j < na {
-                ca[(i, j)] * (1.0 - t)
-            } else {
-                cb[(i, j - na)] * t
-            }
-        })
+    if a.c_rev.is_some() != b.c_rev.is_some() {
+        bail!("one block is bidirectional, the other is not");
+    }
+    let scaled = |x: &DiagBlock, k: f64| DiagBlock {
+        c: &x.c * faer::Scale(c64::new(k, 0.0)),
+        c_rev: x.c_rev.as_ref().map(|c| c * faer::Scale(c64::new(k, 0.0))),
+        ..x.clone()
     };
-    let c_rev = match (&a.c_rev, &b.c_rev) {
-        (Some(ca), Some(cb)) => Some(join(ca, cb)),
-        (None, None) => None,
-        _ => bail!("one block is bidirectional, the other is not"),
-    };
-    Ok(DiagBlock {
-        lambda: a.lambda.iter().chain(&b.lambda).copied().collect(),
-        b: stack_b,
-        c: join(&a.c, &b.c),
-        c_rev,
-        d: b.d.clone(),
-        linear: None,
-        quadratic: Vec::new(),
-    })
+    Ok(mor::gram::difference_block(
+        &scaled(a, 1.0 - t),
+        &scaled(b, -t),
+    ))
 }
